@@ -1,0 +1,1 @@
+"""BNP Inspector engine: find and prune backdoor neurons (EP, BNP, CLP). Never imports Qt."""
