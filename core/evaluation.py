@@ -1,0 +1,114 @@
+"""ACC and ASR of a model, optionally with a prune mask applied non-destructively (SPEC §2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from core.data import ImageSet, InputSpec
+from core.errors import BnpError, Cancelled
+from core.masks import PruneMask
+from core.statistics import CancelCheck, Progress
+
+
+@dataclass
+class Metrics:
+    """Top-1 clean accuracy and attack success rate, in percent."""
+
+    acc: float
+    asr: float | None
+    n_clean: int
+    n_poison: int
+
+    def to_dict(self) -> dict:
+        return {
+            "acc": self.acc,
+            "asr": self.asr,
+            "n_clean": self.n_clean,
+            "n_poison": self.n_poison,
+        }
+
+
+def sample_subset(images: ImageSet, limit: int | None, seed: int = 0) -> ImageSet:
+    """A fixed random subset of at most `limit` samples (data folders are often class-sorted)."""
+    if limit is None or limit >= len(images):
+        return images
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(images), generator=generator)[:limit].sort().values
+    return images.subset(index)
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    spec: InputSpec,
+    *,
+    mask: PruneMask | None = None,
+    trigger=None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    done_before: int = 0,
+    total: int | None = None,
+) -> torch.Tensor:
+    """Predicted labels for a stack of raw images, with the mask applied if given."""
+    device = torch.device(device)
+    model.eval().to(device)
+    params = mask.parameters(model) if mask is not None else {}
+    total = total if total is not None else len(images)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            if cancel is not None and cancel():
+                raise Cancelled("Evaluation cancelled.")
+            x = spec.prepare(images[start : start + batch_size], trigger).to(device)
+            logits = functional_call(model, params, (x,)) if params else model(x)
+            out.append(logits.argmax(dim=1).cpu())
+            if progress is not None:
+                progress(done_before + start + len(x), total)
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
+
+
+def evaluate(
+    model: nn.Module,
+    test: ImageSet,
+    spec: InputSpec,
+    *,
+    mask: PruneMask | None = None,
+    trigger=None,
+    target: int | None = None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    limit: int | None = None,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> Metrics:
+    """ACC on `test`; ASR too when a trigger and target label are given."""
+    test = sample_subset(test, limit)
+    if len(test) == 0:
+        raise BnpError("The test set is empty.")
+    victims = None
+    if trigger is not None and target is not None:
+        victims = test.images[test.labels != target]
+    total = len(test) + (len(victims) if victims is not None else 0)
+    common = dict(mask=mask, device=device, batch_size=batch_size, cancel=cancel, total=total)
+    pred = predict(model, test.images, spec, progress=progress, **common)
+    acc = 100.0 * (pred == test.labels).double().mean().item()
+    asr, n_poison = None, 0
+    if victims is not None and len(victims):
+        pred = predict(
+            model,
+            victims,
+            spec,
+            trigger=trigger,
+            progress=progress,
+            done_before=len(test),
+            **common,
+        )
+        asr = 100.0 * (pred == target).double().mean().item()
+        n_poison = len(victims)
+    return Metrics(acc, asr, len(test), n_poison)

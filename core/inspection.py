@@ -1,0 +1,242 @@
+"""One inspection of one checkpoint: the object the command line and the window drive.
+
+It ties the engine together: the neuron graph and CLP scores right after loading, one
+statistics pass per data set, scores and flags per method, combined masks with manual
+overrides, and ACC/ASR of the model with any mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from core.checkpoint import LoadedCheckpoint
+from core.data import ImageSet, InputSpec
+from core.errors import BnpError
+from core.evaluation import Metrics, evaluate, sample_subset
+from core.graph import NeuronLayer, neuron_graph
+from core.masks import Neuron, PruneMask
+from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags, z_scores
+from core.statistics import CancelCheck, Progress, Statistics, collect_statistics
+from core.triggers import PatchTrigger, Trigger
+
+METHODS = ("ep", "bnp", "clp")
+METHOD_NAMES = {"ep": "EP", "bnp": "BNP", "clp": "CLP"}
+# direction of the outlier rule and whether pruning also zeroes β (SPEC §1)
+_DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
+_ZERO_BETA = {"ep": False, "bnp": False, "clp": True}
+
+
+def resolve_device(device: str | None = None) -> torch.device:
+    """The requested device, or CUDA when available and the CPU otherwise."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise BnpError(f"Unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'.") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise BnpError(f"Device {device!r} was asked for, but CUDA is not available here.")
+    return resolved
+
+
+def device_name(device: torch.device) -> str:
+    """A human name for the device: the GPU's model, or 'CPU (N threads)'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def checkpoint_trigger(ckpt: LoadedCheckpoint) -> Trigger | None:
+    """The trigger the checkpoint itself carries (our metadata first, then the seed's patch)."""
+    attack = ckpt.metadata.attack
+    if attack and attack.get("trigger"):
+        return Trigger.from_dict(attack["trigger"])
+    if ckpt.trigger is not None:
+        return PatchTrigger(ckpt.trigger)
+    return None
+
+
+class Inspection:
+    """Scores, masks and metrics of one loaded checkpoint."""
+
+    def __init__(self, ckpt: LoadedCheckpoint, device: str | None = None):
+        self.ckpt = ckpt
+        self.model = ckpt.model.eval()
+        meta = ckpt.metadata
+        self.spec = InputSpec(
+            meta.in_channels,
+            tuple(meta.input_size),
+            tuple(meta.mean) if meta.mean else None,
+            tuple(meta.std) if meta.std else None,
+        )
+        self.device = resolve_device(device)
+        self.device_name = device_name(self.device)
+        self.model.to(self.device)
+        example = torch.zeros(1, self.spec.channels, *self.spec.size, device=self.device)
+        self.layers: list[NeuronLayer] = neuron_graph(self.model, example)
+        self.clp: dict[str, torch.Tensor] = clp_scores(self.model, self.layers)
+        self.clean_stats: Statistics | None = None
+        self.train_stats: Statistics | None = None
+        self.trigger: Trigger | None = checkpoint_trigger(ckpt)
+        self.target: int | None = meta.target_label
+
+    @property
+    def channels(self) -> dict[str, int]:
+        """Neurons per layer, in data-flow order."""
+        return {layer.name: layer.channels for layer in self.layers}
+
+    def collect(
+        self,
+        clean: ImageSet | None,
+        train: ImageSet | None = None,
+        *,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+        batch_size: int = 256,
+    ) -> None:
+        """One statistics pass over each given data set (clean → BNP, training → EP)."""
+        sets = [(key, data) for key, data in (("clean", clean), ("train", train)) if data]
+        total = sum(len(data) for _, data in sets)
+        offset = 0
+        results = {}
+        for key, data in sets:
+
+            def report(done, _n, offset=offset):
+                if progress is not None:
+                    progress(offset + done, total)
+
+            results[key] = collect_statistics(
+                self.model,
+                data,
+                self.spec,
+                self.layers,
+                device=self.device,
+                batch_size=batch_size,
+                progress=report,
+                cancel=cancel,
+            )
+            offset += len(data)
+        # only replace what was collected, and only once everything finished
+        if "clean" in results:
+            self.clean_stats = results["clean"]
+        if "train" in results:
+            self.train_stats = results["train"]
+
+    def available(self, method: str) -> bool:
+        """Whether `method` has what it needs (CLP: nothing; BNP: clean; EP: training data)."""
+        return {
+            "clp": True,
+            "bnp": self.clean_stats is not None,
+            "ep": self.train_stats is not None,
+        }[method]
+
+    def scores(self, method: str) -> dict[str, torch.Tensor]:
+        """Per-layer neuron scores of one method."""
+        if method == "clp":
+            return self.clp
+        if method == "bnp":
+            if self.clean_stats is None:
+                raise BnpError("BNP needs statistics of clean samples: collect them first.")
+            return bnp_scores(self.model, self.clean_stats)
+        if method == "ep":
+            if self.train_stats is None:
+                raise BnpError(
+                    "EP needs statistics of the suspect training set: collect them first."
+                )
+            return ep_scores(self.train_stats)
+        raise BnpError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
+
+    def z_scores(self, method: str) -> dict[str, torch.Tensor]:
+        """Scores standardised within their layer, for display."""
+        return z_scores(self.scores(method))
+
+    def flags(self, method: str, k: float) -> dict[str, torch.Tensor]:
+        """Neurons flagged by one method at threshold k."""
+        return outlier_flags(self.scores(method), k, _DIRECTION[method])
+
+    def method_mask(self, method: str, k: float) -> PruneMask:
+        """The prune mask one method gives at threshold k."""
+        return PruneMask.from_flags(self.flags(method, k), zero_beta=_ZERO_BETA[method])
+
+    def mask(
+        self,
+        methods: dict[str, float],
+        combine: str = "union",
+        force_prune: Iterable[Neuron] = (),
+        keep: Iterable[Neuron] = (),
+    ) -> PruneMask:
+        """Masks of several methods (method → threshold) combined, then manual overrides."""
+        if combine not in ("union", "intersection"):
+            raise BnpError(f"Unknown combination {combine!r}: use 'union' or 'intersection'.")
+        result = None
+        for method, k in methods.items():
+            m = self.method_mask(method, k)
+            if result is None:
+                result = m
+            elif combine == "union":
+                result = result.union(m)
+            else:
+                result = result.intersection(m)
+        if result is None:
+            result = PruneMask()
+        return result.with_overrides(
+            force_prune, keep, channels=self.channels, zero_beta="clp" in methods
+        )
+
+    def evaluate(
+        self,
+        test: ImageSet,
+        *,
+        mask: PruneMask | None = None,
+        trigger: Trigger | None = None,
+        target: int | None = None,
+        limit: int | None = None,
+        progress: Progress | None = None,
+        cancel: CancelCheck | None = None,
+    ) -> Metrics:
+        """ACC/ASR with `mask` applied (trigger/target default to the checkpoint's own)."""
+        return evaluate(
+            self.model,
+            test,
+            self.spec,
+            mask=mask,
+            trigger=trigger if trigger is not None else self.trigger,
+            target=target if target is not None else self.target,
+            device=self.device,
+            limit=limit,
+            progress=progress,
+            cancel=cancel,
+        )
+
+    def layer_activations(
+        self,
+        images: ImageSet,
+        layer: str,
+        channel: int,
+        trigger: Trigger | None = None,
+        limit: int = 512,
+    ) -> torch.Tensor:
+        """Every pre-activation value (samples × H × W) of one neuron, for distribution plots."""
+        images = sample_subset(images, limit)
+        module = dict(self.model.named_modules())[layer]
+        values = []
+
+        def hook(_module, inputs):
+            values.append(inputs[0][:, channel].flatten().float().cpu())
+
+        handle = module.register_forward_pre_hook(hook)
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(images), 256):
+                    batch = images.images[start : start + 256]
+                    self.model(self.spec.prepare(batch, trigger).to(self.device))
+        finally:
+            handle.remove()
+        return torch.cat(values)
+
+    def running_stats(self, layer: str, channel: int) -> tuple[float, float]:
+        """The BatchNorm's stored (running_mean, running_var) of one neuron."""
+        bn = dict(self.model.named_modules())[layer]
+        return float(bn.running_mean[channel]), float(bn.running_var[channel])

@@ -1,0 +1,175 @@
+"""One streaming pass over a data set that collects everything EP, BNP and the plots need.
+
+For every neuron (BatchNorm channel) the pass keeps the count, mean and sum of squared
+deviations of its pre-activation (the BatchNorm's input), merged across samples with Chan et
+al.'s pairwise update so shards combine exactly, plus each sample's spatial maximum (EP) and
+spatial mean (distribution plots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.data import ImageSet, InputSpec
+from core.errors import BnpError, Cancelled
+from core.graph import NeuronLayer
+
+Progress = Callable[[int, int], None]
+CancelCheck = Callable[[], bool]
+
+
+@dataclass
+class LayerStatistics:
+    """Pre-activation statistics of one layer's neurons over the samples seen so far."""
+
+    count: int
+    mean: torch.Tensor  # C, float64
+    m2: torch.Tensor  # C, float64: sum of squared deviations from the mean
+    maxima: torch.Tensor  # N×C, float32: per-sample max over H×W
+    means: torch.Tensor  # N×C, float32: per-sample mean over H×W
+
+    @property
+    def var(self) -> torch.Tensor:
+        """Unbiased variance over every (sample, position) element."""
+        return self.m2 / max(self.count - 1, 1)
+
+    def merge(self, other: LayerStatistics) -> LayerStatistics:
+        """Statistics of the union of both sample sets (order: self, then other)."""
+        mean, m2, count = _chan_merge(
+            self.mean, self.m2, self.count, other.mean, other.m2, other.count
+        )
+        return LayerStatistics(
+            count,
+            mean,
+            m2,
+            torch.cat([self.maxima, other.maxima]),
+            torch.cat([self.means, other.means]),
+        )
+
+
+@dataclass
+class Statistics:
+    """Per-layer statistics of one data set."""
+
+    layers: dict[str, LayerStatistics]
+    n_samples: int
+
+    def merge(self, other: Statistics) -> Statistics:
+        """Statistics of both data sets as if collected in one pass."""
+        if self.layers.keys() != other.layers.keys():
+            raise BnpError("Cannot merge statistics collected on different layers.")
+        layers = {name: stats.merge(other.layers[name]) for name, stats in self.layers.items()}
+        return Statistics(layers, self.n_samples + other.n_samples)
+
+
+def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
+    n = n_a + n_b
+    if n_a == 0:
+        return mean_b, m2_b, n_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (n_b / n)
+    m2 = m2_a + m2_b + delta.square() * (n_a * n_b / n)
+    return mean, m2, n
+
+
+class _Collector:
+    """Forward pre-hooks that summarise each BatchNorm input of one batch."""
+
+    def __init__(self, model: nn.Module, layers: list[NeuronLayer]):
+        modules = dict(model.named_modules())
+        self.batch: dict[str, tuple] = {}
+        self.handles = [
+            modules[layer.name].register_forward_pre_hook(self._hook(layer.name))
+            for layer in layers
+        ]
+
+    def _hook(self, name: str):
+        def hook(_module, inputs):
+            z = inputs[0]
+            var, mean = torch.var_mean(z, dim=(2, 3), correction=0)  # B×C each
+            self.batch[name] = (mean, var, z.amax(dim=(2, 3)), z.shape[2] * z.shape[3])
+
+        return hook
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _summarise_batch(mean: torch.Tensor, var: torch.Tensor, hw: int):
+    """Merge per-sample (mean, biased var) over H×W into one (mean, m2, count) for the batch."""
+    mean = mean.double()
+    batch_mean = mean.mean(0)
+    m2 = var.double().sum(0) * hw + (mean - batch_mean).square().sum(0) * hw
+    return batch_mean, m2, mean.shape[0] * hw
+
+
+def collect_statistics(
+    model: nn.Module,
+    images: ImageSet,
+    spec: InputSpec,
+    layers: list[NeuronLayer],
+    *,
+    trigger=None,
+    device: str | torch.device = "cpu",
+    batch_size: int = 256,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+) -> Statistics:
+    """One pass over `images`: per-neuron mean/variance, per-sample maxima and means.
+
+    On CUDA an out-of-memory error halves the batch and goes on. `cancel()` returning True
+    stops the pass at the next batch with `Cancelled`.
+    """
+    if len(images) == 0:
+        raise BnpError("The data set is empty: no statistics can be collected.")
+    device = torch.device(device)
+    model.eval().to(device)
+    running = {
+        layer.name: [
+            torch.zeros(layer.channels, dtype=torch.float64),
+            torch.zeros(layer.channels, dtype=torch.float64),
+            0,
+            [],
+            [],
+        ]
+        for layer in layers
+    }
+    collector = _Collector(model, layers)
+    total, done = len(images), 0
+    try:
+        with torch.inference_mode():
+            while done < total:
+                if cancel is not None and cancel():
+                    raise Cancelled("Collection cancelled.")
+                end = min(done + batch_size, total)
+                x = spec.prepare(images.images[done:end], trigger).to(device)
+                try:
+                    collector.batch.clear()
+                    model(x)
+                except torch.OutOfMemoryError:
+                    if batch_size == 1 or device.type != "cuda":
+                        raise
+                    batch_size //= 2
+                    torch.cuda.empty_cache()
+                    continue
+                for name, (mean, var, maxima, hw) in collector.batch.items():
+                    acc = running[name]
+                    b_mean, b_m2, b_n = _summarise_batch(mean.cpu(), var.cpu(), hw)
+                    acc[0], acc[1], acc[2] = _chan_merge(acc[0], acc[1], acc[2], b_mean, b_m2, b_n)
+                    acc[3].append(maxima.float().cpu())
+                    acc[4].append(mean.float().cpu())
+                done = end
+                if progress is not None:
+                    progress(done, total)
+    finally:
+        collector.remove()
+    stats = {
+        name: LayerStatistics(n, mean, m2, torch.cat(maxima), torch.cat(means))
+        for name, (mean, m2, n, maxima, means) in running.items()
+    }
+    return Statistics(stats, total)
