@@ -50,24 +50,28 @@ def ep_entropy(maxima: torch.Tensor) -> torch.Tensor:
     ok = torch.isfinite(std) & (std > 0)
     if not ok.any():
         return entropy
-    z = (f[:, ok] - mean[ok]) / std[ok]
+    entropy[ok] = histogram_entropy((f[:, ok] - mean[ok]) / std[ok])
+    return entropy
+
+
+def histogram_entropy(z: torch.Tensor) -> torch.Tensor:
+    """Entropy of each column of standardised values over the layer-wide 0.01-wide bins."""
+    n_samples, columns = z.shape
     g, big_g = z.min(), z.max()
     nbins = int(torch.floor((big_g - g) / EP_BIN_WIDTH))
     if nbins < 1:
-        entropy[ok] = 0.0
-        return entropy
+        return torch.zeros(columns, dtype=torch.float64)
     steps = torch.arange(nbins + 1, dtype=torch.float64) * EP_BIN_WIDTH
     edges = g + steps.float()
-    index = torch.searchsorted(edges, z.T.contiguous(), right=True) - 1  # e_i <= z < e_(i+1)
+    zt = z.T.contiguous()
+    index = torch.searchsorted(edges, zt, right=True) - 1  # e_i <= z < e_(i+1)
     inside = (index >= 0) & (index < nbins)
     index = index.clamp(0, nbins - 1)
-    inside &= z.T != edges[index]  # exact hits on an edge count nowhere
-    kept = ok.sum().item()
-    flat = (torch.arange(kept).unsqueeze(1) * nbins + index)[inside]
-    counts = torch.bincount(flat, minlength=kept * nbins).view(kept, nbins).double()
+    inside &= zt != edges[index]  # exact hits on an edge count nowhere
+    flat = (torch.arange(columns).unsqueeze(1) * nbins + index)[inside]
+    counts = torch.bincount(flat, minlength=columns * nbins).view(columns, nbins).double()
     p = counts / n_samples
-    entropy[ok] = -(p * torch.log(torch.where(p > 0, p, 1.0))).sum(dim=1)
-    return entropy
+    return -(p * torch.log(torch.where(p > 0, p, 1.0))).sum(dim=1)
 
 
 def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.Tensor]:
