@@ -1,0 +1,732 @@
+"""Labelled image sets: read them from the formats users have, conform them to a model's input.
+
+Readers (``load_images`` detects the format from what the folder holds):
+
+- CIFAR-10 / CIFAR-100 as torchvision keeps them (``cifar-10-batches-py/``,
+  ``cifar-100-python/``). The batches are pickles of plain dicts of numpy arrays; they are read
+  with a restricted unpickler that only rebuilds numpy arrays, never arbitrary classes.
+- (Fashion-)MNIST raw idx files, gzipped or not (``train-*`` / ``t10k-*``).
+- An ImageFolder tree: one sub-folder per class, class index = position of the sorted name.
+- ``data.npy`` + ``labels.npy``: N×C×H×W float in [0, 1], or N×H×W×C / N×H×W uint8
+  (an optional ``class_names.txt``, one name per line, names the classes).
+
+Images are kept as uint8 when the source is uint8 (a quarter of the memory), float32 otherwise.
+
+Conform rules (``InputSpec.prepare``), applied in this order:
+
+1. to float32 in [0, 1] (uint8 is divided by 255);
+2. channels: 1 → 3 repeats the grey channel; 3 → 1 takes the ITU-R BT.601 luma
+   ``0.299·R + 0.587·G + 0.114·B`` (``InputSpec.luma``); any other mismatch is an error;
+3. size: only when it differs from the model's, bilinear resize with antialiasing
+   (``InputSpec.resize_mode`` / ``InputSpec.antialias``);
+4. the trigger, if any, is applied to the conformed [0, 1] image (the attacker's view);
+5. normalisation ``(x − mean) / std`` when the spec has a mean.
+
+``InputSpec`` is a frozen dataclass: a caller who wants other rules constructs the spec with
+other field values.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import pickle
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.errors import DataError
+
+if TYPE_CHECKING:
+    from core.triggers import Trigger
+
+__all__ = [
+    "FASHION_MNIST_CLASSES",
+    "CIFAR10_CLASSES",
+    "IMAGE_EXTENSIONS",
+    "ImageSet",
+    "InputSpec",
+    "load_images",
+    "save_images",
+    "conform_channels",
+    "to_float",
+    "image_to_tensor",
+]
+
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
+CIFAR10_CLASSES = [
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+LUMA_BT601 = (0.299, 0.587, 0.114)
+
+_TRAIN_NAMES = ("train", "training")
+_TEST_NAMES = ("test", "t10k", "testing")
+
+
+# --------------------------------------------------------------------------------------------
+# ImageSet
+
+
+@dataclass
+class ImageSet:
+    """Labelled images N×C×H×W (uint8 0..255 or float32 0..1) with int64 labels."""
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str] | None = None
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dim() != 4:
+            raise DataError(f"images must be N×C×H×W, got shape {tuple(self.images.shape)}")
+        if self.images.dtype not in (torch.uint8, torch.float32):
+            raise DataError(f"images must be uint8 or float32, got {self.images.dtype}")
+        self.labels = torch.as_tensor(self.labels).to(torch.int64).reshape(-1)
+        if len(self.labels) != len(self.images):
+            raise DataError(
+                f"{len(self.images)} images but {len(self.labels)} labels"
+                + (f" in {self.source}" if self.source else "")
+            )
+
+    def __len__(self) -> int:
+        """Number of samples."""
+        return len(self.labels)
+
+    @property
+    def channels(self) -> int:
+        """Channels per image."""
+        return int(self.images.shape[1])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Image height and width."""
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: from the class names, else 1 + the largest label."""
+        if self.class_names:
+            return len(self.class_names)
+        return int(self.labels.max()) + 1 if len(self.labels) else 0
+
+    def subset(self, index: Any) -> ImageSet:
+        """The samples at ``index`` (indices, boolean mask or slice), as a new ImageSet."""
+        if isinstance(index, slice):
+            images, labels = self.images[index], self.labels[index]
+        else:
+            idx = torch.as_tensor(np.asarray(index) if not isinstance(index, Tensor) else index)
+            if idx.dtype == torch.bool:
+                idx = idx.nonzero().reshape(-1)
+            idx = idx.to(torch.int64).reshape(-1)
+            images, labels = self.images[idx], self.labels[idx]
+        return ImageSet(images, labels, self.class_names, self.source)
+
+    def float_images(self) -> Tensor:
+        """The images as float32 in [0, 1] (a copy when stored as uint8)."""
+        return to_float(self.images)
+
+
+def to_float(images: Tensor) -> Tensor:
+    """uint8 0..255 → float32 0..1; float tensors are returned as float32."""
+    if images.dtype == torch.uint8:
+        return images.to(torch.float32) / 255.0
+    return images.to(torch.float32)
+
+
+def conform_channels(images: Tensor, channels: int, luma: Sequence[float] = LUMA_BT601) -> Tensor:
+    """Adapt float ...×C×H×W to ``channels``: 1→3 repeats, 3→1 takes the luma; else error."""
+    have = images.shape[-3]
+    if have == channels:
+        return images
+    if have == 1 and channels == 3:
+        return images.expand(*images.shape[:-3], 3, *images.shape[-2:]).clone()
+    if have == 3 and channels == 1:
+        w = torch.tensor(luma, dtype=images.dtype, device=images.device).reshape(3, 1, 1)
+        return (images * w).sum(dim=-3, keepdim=True)
+    raise DataError(
+        f"cannot convert {have}-channel images to {channels} channels "
+        "(only 1→3 and 3→1 are defined)"
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# InputSpec
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model takes: channels, H×W, optional normalisation; ``prepare`` conforms images."""
+
+    channels: int
+    size: tuple[int, int]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    luma: tuple[float, float, float] = LUMA_BT601
+    resize_mode: str = "bilinear"
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        size = self.size
+        if isinstance(size, int):
+            size = (size, size)
+        object.__setattr__(self, "size", (int(size[0]), int(size[1])))
+        for name in ("mean", "std"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            value = tuple(float(v) for v in value)
+            if len(value) not in (1, self.channels):
+                raise DataError(
+                    f"InputSpec.{name} has {len(value)} values; expected 1 or {self.channels}"
+                )
+            object.__setattr__(self, name, value)
+        if self.std is not None and any(s == 0 for s in self.std):
+            raise DataError("InputSpec.std must not contain 0")
+
+    def conform(self, images: Tensor) -> Tensor:
+        """Float [0, 1] images with this spec's channels and size (steps 1–3, no trigger)."""
+        if images.dim() != 4:
+            raise DataError(f"expected a batch N×C×H×W, got shape {tuple(images.shape)}")
+        x = to_float(images)
+        x = conform_channels(x, self.channels, self.luma)
+        if tuple(x.shape[-2:]) != self.size:
+            aa = self.antialias and self.resize_mode in ("bilinear", "bicubic")
+            kwargs = (
+                {}
+                if self.resize_mode in ("nearest", "nearest-exact", "area")
+                else {"align_corners": False}
+            )
+            x = F.interpolate(x, size=self.size, mode=self.resize_mode, antialias=aa, **kwargs)
+            x = x.clamp_(0.0, 1.0)
+        return x
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """``(x − mean) / std`` when the spec has a mean (std defaults to 1), else x."""
+        if self.mean is None and self.std is None:
+            return x
+        mean = torch.tensor(self.mean or (0.0,), dtype=x.dtype, device=x.device)
+        std = torch.tensor(self.std or (1.0,), dtype=x.dtype, device=x.device)
+        return (x - mean.reshape(-1, 1, 1)) / std.reshape(-1, 1, 1)
+
+    def prepare(self, images: Tensor, trigger: Trigger | None = None) -> Tensor:
+        """to float [0,1] -> conform channels/size -> trigger.apply (if any) -> normalise."""
+        x = self.conform(images)
+        if trigger is not None:
+            x = trigger.apply(x)
+        return self.normalise(x)
+
+
+# --------------------------------------------------------------------------------------------
+# load_images
+
+
+def load_images(
+    path: str | Path,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    size: tuple[int, int] | None = None,
+) -> ImageSet:
+    """Read a labelled image set, detecting the format (see the module docstring).
+
+    ``split``: "train" or "test" for sources holding both (CIFAR, idx files; default "train"),
+    or a sub-folder name (e.g. "test" of a folder holding ``test/data.npy`` or ``test/<class>/``).
+    ``limit``: read at most this many samples (the first ones; ImageFolder takes them
+    round-robin over the classes so every class is represented).
+    ``size``: (H, W) to resize ImageFolder images to when they differ in size.
+    """
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise DataError(f"data path does not exist: {p}")
+    if limit is not None and limit < 0:
+        raise DataError(f"limit must be ≥ 0, got {limit}")
+    if p.is_file():
+        return _load_file(p, split=split, limit=limit)
+
+    # A split given as a sub-folder (train/, test/, clean/ ...) that holds a data set.
+    if split is not None and (p / split).is_dir() and not _is_cifar_dir(p):
+        sub = p / split
+        if _has_npy(sub) or _idx_pairs(sub) or _is_cifar_dir(sub) or _class_dirs(sub):
+            return load_images(sub, limit=limit, size=size)
+
+    if _is_cifar_dir(p):
+        return _load_cifar(_cifar_dir(p), split, limit)
+    if _has_npy(p):
+        return _load_npy(p, limit)
+    pairs = _idx_pairs(p)
+    if pairs:
+        return _load_idx_dir(p, pairs, split, limit)
+    class_dirs = _class_dirs(p)
+    if class_dirs:
+        return _load_image_folder(p, class_dirs, limit, size)
+
+    # Folders of data sets (e.g. the defender's split: clean/, train_poisoned/, test/).
+    subsets = sorted(d.name for d in p.iterdir() if d.is_dir() and (_has_npy(d) or _idx_pairs(d)))
+    if subsets:
+        raise DataError(
+            f"{p} holds several data sets ({', '.join(subsets)}); choose one with split=..."
+        )
+    found = sorted(x.name for x in p.iterdir())[:8]
+    raise DataError(
+        f"no image data recognised in {p}: expected cifar-10-batches-py/, (Fashion-)MNIST idx "
+        "files (train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]), "
+        "data.npy + labels.npy, or one sub-folder of images per class; found "
+        + (", ".join(found) if found else "an empty folder")
+    )
+
+
+def _load_file(p: Path, *, split: str | None, limit: int | None) -> ImageSet:
+    """A single file given: data.npy/labels.npy or one idx file of a pair."""
+    if p.name in ("data.npy", "labels.npy"):
+        return _load_npy(p.parent, limit)
+    m = _IDX_RE.match(p.name)
+    if m:
+        pairs = {k: v for k, v in _idx_pairs(p.parent).items() if k == m.group("prefix")}
+        if pairs:
+            return _load_idx_dir(p.parent, pairs, None, limit)
+        raise DataError(f"{p.name} has no matching labels file (…-labels-idx1-ubyte) next to it")
+    if p.name in ("data_batch_1", "test_batch", "batches.meta"):
+        return _load_cifar(p.parent, split, limit)
+    raise DataError(
+        f"cannot read {p}: give a folder (CIFAR batches, idx files, data.npy + labels.npy, or "
+        "an ImageFolder tree), or data.npy / an idx file"
+    )
+
+
+def _normalise_split(split: str | None) -> str:
+    if split is None:
+        return "train"
+    s = split.lower()
+    if s in _TRAIN_NAMES:
+        return "train"
+    if s in _TEST_NAMES:
+        return "test"
+    raise DataError(f"unknown split {split!r}: expected 'train' or 'test'")
+
+
+# ---- CIFAR ----------------------------------------------------------------------------------
+
+
+def _is_cifar_dir(p: Path) -> bool:
+    return _cifar_dir(p) is not None
+
+
+def _cifar_dir(p: Path) -> Path | None:
+    for d in (p, p / "cifar-10-batches-py", p / "cifar-100-python"):
+        if (d / "data_batch_1").is_file() or (d / "test_batch").is_file():
+            return d
+        if (d / "meta").is_file() and ((d / "train").is_file() or (d / "test").is_file()):
+            return d
+    return None
+
+
+def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
+    import codecs
+
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,
+    }
+    try:  # numpy ≥ 2
+        from numpy._core import multiarray, numeric
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    for mod in ("numpy.core", "numpy._core"):
+        allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
+        allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else."""
+
+    _allowed = _allowed_numpy_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(
+                f"refusing to load {module}.{name}: only numpy arrays are expected"
+            ) from None
+
+
+def _read_cifar_pickle(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
+        raise DataError(f"{path} is not a CIFAR batch (a pickled dict of arrays): {e}") from e
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} is not a CIFAR batch: expected a dict, found {type(obj).__name__}")
+    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
+
+
+def _load_cifar(d: Path, split: str | None, limit: int | None) -> ImageSet:
+    which = _normalise_split(split)
+    cifar100 = (d / "meta").is_file() and not (d / "batches.meta").is_file()
+    if cifar100:
+        files = [d / ("train" if which == "train" else "test")]
+        label_key, names_key, meta = "fine_labels", "fine_label_names", d / "meta"
+    else:
+        if which == "train":
+            files = sorted(d.glob("data_batch_*"), key=lambda f: _natural_key(f.name))
+        else:
+            files = [d / "test_batch"]
+        label_key, names_key, meta = "labels", "label_names", d / "batches.meta"
+    files = [f for f in files if f.is_file()]
+    if not files:
+        expected = "data_batch_1..5" if which == "train" else "test_batch"
+        raise DataError(f"CIFAR folder {d} has no {which} batches ({expected})")
+
+    images, labels, n = [], [], 0
+    for f in files:
+        batch = _read_cifar_pickle(f)
+        if "data" not in batch or label_key not in batch:
+            raise DataError(f"{f}: expected keys 'data' and '{label_key}', found {sorted(batch)}")
+        data = np.asarray(batch["data"])
+        lab = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise DataError(
+                f"{f}: expected uint8 data of shape N×3072, found {data.dtype} {data.shape}"
+            )
+        if len(lab) != len(data):
+            raise DataError(f"{f}: {len(data)} images but {len(lab)} labels")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(lab)
+        n += len(data)
+        if limit is not None and n >= limit:
+            break
+    x = np.concatenate(images)[:limit]
+    y = np.concatenate(labels)[:limit]
+
+    class_names = None
+    if meta.is_file():
+        m = _read_cifar_pickle(meta)
+        if names_key in m:
+            class_names = [
+                v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in m[names_key]
+            ]
+    if class_names is None and not cifar100:
+        class_names = list(CIFAR10_CLASSES)
+    return ImageSet(
+        torch.from_numpy(np.ascontiguousarray(x)),
+        torch.from_numpy(y),
+        class_names,
+        f"{d} ({which})",
+    )
+
+
+# ---- idx (MNIST, Fashion-MNIST) --------------------------------------------------------------
+
+_IDX_RE = re.compile(
+    r"^(?P<prefix>.+?)[-_.](?P<kind>images|labels)[-_.]idx(?P<ndim>\d)[-_.]ubyte(?P<gz>\.gz)?$"
+)
+_IDX_DTYPES = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+def _idx_pairs(d: Path) -> dict[str, tuple[Path, Path]]:
+    """prefix ('train', 't10k', ...) -> (images file, labels file) of the idx pairs in ``d``."""
+    found: dict[str, dict[str, Path]] = {}
+    for f in d.iterdir():
+        m = _IDX_RE.match(f.name)
+        if m and f.is_file():
+            slot = found.setdefault(m.group("prefix"), {})
+            # prefer the uncompressed file when both exist
+            if m.group("kind") not in slot or not m.group("gz"):
+                slot[m.group("kind")] = f
+    return {k: (v["images"], v["labels"]) for k, v in found.items() if len(v) == 2}
+
+
+def _read_idx(path: Path, limit: int | None) -> np.ndarray:
+    try:
+        if path.name.endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path} is not an idx file (bad magic number {raw[:4].hex()})")
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    total = int(np.prod(dims)) if dims else 0
+    if len(raw) < header + total * dtype.itemsize:
+        raise DataError(
+            f"{path} is truncated: header says {dims}, file has {len(raw) - header} data bytes"
+        )
+    n = dims[0] if limit is None else min(dims[0], limit)
+    per = int(np.prod(dims[1:])) if ndim > 1 else 1
+    arr = np.frombuffer(raw, dtype=dtype, count=n * per, offset=header)
+    return arr.reshape(n, *dims[1:]).astype(dtype.newbyteorder("="), copy=True)
+
+
+def _load_idx_dir(
+    d: Path, pairs: dict[str, tuple[Path, Path]], split: str | None, limit: int | None
+) -> ImageSet:
+    if len(pairs) == 1:
+        prefix = next(iter(pairs))
+    else:
+        which = _normalise_split(split)
+        names = _TRAIN_NAMES if which == "train" else _TEST_NAMES
+        matches = [k for k in pairs if k.lower() in names]
+        if not matches:
+            raise DataError(
+                f"{d} holds idx pairs {sorted(pairs)} but none for split {which!r} "
+                f"(expected one of {', '.join(names)})"
+            )
+        prefix = matches[0]
+    images_file, labels_file = pairs[prefix]
+    x = _read_idx(images_file, limit)
+    y = _read_idx(labels_file, limit)
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4:  # N×H×W×C
+        x = x.transpose(0, 3, 1, 2)
+    else:
+        raise DataError(f"{images_file}: expected N×H×W images, found shape {x.shape}")
+    if y.ndim != 1:
+        raise DataError(f"{labels_file}: expected N labels, found shape {y.shape}")
+    if len(x) != len(y):
+        raise DataError(f"{images_file.name} has {len(x)} images, {labels_file.name} {len(y)}")
+    x = _images_from_array(x, images_file)
+    class_names = FASHION_MNIST_CLASSES.copy() if "fashion" in str(d).lower() else None
+    return ImageSet(x, torch.from_numpy(y.astype(np.int64)), class_names, f"{d} ({prefix})")
+
+
+# ---- data.npy + labels.npy -----------------------------------------------------------------
+
+
+def _has_npy(d: Path) -> bool:
+    return (d / "data.npy").is_file() and (d / "labels.npy").is_file()
+
+
+def _load_npy(d: Path, limit: int | None) -> ImageSet:
+    try:
+        data = np.load(d / "data.npy", allow_pickle=False, mmap_mode="r")
+        labels = np.load(d / "labels.npy", allow_pickle=False, mmap_mode="r")
+    except FileNotFoundError as e:
+        raise DataError(f"{d} needs both data.npy and labels.npy ({e.filename} is missing)") from e
+    except ValueError as e:  # object arrays need pickle: refused
+        raise DataError(f"cannot read the .npy files in {d} without pickle: {e}") from e
+    if limit is not None:
+        data, labels = data[:limit], labels[:limit]
+    data, labels = np.array(data), np.array(labels)
+    if data.ndim == 3:
+        data = data[:, None]
+    elif data.ndim == 4:
+        nchw = data.shape[1] in (1, 3)
+        nhwc = data.shape[3] in (1, 3)
+        if nhwc and (not nchw or data.dtype == np.uint8):
+            data = data.transpose(0, 3, 1, 2)
+        elif not nchw:
+            raise DataError(
+                f"{d / 'data.npy'}: cannot tell the channel axis of shape {data.shape}: "
+                "expected N×C×H×W or N×H×W×C with C = 1 or 3"
+            )
+    else:
+        raise DataError(
+            f"{d / 'data.npy'}: expected N×C×H×W, N×H×W×C or N×H×W images, found shape {data.shape}"
+        )
+    labels = _labels_from_array(labels, d / "labels.npy")
+    if len(labels) != len(data):
+        raise DataError(f"{d}: data.npy has {len(data)} images, labels.npy {len(labels)} labels")
+    names_file = d / "class_names.txt"
+    class_names = None
+    if names_file.is_file():
+        class_names = [s for s in names_file.read_text(encoding="utf-8").splitlines() if s]
+    return ImageSet(_images_from_array(data, d / "data.npy"), labels, class_names, str(d))
+
+
+def _images_from_array(x: np.ndarray, where: Path) -> Tensor:
+    """uint8 stays uint8; integers in 0..255 become uint8; floats must lie in [0, 1]."""
+    if x.dtype == np.uint8:
+        return torch.from_numpy(np.ascontiguousarray(x))
+    if x.dtype.kind in "iu":
+        lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+        if lo < 0 or hi > 255:
+            raise DataError(f"{where}: integer images must be 0..255, found {lo}..{hi}")
+        return torch.from_numpy(np.ascontiguousarray(x.astype(np.uint8)))
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32)
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not np.isfinite([lo, hi]).all() or lo < -1e-6 or hi > 1 + 1e-6:
+            raise DataError(
+                f"{where}: float images must lie in [0, 1], found values in [{lo:g}, {hi:g}] "
+                "(divide by 255, or store uint8)"
+            )
+        return torch.from_numpy(np.ascontiguousarray(np.clip(x, 0.0, 1.0)))
+    raise DataError(f"{where}: expected uint8 or float images, found dtype {x.dtype}")
+
+
+def _labels_from_array(y: np.ndarray, where: Path) -> Tensor:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{where}: expected one integer label per image, found shape {y.shape}")
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"{where}: labels must be integers, found non-integer floats")
+    elif y.dtype.kind not in "iub":
+        raise DataError(f"{where}: labels must be integers, found dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise DataError(f"{where}: labels must be ≥ 0, found {int(y.min())}")
+    return torch.from_numpy(y)
+
+
+def save_images(images: ImageSet, folder: str | Path) -> Path:
+    """Write ``data.npy`` (uint8 N×H×W×C) + ``labels.npy`` (+ ``class_names.txt``) to folder."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    x = images.images
+    if x.dtype != torch.uint8:
+        x = (x.clamp(0, 1) * 255).round().to(torch.uint8)
+    np.save(d / "data.npy", x.permute(0, 2, 3, 1).contiguous().numpy())
+    np.save(d / "labels.npy", images.labels.numpy().astype(np.int64))
+    if images.class_names:
+        (d / "class_names.txt").write_text("\n".join(images.class_names) + "\n", encoding="utf-8")
+    return d
+
+
+# ---- ImageFolder ----------------------------------------------------------------------------
+
+
+def _class_dirs(d: Path) -> list[Path]:
+    """Sorted sub-folders of ``d`` that hold image files (hidden folders ignored)."""
+    dirs = sorted(
+        (s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".")),
+        key=lambda s: s.name,
+    )
+    has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for s in dirs for f in s.rglob("*"))
+    return dirs if has_images else []
+
+
+def _image_files(d: Path) -> list[Path]:
+    return sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+
+
+def _load_image_folder(
+    root: Path, class_dirs: list[Path], limit: int | None, size: tuple[int, int] | None
+) -> ImageSet:
+    from PIL import Image, UnidentifiedImageError
+
+    per_class = [_image_files(c) for c in class_dirs]
+    order: list[tuple[int, Path]] = []
+    if limit is None:
+        order = [(k, f) for k, files in enumerate(per_class) for f in files]
+    else:  # round-robin over the classes so a limit keeps every class
+        i = 0
+        while len(order) < limit and any(i < len(files) for files in per_class):
+            order += [(k, files[i]) for k, files in enumerate(per_class) if i < len(files)]
+            i += 1
+        order = sorted(order[:limit], key=lambda t: t[0])
+    if not order:
+        raise DataError(f"ImageFolder {root} has class folders but no image files")
+
+    pics = []
+    for _, f in order:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                pics.append(im.copy())
+        except (OSError, UnidentifiedImageError) as e:
+            raise DataError(f"cannot read image {f}: {e}") from e
+    grey = all(im.mode in ("L", "1", "I;16", "I", "F") for im in pics)
+    mode = "L" if grey else "RGB"
+    pics = [im.convert(mode) if im.mode != mode else im for im in pics]
+    sizes = Counter((im.height, im.width) for im in pics)
+    if size is None and len(sizes) > 1:
+        listed = ", ".join(f"{h}×{w} ({n})" for (h, w), n in sizes.most_common(4))
+        raise DataError(
+            f"images in {root} differ in size ({listed}); pass a size to resize them to one"
+        )
+    if size is not None:
+        h, w = size
+        pics = [
+            im if (im.height, im.width) == (h, w) else im.resize((w, h), Image.BILINEAR)
+            for im in pics
+        ]
+    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in pics])
+    arr = arr[:, None] if grey else arr.transpose(0, 3, 1, 2)
+    labels = torch.tensor([k for k, _ in order], dtype=torch.int64)
+    return ImageSet(
+        torch.from_numpy(np.ascontiguousarray(arr)),
+        labels,
+        [c.name for c in class_dirs],
+        str(root),
+    )
+
+
+def _natural_key(s: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def image_to_tensor(path: str | Path) -> Tensor:
+    """One image file (or a .npy array) as float32 C×H×W in [0, 1] (grey → 1 channel)."""
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if p.suffix.lower() == ".npy":
+        try:
+            a = np.load(p, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {p}: {e}") from e
+        if a.ndim == 2:
+            a = a[None]
+        elif a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[2] in (1, 3):
+            a = a.transpose(2, 0, 1)
+        if a.ndim != 3:
+            raise DataError(f"{p}: expected an H×W or C×H×W array, found shape {a.shape}")
+        return to_float(_images_from_array(a[None], p))[0]
+    try:
+        with Image.open(io.BytesIO(p.read_bytes())) as im:
+            im.load()
+            grey = im.mode in ("L", "1", "I;16", "I", "F")
+            im = im.convert("L" if grey else "RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(f"cannot read image {p}: {e}") from e
+    arr = arr[None] if grey else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
