@@ -1,0 +1,97 @@
+"""The one-pass statistics: exact against a direct computation, and mergeable across shards."""
+
+import pytest
+import torch
+from torch import nn
+
+from core.data import ImageSet, InputSpec
+from core.errors import Cancelled
+from core.graph import neuron_graph
+from core.statistics import collect_statistics
+
+
+class TwoLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 4, 3, stride=2)
+        self.bn2 = nn.BatchNorm2d(4)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))).mean((2, 3))
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    model = TwoLayer().eval()
+    images = ImageSet(torch.rand(37, 3, 8, 8), torch.zeros(37, dtype=torch.long))
+    spec = InputSpec(3, (8, 8))
+    layers = neuron_graph(model)
+    return model, images, spec, layers
+
+
+def direct_preactivations(model, x):
+    z1 = model.conv1(x)
+    z2 = model.conv2(torch.relu(model.bn1(z1)))
+    return {"bn1": z1, "bn2": z2}
+
+
+def test_statistics_equal_direct_computation(setup):
+    model, images, spec, layers = setup
+    stats = collect_statistics(model, images, spec, layers, batch_size=10)
+    with torch.no_grad():
+        direct = direct_preactivations(model, images.images)
+    for name, z in direct.items():
+        s = stats.layers[name]
+        flat = z.transpose(0, 1).reshape(z.shape[1], -1).double()
+        assert s.count == flat.shape[1]
+        assert torch.allclose(s.mean, flat.mean(1), atol=1e-6)
+        assert torch.allclose(s.var, flat.var(1, unbiased=True), rtol=1e-5)
+        assert torch.equal(s.maxima, z.amax((2, 3)))
+        assert torch.allclose(s.means, z.mean((2, 3)), atol=1e-6)
+    assert stats.n_samples == 37
+
+
+def test_shard_merge_equals_one_pass(setup):
+    model, images, spec, layers = setup
+    whole = collect_statistics(model, images, spec, layers, batch_size=8)
+    a = collect_statistics(model, images.subset(slice(0, 13)), spec, layers, batch_size=5)
+    b = collect_statistics(model, images.subset(slice(13, 37)), spec, layers, batch_size=7)
+    merged = a.merge(b)
+    assert merged.n_samples == whole.n_samples
+    for name, s in whole.layers.items():
+        m = merged.layers[name]
+        assert m.count == s.count
+        assert torch.allclose(m.mean, s.mean, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(m.m2, s.m2, rtol=1e-9)
+        assert torch.equal(m.maxima, s.maxima)
+
+
+def test_variance_is_stable_for_large_offsets(setup):
+    model, images, spec, layers = setup
+    with torch.no_grad():
+        model.conv1.bias.add_(1e4)  # pre-activations ~1e4 with small spread
+    stats = collect_statistics(model, images, spec, layers, batch_size=6)
+    with torch.no_grad():
+        z = model.conv1(images.images).double()
+    flat = z.transpose(0, 1).reshape(6, -1)
+    assert torch.allclose(stats.layers["bn1"].var, flat.var(1), rtol=1e-3)
+
+
+def test_progress_and_cancel(setup):
+    model, images, spec, layers = setup
+    seen = []
+    collect_statistics(
+        model, images, spec, layers, batch_size=10, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen == [(10, 37), (20, 37), (30, 37), (37, 37)]
+    calls = []
+
+    def cancel():
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(Cancelled):
+        collect_statistics(model, images, spec, layers, batch_size=10, cancel=cancel)
