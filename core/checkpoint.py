@@ -117,9 +117,13 @@ def load_checkpoint(
 
     trigger: Tensor | None = None
     meta: Mapping[str, Any] | None = None
-    if _is_safetensors(path):
+    try:
+        is_safetensors, is_torchscript = _is_safetensors(path), _is_torchscript(path)
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}") from None
+    if is_safetensors:
         fmt, raw, meta = "safetensors", *_read_safetensors(path)
-    elif _is_torchscript(path):
+    elif is_torchscript:
         fmt, raw, meta = "torchscript", *_read_torchscript(path)
     else:
         obj = _read_pickle(path, trust_pickle)
