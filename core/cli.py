@@ -1,0 +1,226 @@
+"""The `bnp` command line: info, defend, train, demo.
+
+Every user-facing failure is a `BnpError`, printed as one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from core.errors import BnpError
+
+TRUST_HELP = (
+    "allow full unpickling of a checkpoint that needs it; this can run arbitrary code, so "
+    "only use it for files you trust"
+)
+
+
+def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, help="model file (.pth/.pt, .safetensors, TorchScript)")
+    p.add_argument("--arch", help="architecture name, when detection is ambiguous or fails")
+    p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
+
+
+def _load(args):
+    from core.checkpoint import load_checkpoint
+
+    return load_checkpoint(args.checkpoint, arch=args.arch, trust_pickle=args.trust_pickle)
+
+
+# ---- bnp info ----------------------------------------------------------------------------
+
+
+def cmd_info(args) -> int:
+    from core.inspection import Inspection
+
+    ckpt = _load(args)
+    inspection = Inspection(ckpt, device="cpu")
+    meta = ckpt.metadata
+    print(f"file          {ckpt.path}")
+    print(f"format        {ckpt.format}")
+    print(f"architecture  {meta.arch}")
+    print(f"classes       {meta.num_classes}")
+    print(f"input         {meta.in_channels}×{meta.input_size[0]}×{meta.input_size[1]}")
+    if meta.mean is not None:
+        print(f"normalisation mean={list(meta.mean)} std={list(meta.std or [])}")
+    if meta.dataset:
+        print(f"dataset       {meta.dataset}")
+    if meta.attack:
+        print(f"attack        {meta.attack.get('kind', '?')}")
+    if meta.target_label is not None:
+        print(f"target label  {meta.target_label}")
+    trigger = inspection.trigger
+    print(f"trigger       {trigger!r}" if trigger is not None else "trigger       none stored")
+    print()
+    print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
+    for layer in inspection.layers:
+        conv = layer.conv or "(not a convolution: no CLP score)"
+        print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
+    total = sum(layer.channels for layer in inspection.layers)
+    print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+    return 0
+
+
+# ---- bnp defend --------------------------------------------------------------------------
+
+
+def _metrics_row(label: str, k, pruned, metrics) -> str:
+    k_text = "-" if k is None else f"{k:g}"
+    acc = f"{metrics.acc:6.2f}" if metrics else "     -"
+    asr = f"{metrics.asr:6.2f}" if metrics and metrics.asr is not None else "     -"
+    return f"{label:<8} {k_text:>9} {pruned:>7}  {acc}  {asr}"
+
+
+TABLE_HEADER = f"{'method':<8} {'threshold':>9} {'pruned':>7}  {'ACC %':>6}  {'ASR %':>6}"
+
+
+def _load_data(path: Path | None, role: str):
+    from core.data import load_images
+
+    if path is None:
+        return None
+    try:
+        return load_images(path)
+    except BnpError as exc:
+        raise BnpError(f"{role} data ({path}): {exc}") from None
+
+
+def _trigger_arg(args, inspection):
+    from core.triggers import trigger_from_image
+
+    if args.trigger is not None:
+        return trigger_from_image(args.trigger, kind=args.trigger_kind, alpha=args.alpha)
+    return inspection.trigger
+
+
+def method_report(inspection, method: str, k: float, mask) -> dict:
+    """Report fields of one method at one threshold: flagged neurons and all scores."""
+    return {
+        "method": method,
+        "threshold": k,
+        "flagged": mask.neurons(),
+        "pruned": mask.count(),
+        "scores": inspection.scores(method),
+    }
+
+
+def cmd_defend(args) -> int:
+    from core.export import export_model, format_for_path, write_json
+    from core.inspection import Inspection
+    from core.progress import ProgressBar
+
+    if args.method == "bnp" and args.clean is None:
+        raise BnpError("BNP needs clean labelled samples: pass --clean DIR.")
+    if args.method == "ep" and args.train is None:
+        raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
+    ckpt = _load(args)
+    inspection = Inspection(ckpt, device=args.device)
+    print(f"{ckpt.metadata.arch} on {inspection.device_name}", file=sys.stderr)
+    clean = _load_data(args.clean, "clean") if args.method == "bnp" else None
+    train = _load_data(args.train, "training") if args.method == "ep" else None
+    test = _load_data(args.test, "test")
+    if clean is not None or train is not None:
+        inspection.collect(clean, train, progress=ProgressBar("statistics"))
+    mask = inspection.mask({args.method: args.threshold})
+    report = method_report(inspection, args.method, args.threshold, mask)
+
+    before = after = None
+    if test is not None:
+        trigger = _trigger_arg(args, inspection)
+        target = args.target if args.target is not None else inspection.target
+        if trigger is None or target is None:
+            missing = "a trigger (--trigger FILE)" if trigger is None else "--target LABEL"
+            print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
+        before = inspection.evaluate(
+            test, trigger=trigger, target=target, progress=ProgressBar("before   ")
+        )
+        after = inspection.evaluate(
+            test, mask=mask, trigger=trigger, target=target, progress=ProgressBar("after    ")
+        )
+        report.update(acc_before=before.acc, asr_before=before.asr)
+        report.update(acc_after=after.acc, asr_after=after.asr)
+
+    print(TABLE_HEADER)
+    print(_metrics_row("none", None, 0, before))
+    print(_metrics_row(args.method, args.threshold, mask.count(), after))
+    for layer, channels in mask.neurons().items():
+        print(f"  {layer}: {channels}")
+
+    if args.out is not None:
+        fmt = args.format or format_for_path(args.out)
+        export_model(
+            inspection.model,
+            args.out,
+            mask=mask,
+            fmt=fmt,
+            metadata=ckpt.metadata,
+            trigger=ckpt.trigger,
+            source=args.checkpoint,
+        )
+        print(f"pruned model written to {args.out} ({fmt})", file=sys.stderr)
+    if args.report is not None:
+        write_json(args.report, report, source=args.checkpoint)
+        print(f"report written to {args.report}", file=sys.stderr)
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bnp", description="Find and prune backdoor neurons with EP, BNP and CLP."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="what a checkpoint holds: architecture, layers, neurons")
+    _add_checkpoint_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("defend", help="score, prune and evaluate with one method")
+    _add_checkpoint_args(p)
+    p.add_argument("--method", choices=("ep", "bnp", "clp"), required=True)
+    p.add_argument("--threshold", "-k", type=float, default=3.0, help="k (or u), default 3")
+    p.add_argument("--clean", type=Path, help="clean labelled samples (BNP statistics)")
+    p.add_argument("--train", type=Path, help="samples of the suspect training set (EP)")
+    p.add_argument("--test", type=Path, help="labelled clean test set (ACC, and ASR)")
+    p.add_argument("--target", type=int, help="attack target label (default: from metadata)")
+    p.add_argument("--trigger", type=Path, help="trigger image (default: the checkpoint's)")
+    p.add_argument("--trigger-kind", default="patch", help="patch, blend or corner-blend")
+    p.add_argument("--alpha", type=float, default=0.2, help="blend weight of a trigger image")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
+    p.add_argument("--out", type=Path, help="write the pruned model here")
+    p.add_argument("--format", choices=("seed", "state_dict", "safetensors"))
+    p.add_argument("--report", type=Path, help="write a JSON report here")
+    p.set_defaults(func=cmd_defend)
+
+    for name, module_name, text in (
+        ("train", "core.train", "train a backdoored (or clean) classifier"),
+        ("demo", "core.demo", "run all three defenses on the bundled demo model"),
+    ):
+        try:
+            module = __import__(module_name, fromlist=["add_arguments", "run"])
+        except ImportError:
+            continue
+        p = sub.add_parser(name, help=text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except BnpError as exc:
+        print(f"\nbnp: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nbnp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
