@@ -1,0 +1,1 @@
+"""BNP Inspector's window (PySide6 + pyqtgraph) over the Qt-free engine in ``core``."""

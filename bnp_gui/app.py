@@ -1,0 +1,82 @@
+"""Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch  # noqa: F401 - torch must be imported before the QApplication exists
+
+APP_NAME = "bnp-gui"
+ORG_NAME = "BNP Inspector"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bnp-gui", description="Find and prune backdoor neurons (EP, BNP, CLP)."
+    )
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint to open")
+    parser.add_argument(
+        "--data", metavar="DIR", help="data folder (clean/, train_poisoned/, test/)"
+    )
+    parser.add_argument("--demo", action="store_true", help="open the bundled demo and analyse it")
+    parser.add_argument(
+        "--screenshot", metavar="FILE.png", help="render the analysed window to FILE and exit"
+    )
+    parser.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    return parser.parse_args(argv)
+
+
+def make_application(argv: list[str] | None = None):
+    """The QApplication, named so that QSettings find the right place, pyqtgraph configured."""
+    import pyqtgraph as pg
+    from PySide6.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
+    app.setOrganizationName(ORG_NAME)
+    app.setApplicationName(APP_NAME)
+    app.setApplicationDisplayName("BNP Inspector")
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    app = make_application()
+    from bnp_gui.data_roles import guess_roles
+    from bnp_gui.mainwindow import MainWindow
+    from bnp_gui.screenshot import ScreenshotWhenReady
+
+    window = MainWindow()
+    if args.screenshot:
+        try:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            print(f"bnp-gui: --size must look like 1440x900, not {args.size!r}", file=sys.stderr)
+            return 2
+        window.resize(w, h)
+    window.show()
+    if args.demo:
+        window.open_demo(analyze=True)
+    else:
+        if args.checkpoint:
+            window.session.auto_analyze = bool(args.data)
+            window.open_checkpoint(args.checkpoint)
+        if args.data:
+            if Path(args.data).is_dir():
+                window.open_data(guess_roles(args.data))
+            else:
+                window.show_message("error", f"--data: {args.data} is not a folder.")
+    if args.screenshot:
+        shooter = ScreenshotWhenReady(window, args.screenshot)
+        shooter.done.connect(app.quit)
+        shooter.start()
+    code = app.exec()
+    if args.screenshot:
+        return 0 if Path(args.screenshot).is_file() else 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

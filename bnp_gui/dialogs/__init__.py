@@ -1,0 +1,1 @@
+"""One dialog per action: data roles, trigger, input settings, export, trust, architecture."""

@@ -1,0 +1,100 @@
+"""Lay per-layer neuron scores out as one ragged layers × channels grid (Qt-free).
+
+Rows are BatchNorm layers in data-flow order, columns are channels; rows narrower than the
+widest layer are padded with NaN, which pyqtgraph draws transparent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class NeuronGrid:
+    """Scores, z-scores and flags of every neuron, as float32 rows padded with NaN."""
+
+    layers: tuple[str, ...]
+    widths: tuple[int, ...]
+    scores: np.ndarray  # L × Cmax float32, NaN where no neuron or no score
+    zscores: np.ndarray  # L × Cmax float32
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.scores.shape  # type: ignore[return-value]
+
+    def neuron_at(self, row: int, col: int) -> tuple[str, int] | None:
+        """The (layer, channel) drawn at a cell, or None outside every layer."""
+        if 0 <= row < len(self.layers) and 0 <= col < self.widths[row]:
+            return self.layers[row], col
+        return None
+
+    def cell_of(self, layer: str, channel: int) -> tuple[int, int] | None:
+        try:
+            row = self.layers.index(layer)
+        except ValueError:
+            return None
+        return (row, channel) if 0 <= channel < self.widths[row] else None
+
+    def cells(self, neurons: Mapping[str, Sequence[int]] | dict) -> np.ndarray:
+        """(x, y) cell centres of the given neurons, for scatter marks; shape K × 2."""
+        points = []
+        for row, layer in enumerate(self.layers):
+            for ch in neurons.get(layer, ()):
+                points.append((ch + 0.5, row + 0.5))
+        return np.asarray(points, dtype=float).reshape(-1, 2)
+
+
+def build_grid(
+    layers: Sequence[tuple[str, int]],
+    scores: Mapping[str, torch.Tensor] | None,
+    zscores: Mapping[str, torch.Tensor] | None = None,
+) -> NeuronGrid:
+    """Grid of ``(layer name, channels)`` rows; layers without scores stay all-NaN rows."""
+    names = tuple(name for name, _ in layers)
+    widths = tuple(int(c) for _, c in layers)
+    width = max(widths, default=0)
+    values = np.full((len(names), width), np.nan, dtype=np.float32)
+    zvalues = np.full((len(names), width), np.nan, dtype=np.float32)
+    for row, name in enumerate(names):
+        if scores is not None and name in scores:
+            s = scores[name].detach().to(torch.float32).cpu().numpy()
+            values[row, : len(s)] = s
+        if zscores is not None and name in zscores:
+            z = zscores[name].detach().to(torch.float32).cpu().numpy()
+            zvalues[row, : len(z)] = z
+    return NeuronGrid(names, widths, values, zvalues)
+
+
+def flagged_neurons(flags: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+    """``{layer: [channel, ...]}`` of the True entries of per-layer boolean flags."""
+    return {
+        name: torch.nonzero(f, as_tuple=False).view(-1).tolist()
+        for name, f in flags.items()
+        if bool(f.any())
+    }
+
+
+def threshold_value(scores: torch.Tensor, k: float, direction: str) -> float | None:
+    """Score value of the layer's threshold mean_L ± k·std_L (None when it is undefined)."""
+    values = scores[~torch.isnan(scores)].double()
+    if values.numel() < 2:
+        return None
+    std, mean = torch.std_mean(values)
+    sign = 1.0 if direction == "high" else -1.0
+    return float(mean + sign * k * std)
+
+
+def k_from_value(scores: torch.Tensor, value: float, direction: str) -> float | None:
+    """Inverse of ``threshold_value``: the k that puts a layer's threshold at ``value``."""
+    values = scores[~torch.isnan(scores)].double()
+    if values.numel() < 2:
+        return None
+    std, mean = torch.std_mean(values)
+    if float(std) <= 0:
+        return None
+    sign = 1.0 if direction == "high" else -1.0
+    return float(sign * (value - mean) / std)

@@ -1,0 +1,1 @@
+"""The window's panels: heatmap, distribution, neuron, thresholds, preview."""

@@ -1,0 +1,152 @@
+"""Per-layer score distribution with the threshold as a draggable line.
+
+The histogram shows one layer's scores for the viewed method; the vertical line sits at that
+layer's threshold mean_L ± k·std_L. Dragging it sets k for the method (the same k applies to every
+layer, as in the papers); the cheap redraw follows the drag, the session debounces the preview.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+import torch
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from bnp_gui.neuron_grid import k_from_value, threshold_value
+from bnp_gui.session import DIRECTION, Session
+from core.inspection import METHOD_NAMES
+
+
+class DistributionPanel(QWidget):
+    """Histogram of one layer's scores and the draggable threshold line."""
+
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.layer_box = QComboBox()
+        self.layer_box.setToolTip("Layer whose score distribution is shown (follows selection).")
+        self.layer_box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        self.layer_box.currentIndexChanged.connect(self._redraw)
+        self.info = QLabel(" ")
+
+        self.plot = pg.PlotWidget()
+        self.plot.setMenuEnabled(False)
+        item = self.plot.getPlotItem()
+        item.hideButtons()
+        item.setLabel("left", "neurons")
+        self.hist = pg.PlotDataItem(
+            stepMode="center", fillLevel=0, brush=(80, 140, 220, 150), pen=pg.mkPen(80, 140, 220)
+        )
+        item.addItem(self.hist)
+        self.line = pg.InfiniteLine(
+            angle=90,
+            movable=True,
+            pen=pg.mkPen("#e03030", width=2),
+            hoverPen=pg.mkPen("#ff8080", width=3),
+            label="k = {value}",
+        )
+        self.line.setToolTip("Drag to change this method's threshold k")
+        item.addItem(self.line)
+        self.line.sigPositionChanged.connect(self._line_dragged)
+        self._updating = False
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Layer:"))
+        top.addWidget(self.layer_box)
+        top.addWidget(self.info, 1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.plot, 1)
+
+        session.checkpoint_changed.connect(self._fill_layers)
+        session.scores_changed.connect(self._redraw)
+        session.view_changed.connect(self._redraw)
+        session.mask_changed.connect(self._move_line)
+        session.selection_changed.connect(self._follow_selection)
+        self._fill_layers()
+
+    def current_layer(self) -> str | None:
+        return self.layer_box.currentData()
+
+    def _fill_layers(self) -> None:
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        for name, channels in self.session.layers:
+            self.layer_box.addItem(f"{name} ({channels})", name)
+        self.layer_box.blockSignals(False)
+        self._redraw()
+
+    def _follow_selection(self) -> None:
+        sel = self.session.selected
+        if sel is None:
+            return
+        index = self.layer_box.findData(sel[0])
+        if index >= 0 and index != self.layer_box.currentIndex():
+            self.layer_box.setCurrentIndex(index)
+
+    def _scores(self) -> torch.Tensor | None:
+        layer = self.current_layer()
+        scores = self.session.scores.get(self.session.view_method)
+        if layer is None or scores is None or layer not in scores:
+            return None
+        return scores[layer]
+
+    def _redraw(self) -> None:
+        method = self.session.view_method
+        s = self._scores()
+        item = self.plot.getPlotItem()
+        item.setLabel("bottom", f"{METHOD_NAMES[method]} score")
+        if s is None:
+            self.hist.setData([], [])
+            self.line.hide()
+            self.info.setText("no scores for this layer" if self.current_layer() else " ")
+            return
+        values = s[~torch.isnan(s)].double().numpy()
+        if values.size == 0:
+            self.hist.setData([], [])
+            self.line.hide()
+            self.info.setText("no neuron of this layer has a score")
+            return
+        bins = int(np.clip(np.sqrt(values.size) * 2, 10, 80))
+        lo, hi = float(values.min()), float(values.max())
+        if hi <= lo:
+            hi = lo + 1e-6
+        counts, edges = np.histogram(values, bins=bins, range=(lo, hi))
+        self.hist.setData(edges, counts)
+        self.line.show()
+        self._move_line()
+        item.enableAutoRange()
+
+    def _move_line(self) -> None:
+        s = self._scores()
+        method = self.session.view_method
+        if s is None:
+            return
+        k = self.session.thresholds[method]
+        value = threshold_value(s, k, DIRECTION[method])
+        if value is None:
+            self.line.hide()
+            return
+        self._updating = True
+        self.line.setValue(value)
+        self.line.label.setFormat(f"k = {k:.2f}")
+        self._updating = False
+        flagged = self.session.flags.get(method, {}).get(self.current_layer())
+        n = int(flagged.sum()) if flagged is not None else 0
+        side = ">" if DIRECTION[method] == "high" else "<"
+        self.info.setText(f"{n} of {len(s)} flagged ({side} {value:.4g})")
+
+    def _line_dragged(self) -> None:
+        if self._updating:
+            return
+        s = self._scores()
+        method = self.session.view_method
+        if s is None:
+            return
+        k = k_from_value(s, float(self.line.value()), DIRECTION[method])
+        if k is None:
+            return
+        k = float(np.clip(k, 0.0, 20.0))
+        self.line.label.setFormat(f"k = {k:.2f}")
+        self.session.set_threshold(method, k)

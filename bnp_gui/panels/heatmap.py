@@ -1,0 +1,221 @@
+"""Neuron heatmap: BatchNorm layers (rows, data-flow order) × channels, coloured by score.
+
+One ``ImageItem`` over a NaN-padded float32 grid (NaN is transparent, so ragged layer widths
+show as they are), layer names as left-axis ticks, a colour bar with explicit levels, scatter
+marks for flagged / force-pruned / kept neurons; hover shows layer, channel, score and z-score,
+a click selects the neuron.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtGui import QCursor
+from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QToolTip, QVBoxLayout, QWidget
+
+from bnp_gui.neuron_grid import NeuronGrid, build_grid, flagged_neurons
+from bnp_gui.session import DIRECTION, Session
+from core.inspection import METHOD_NAMES, METHODS
+
+# colour = how suspicious a neuron is, as a z-score oriented so that high = suspicious
+Z_LEVELS = (-2.0, 6.0)
+
+
+class HeatmapPanel(QWidget):
+    """Layers × channels heatmap of the viewed method's scores."""
+
+    neuron_hovered = Signal(str)
+
+    def __init__(self, session: Session, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self.grid: NeuronGrid | None = None
+
+        self.method_box = QComboBox()
+        for m in METHODS:
+            self.method_box.addItem(METHOD_NAMES[m], m)
+        self.method_box.setToolTip(
+            "Which defense's scores to show (EP needs the training set, BNP clean samples, "
+            "CLP no data)."
+        )
+        self.method_box.activated.connect(self._method_chosen)
+        self.hover_label = QLabel(" ")
+        self.hover_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+
+        self.plot = pg.PlotWidget()
+        self.plot.setMenuEnabled(False)
+        self.plot.setToolTip("")
+        item = self.plot.getPlotItem()
+        item.invertY(True)
+        item.setLabel("bottom", "channel")
+        item.hideButtons()
+        item.getViewBox().setMouseEnabled(x=True, y=False)
+        self.image = pg.ImageItem(axisOrder="row-major")
+        self.image.setColorMap(pg.colormap.get("CET-L8"))
+        self.image.setLevels(Z_LEVELS)
+        item.addItem(self.image)
+        self.colorbar = pg.ColorBarItem(
+            values=Z_LEVELS,
+            colorMap=pg.colormap.get("CET-L8"),
+            label="suspicion (z-score within layer)",
+            interactive=False,
+            width=12,
+        )
+        self.colorbar.setImageItem(self.image, insert_in=item)
+        self.flag_marks = pg.ScatterPlotItem(
+            symbol="x", size=7, pen=pg.mkPen("#00c8ff", width=1.5), brush=None, pxMode=True
+        )
+        self.prune_marks = pg.ScatterPlotItem(
+            symbol="s", size=9, pen=pg.mkPen("#ff2020", width=2), brush=None, pxMode=True
+        )
+        self.keep_marks = pg.ScatterPlotItem(
+            symbol="o", size=9, pen=pg.mkPen("#20d020", width=2), brush=None, pxMode=True
+        )
+        self.selection_mark = pg.ScatterPlotItem(
+            symbol="s", size=13, pen=pg.mkPen("#ffffff", width=2), brush=None, pxMode=True
+        )
+        for marks in (self.flag_marks, self.prune_marks, self.keep_marks, self.selection_mark):
+            item.addItem(marks)
+        self.plot.scene().sigMouseMoved.connect(self._mouse_moved)
+        self.plot.scene().sigMouseClicked.connect(self._mouse_clicked)
+
+        top = QHBoxLayout()
+        top.addWidget(QLabel("Scores:"))
+        top.addWidget(self.method_box)
+        legend = QLabel(
+            "<span style='color:#00c8ff'>✕</span> flagged &nbsp; "
+            "<span style='color:#ff2020'>□</span> force-pruned &nbsp; "
+            "<span style='color:#20d020'>○</span> kept"
+        )
+        legend.setToolTip("Click a neuron to plot its pre-activations; P / K / A to override it.")
+        top.addWidget(legend)
+        top.addStretch(1)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addLayout(top)
+        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.hover_label)
+
+        session.checkpoint_changed.connect(self._rebuild)
+        session.scores_changed.connect(self._rebuild)
+        session.view_changed.connect(self._rebuild)
+        session.mask_changed.connect(self._update_marks)
+        session.selection_changed.connect(self._update_selection)
+        self._rebuild()
+
+    # --- rendering ---
+    def _rebuild(self) -> None:
+        s = self.session
+        for i, m in enumerate(METHODS):
+            model_item = self.method_box.model().item(i)
+            model_item.setEnabled(s.available(m))
+            model_item.setToolTip("" if s.available(m) else "Not computed yet: run Analyze.")
+        self.method_box.setCurrentIndex(METHODS.index(s.view_method))
+        method = s.view_method
+        scores = s.scores.get(method)
+        zs = s.zscores.get(method)
+        self.grid = build_grid(s.layers, scores, zs)
+        item = self.plot.getPlotItem()
+        if self.grid.shape[0] == 0 or self.grid.shape[1] == 0:
+            self.image.clear()
+            item.getAxis("left").setTicks([[]])
+            self._update_marks()
+            return
+        suspicion = self.grid.zscores if DIRECTION[method] == "high" else -self.grid.zscores
+        self.image.setImage(suspicion, levels=Z_LEVELS, autoLevels=False)
+        rows, cols = self.grid.shape
+        self.image.setRect(0, 0, cols, rows)
+        ticks = [(i + 0.5, name) for i, name in enumerate(self.grid.layers)]
+        item.getAxis("left").setTicks([ticks])
+        label = (
+            "suspicion: z-score" if DIRECTION[method] == "high" else "suspicion: −z (low entropy)"
+        )
+        item.setTitle(f"{METHOD_NAMES[method]} scores per neuron — colour: {label}", size="9pt")
+        item.getViewBox().setLimits(xMin=-1, xMax=cols + 1, yMin=-0.5, yMax=rows + 0.5)
+        item.setRange(xRange=(0, cols), yRange=(0, rows), padding=0.01)
+        self._update_marks()
+
+    def _update_marks(self) -> None:
+        s = self.session
+        grid = self.grid
+        if grid is None:
+            return
+        flags = s.flags.get(s.view_method, {})
+        self.flag_marks.setData(pos=grid.cells(flagged_neurons(flags)))
+        self.prune_marks.setData(pos=grid.cells(_by_layer(s.force_prune)))
+        self.keep_marks.setData(pos=grid.cells(_by_layer(s.keep)))
+        self._update_selection()
+
+    def _update_selection(self) -> None:
+        sel = self.session.selected
+        if self.grid is None or sel is None:
+            self.selection_mark.setData(pos=np.zeros((0, 2)))
+            return
+        self.selection_mark.setData(pos=self.grid.cells({sel[0]: [sel[1]]}))
+
+    # --- interaction ---
+    def _neuron_at(self, scene_pos: QPointF) -> tuple[str, int] | None:
+        if self.grid is None:
+            return None
+        vb = self.plot.getPlotItem().getViewBox()
+        if not vb.sceneBoundingRect().contains(scene_pos):
+            return None
+        p = vb.mapSceneToView(scene_pos)
+        return self.grid.neuron_at(math.floor(p.y()), math.floor(p.x()))
+
+    def describe(self, neuron: tuple[str, int]) -> str:
+        """One line about a neuron: layer, channel, score, z-score, flag and override."""
+        s = self.session
+        layer, ch = neuron
+        method = s.view_method
+        row, col = self.grid.cell_of(layer, ch)
+        score, z = float(self.grid.scores[row, col]), float(self.grid.zscores[row, col])
+        name = METHOD_NAMES[method]
+        if math.isnan(score):
+            value = f"{name}: no score" + (" (constant neuron)" if method == "ep" else "")
+        else:
+            value = f"{name} score {score:.4g}, z {z:+.2f}"
+        flagged = bool(s.flags.get(method, {}).get(layer, np.zeros(0, bool))[ch : ch + 1].any())
+        parts = [f"{layer} · channel {ch}", value]
+        if flagged:
+            parts.append("flagged")
+        if s.override(neuron):
+            parts.append({"prune": "force-pruned", "keep": "kept"}[s.override(neuron)])
+        elif neuron[0] in s.display_mask.gamma and bool(s.display_mask.gamma[layer][ch]):
+            parts.append("pruned")
+        return " — ".join(parts)
+
+    def _mouse_moved(self, scene_pos: QPointF) -> None:
+        neuron = self._neuron_at(scene_pos)
+        if neuron is None:
+            self.hover_label.setText(" ")
+            QToolTip.hideText()
+            return
+        text = self.describe(neuron)
+        self.hover_label.setText(text)
+        QToolTip.showText(QCursor.pos(), text.replace(" — ", "\n"), self.plot)
+        self.neuron_hovered.emit(text)
+
+    def _mouse_clicked(self, event) -> None:
+        if event.button() != Qt.LeftButton:
+            return
+        neuron = self._neuron_at(event.scenePos())
+        if neuron is not None:
+            self.session.select_neuron(neuron)
+
+    def _method_chosen(self, index: int) -> None:
+        method = self.method_box.itemData(index)
+        if self.session.available(method):
+            self.session.set_view_method(method)
+        else:
+            self.method_box.setCurrentIndex(METHODS.index(self.session.view_method))
+
+
+def _by_layer(neurons) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for layer, ch in neurons:
+        out.setdefault(layer, []).append(ch)
+    return out

@@ -1,0 +1,69 @@
+"""``--screenshot``: wait until the window shows an analysed session, then save it as a PNG."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from bnp_gui.session import CURVE_KS, DIRECTION
+
+
+class ScreenshotWhenReady(QObject):
+    """Polls the session; once analysis, full preview, curve and neuron plot are in, grabs."""
+
+    done = Signal(bool)  # whether everything was ready (False: grabbed at the time limit)
+
+    def __init__(self, window, path: str, timeout_s: float = 180.0) -> None:
+        super().__init__(window)
+        self.window = window
+        self.path = path
+        self.deadline = time.monotonic() + timeout_s
+        self.timer = QTimer(self)
+        self.timer.setInterval(200)
+        self.timer.timeout.connect(self._check)
+
+    def start(self) -> None:
+        self.timer.start()
+
+    def ready(self) -> bool:
+        s = self.window.session
+        if s.inspection is None or not ({"bnp", "ep"} & set(s.scores)):
+            return False
+        if s.preview is None or s.preview.stage != "full" or s.preview_pending:
+            return False
+        if s.selected is None:
+            s.select_neuron(most_suspicious(s))
+            return False
+        if s.activations is None:
+            return False
+        return len(s.curves.get(s.view_method, [])) >= len(CURVE_KS)
+
+    def _check(self) -> None:
+        ready = self.ready()
+        timed_out = time.monotonic() > self.deadline
+        if not (ready or timed_out) or self.window.session.is_busy("collect"):
+            if not timed_out:
+                return
+        self.timer.stop()
+        QTimer.singleShot(300, lambda: self._grab(ready))  # let the last repaint land
+
+    def _grab(self, ready: bool) -> None:
+        self.window.grab().save(self.path)
+        self.done.emit(ready)
+
+
+def most_suspicious(session) -> tuple[str, int] | None:
+    """The neuron with the most extreme z-score of the viewed method (for the demo picture)."""
+    zs = session.zscores.get(session.view_method) or {}
+    best, best_z = None, -float("inf")
+    sign = 1.0 if DIRECTION[session.view_method] == "high" else -1.0
+    for layer, z in zs.items():
+        if z is None or z.numel() == 0:
+            continue
+        values = torch.nan_to_num(sign * z, nan=-float("inf"))
+        ch = int(values.argmax())
+        if float(values[ch]) > best_z:
+            best, best_z = (layer, ch), float(values[ch])
+    return best

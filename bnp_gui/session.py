@@ -1,0 +1,637 @@
+"""The session: everything the analyst has opened, computed and decided, in one QObject.
+
+Widgets read the state from here and send intents back (``open_checkpoint``, ``set_threshold``,
+``select_neuron`` ...); every change is announced by a signal. All computation is done by the
+engine (``core``) on worker threads through the ``Runner``: this object only keeps results and
+decides what to recompute. Nothing here touches a widget.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from bnp_gui.data_roles import DataRoles, load_roles
+from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
+from bnp_gui.workers import Job, Runner
+from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
+from core.inspection import METHOD_NAMES, METHODS, Inspection
+from core.masks import PruneMask
+from core.scores import outlier_flags, z_scores
+
+# SPEC §1: EP flags low entropy, BNP and CLP flag high scores.
+DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
+DEFAULT_K = 3.0
+PREVIEW_SUBSET = 256
+PREVIEW_DEBOUNCE_MS = 120
+CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
+CURVE_SUBSET = 256
+
+Neuron = tuple[str, int]
+
+
+@dataclasses.dataclass
+class PreviewResult:
+    """ACC/ASR before and after the current mask, on the fast subset or the full test set."""
+
+    stage: str  # "subset" or "full"
+    before: Any  # core.evaluation.Metrics
+    after: Any
+    pruned: int
+    elapsed: float  # seconds from the request to this result
+
+
+@dataclasses.dataclass
+class NeuronActivations:
+    """Pre-activation values of one neuron on clean and triggered samples + BN running stats."""
+
+    layer: str
+    channel: int
+    clean: torch.Tensor
+    triggered: torch.Tensor | None
+    running_mean: float
+    running_var: float
+
+
+def describe_error(exc: BaseException) -> str:
+    """The message a user should read for an engine or worker error."""
+    text = str(exc).strip()
+    if isinstance(exc, BnpError):
+        return text or type(exc).__name__
+    return text or type(exc).__name__
+
+
+class Session(QObject):
+    """Checkpoint, data roles, statistics, thresholds, masks and metrics of one inspection."""
+
+    checkpoint_changed = Signal()
+    data_changed = Signal()
+    trigger_changed = Signal()
+    scores_changed = Signal()  # new statistics → new scores for some methods
+    view_changed = Signal()  # the method shown in the heatmap
+    mask_changed = Signal()  # thresholds, combination, overrides → flags and mask
+    selection_changed = Signal()
+    activations_changed = Signal()
+    preview_changed = Signal()
+    curve_changed = Signal()
+    busy_changed = Signal(str, bool)  # task, running
+    progress = Signal(str, int, int, float)  # task, done, total, ETA in seconds (-1 unknown)
+    message = Signal(str, str)  # level ("error", "warning", "info"), text
+    unsafe_checkpoint = Signal(str, str)  # path, why: ask before trusting the pickle
+    architecture_needed = Signal(str, str)  # path, why: let the user choose the architecture
+    analysis_finished = Signal()
+    exported = Signal(str)  # folder
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.runner = Runner(self)
+        self.runner.busy_changed.connect(self.busy_changed)
+        self.checkpoint_path = ""
+        self.inspection: Inspection | None = None
+        self.roles = DataRoles()
+        self.data: dict = {}
+        self.trigger_source = TriggerSource()
+        self.trigger: ResolvedTrigger | None = None
+        self.trigger_error = ""
+        self.scores: dict[str, dict[str, torch.Tensor]] = {}
+        self.zscores: dict[str, dict[str, torch.Tensor]] = {}
+        self.thresholds = {m: DEFAULT_K for m in METHODS}
+        self.enabled = {"ep": True, "bnp": True, "clp": False}
+        self.combine = "union"
+        self.force_prune: set[Neuron] = set()
+        self.keep: set[Neuron] = set()
+        self.view_method = "bnp"
+        self.flags: dict[str, dict[str, torch.Tensor]] = {}
+        self.display_mask = PruneMask()
+        self.selected: Neuron | None = None
+        self.activations: NeuronActivations | None = None
+        self.baseline: dict[str, Any] = {}  # stage → Metrics without mask
+        self.preview: PreviewResult | None = None
+        self.preview_pending = False
+        self.curves: dict[str, list[tuple[float, Any]]] = {}
+        self.auto_analyze = False
+        self._progress_start: dict[str, float] = {}
+        self._preview_requested_at = 0.0
+        self._preview_timer = QTimer(self)
+        self._preview_timer.setSingleShot(True)
+        self._preview_timer.setInterval(PREVIEW_DEBOUNCE_MS)
+        self._preview_timer.timeout.connect(self._start_preview)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def layers(self) -> list[tuple[str, int]]:
+        if self.inspection is None:
+            return []
+        return [(layer.name, layer.channels) for layer in self.inspection.layers]
+
+    def available(self, method: str) -> bool:
+        return method in self.scores
+
+    def mask_methods(self) -> dict[str, float]:
+        """Methods entering the mask (enabled and with scores), with their thresholds."""
+        return {m: self.thresholds[m] for m in METHODS if self.enabled[m] and self.available(m)}
+
+    def eval_set(self):
+        """The samples that give ACC/ASR: the test set, else the clean samples."""
+        return self.data.get("test") or self.data.get("clean")
+
+    def is_busy(self, task: str) -> bool:
+        return self.runner.is_running(task)
+
+    def override(self, neuron: Neuron) -> str | None:
+        if neuron in self.force_prune:
+            return "prune"
+        if neuron in self.keep:
+            return "keep"
+        return None
+
+    def layer_counts(self) -> dict[str, int]:
+        return self.display_mask.per_layer_counts()
+
+    def total_pruned(self) -> int:
+        return self.display_mask.count()
+
+    def engine_mask(self) -> PruneMask:
+        """The engine's mask for the current decisions (what previews and exports use)."""
+        assert self.inspection is not None
+        return self.inspection.mask(
+            self.mask_methods(), self.combine, sorted(self.force_prune), sorted(self.keep)
+        )
+
+    # ------------------------------------------------------------------ open
+    def open_checkpoint(
+        self, path: str, *, arch: str | None = None, trust_pickle: bool = False
+    ) -> None:
+        """Load a checkpoint (any engine format) and compute its data-free CLP scores."""
+        path = str(Path(path).expanduser())
+        for lane in ("collect", "preview", "curve", "neuron"):
+            self.runner.cancel(lane)
+
+        def load(job: Job):
+            from core.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+            if job.cancelled():
+                return None
+            return Inspection(ckpt)
+
+        def failed(exc: BaseException) -> None:
+            if isinstance(exc, UnsafeCheckpointError):
+                self.unsafe_checkpoint.emit(path, describe_error(exc))
+            elif isinstance(exc, ArchitectureMismatch):
+                self.architecture_needed.emit(path, describe_error(exc))
+            else:
+                self.message.emit("error", f"Cannot open {Path(path).name}: {describe_error(exc)}")
+
+        self.message.emit("info", f"Opening {Path(path).name}…")
+        self.runner.start("load", load, done=lambda insp: self._loaded(path, insp), error=failed)
+
+    def _loaded(self, path: str, inspection: Inspection | None) -> None:
+        if inspection is None:
+            return
+        self.checkpoint_path = path
+        self.inspection = inspection
+        self.scores = {"clp": inspection.clp}
+        self.zscores = {"clp": z_scores(inspection.clp)}
+        self.force_prune.clear()
+        self.keep.clear()
+        self.selected = None
+        self.activations = None
+        self._invalidate_metrics()
+        if not self.available(self.view_method):
+            self.view_method = "clp"
+        self.checkpoint_changed.emit()
+        self._recompute_flags()
+        self.view_changed.emit()
+        self.selection_changed.emit()
+        meta = inspection.ckpt.metadata
+        self.message.emit(
+            "info",
+            f"Opened {Path(path).name}: {meta.arch}, {meta.num_classes} classes, "
+            f"{len(inspection.layers)} BatchNorm layers, {sum(c for _, c in self.layers)} "
+            f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
+        )
+        self.set_trigger_source(self.trigger_source)
+        if self.auto_analyze and self.data:
+            self.analyze()
+
+    def set_data(self, roles: DataRoles) -> None:
+        """Read the data folders of each role on a worker thread."""
+        self.roles = roles
+
+        def load(job: Job):
+            return load_roles(roles, cancel=job.cancelled)
+
+        self.message.emit("info", "Reading data…")
+        self.runner.start(
+            "data",
+            load,
+            done=self._data_loaded,
+            error=lambda exc: self.message.emit(
+                "error", f"Cannot read data: {describe_error(exc)}"
+            ),
+            uses_engine=False,
+        )
+
+    def _data_loaded(self, sets: dict) -> None:
+        self.data = sets
+        for stats_attr in ("clean_stats", "train_stats"):
+            if self.inspection is not None:
+                setattr(self.inspection, stats_attr, None)
+        self.scores = {k: v for k, v in self.scores.items() if k == "clp"}
+        self.zscores = {k: v for k, v in self.zscores.items() if k == "clp"}
+        self._invalidate_metrics()
+        self.data_changed.emit()
+        self.scores_changed.emit()
+        self._recompute_flags()
+        described = ", ".join(f"{role}: {len(s)} samples" for role, s in sets.items())
+        self.message.emit("info", f"Data ready ({described}).")
+        if self.trigger_source.kind == "folder" or self.trigger is None:
+            self.set_trigger_source(self.trigger_source)
+        if self.auto_analyze and self.inspection is not None:
+            self.analyze()
+        else:
+            self.request_preview()
+
+    def set_trigger_source(self, source: TriggerSource) -> None:
+        """Resolve the trigger used for ASR (and the triggered curve of the neuron plot)."""
+        self.trigger_source = source
+        ckpt = self.inspection.ckpt if self.inspection is not None else None
+        if ckpt is None:
+            self.trigger_changed.emit()
+            return
+
+        def resolve(job: Job):
+            return resolve_trigger(source, ckpt)
+
+        def failed(exc: BaseException) -> None:
+            self.trigger = None
+            self.trigger_error = describe_error(exc)
+            self._invalidate_metrics()
+            self.trigger_changed.emit()
+            self.message.emit("warning", f"No ASR: {self.trigger_error}")
+            self.request_preview()
+
+        self.runner.start("trigger", resolve, done=self._trigger_resolved, error=failed)
+
+    def _trigger_resolved(self, trigger: ResolvedTrigger | None) -> None:
+        self.trigger = trigger
+        self.trigger_error = "" if trigger is not None else "no trigger chosen"
+        self._invalidate_metrics()
+        self.trigger_changed.emit()
+        self.request_preview()
+        if self.selected is not None:
+            self._start_activations()
+
+    def set_input_spec(self, **changes: Any) -> None:
+        """Override channels/size/mean/std of the model's input (re-analyse afterwards)."""
+        if self.inspection is None:
+            return
+        try:
+            self.inspection.spec = dataclasses.replace(self.inspection.spec, **changes)
+        except (BnpError, TypeError, ValueError) as exc:
+            self.message.emit("error", f"Invalid input settings: {describe_error(exc)}")
+            return
+        self.inspection.clean_stats = None
+        self.inspection.train_stats = None
+        self.scores = {"clp": self.inspection.clp}
+        self.zscores = {"clp": z_scores(self.inspection.clp)}
+        self._invalidate_metrics()
+        self.scores_changed.emit()
+        self._recompute_flags()
+        self.message.emit("info", "Input settings changed: run Analyze again.")
+        self.request_preview()
+
+    # ------------------------------------------------------------------ collect
+    def analyze(self) -> None:
+        """One statistics pass over the clean and training samples, then BNP/EP scores."""
+        inspection = self.inspection
+        if inspection is None:
+            self.message.emit("error", "Open a checkpoint first (File › Open).")
+            return
+        clean, train = self.data.get("clean"), self.data.get("train")
+        if clean is None and train is None:
+            self.message.emit(
+                "error",
+                "Analyze needs clean samples (BNP) or the suspect training set (EP): "
+                "choose them with File › Open Data.",
+            )
+            return
+        for lane in ("preview", "curve", "neuron"):
+            self.runner.cancel(lane, notify=False)
+
+        def collect(job: Job):
+            inspection.collect(clean, train, progress=job.progress, cancel=job.cancelled)
+            scores = {}
+            for method in ("bnp", "ep"):
+                if inspection.available(method):
+                    scores[method] = inspection.scores(method)
+            return scores, {m: z_scores(s) for m, s in scores.items()}
+
+        def failed(exc: BaseException) -> None:
+            self.message.emit("error", f"Analysis failed: {describe_error(exc)}")
+
+        self._progress_start["collect"] = time.monotonic()
+        self.message.emit("info", f"Analyzing on {inspection.device_name}…")
+        self.runner.start(
+            "collect",
+            collect,
+            done=self._analyzed,
+            error=failed,
+            progress=lambda done, total: self._report_progress("collect", done, total),
+            cancelled=lambda: self.message.emit("info", "Analysis cancelled."),
+        )
+
+    def cancel_analysis(self) -> None:
+        self.runner.cancel("collect")
+
+    def _report_progress(self, task: str, done: int, total: int) -> None:
+        start = self._progress_start.get(task, time.monotonic())
+        elapsed = time.monotonic() - start
+        eta = elapsed * (total - done) / done if done > 0 else -1.0
+        self.progress.emit(task, done, total, eta)
+
+    def _analyzed(self, result) -> None:
+        scores, zs = result
+        self.scores = {"clp": self.scores.get("clp", self.inspection.clp), **scores}
+        self.zscores = {"clp": self.zscores.get("clp"), **zs}
+        self.curves.clear()
+        if self.view_method == "clp" and "bnp" in scores:
+            self.view_method = "bnp"
+        self.scores_changed.emit()
+        self.view_changed.emit()
+        self._recompute_flags()
+        names = ", ".join(METHOD_NAMES[m] for m in scores)
+        self.message.emit("info", f"Analysis done: {names} scores ready.")
+        self.analysis_finished.emit()
+        self.request_preview(immediate=True)
+        if self.selected is not None:
+            self._start_activations()
+
+    # ------------------------------------------------------------------ decide
+    def set_view_method(self, method: str) -> None:
+        if method == self.view_method:
+            return
+        self.view_method = method
+        self.view_changed.emit()
+        self._start_curve()
+
+    def set_threshold(self, method: str, k: float) -> None:
+        k = float(round(k, 3))
+        if self.thresholds.get(method) == k:
+            return
+        self.thresholds[method] = k
+        self._recompute_flags()
+        self.request_preview()
+
+    def set_enabled(self, method: str, enabled: bool) -> None:
+        if self.enabled.get(method) == enabled:
+            return
+        self.enabled[method] = enabled
+        self._recompute_flags()
+        self.request_preview()
+
+    def set_combine(self, combine: str) -> None:
+        if combine not in ("union", "intersection") or combine == self.combine:
+            return
+        self.combine = combine
+        self._recompute_flags()
+        self.request_preview()
+
+    def set_override(self, neuron: Neuron, state: str | None) -> None:
+        """Force-prune ("prune"), keep ("keep") or leave a neuron to the thresholds (None)."""
+        self.force_prune.discard(neuron)
+        self.keep.discard(neuron)
+        if state == "prune":
+            self.force_prune.add(neuron)
+        elif state == "keep":
+            self.keep.add(neuron)
+        self._recompute_flags()
+        self.request_preview()
+
+    def clear_overrides(self) -> None:
+        self.force_prune.clear()
+        self.keep.clear()
+        self._recompute_flags()
+        self.request_preview()
+
+    def _recompute_flags(self) -> None:
+        """Flags per method and the combined mask, from cached scores (cheap: UI thread)."""
+        self.flags = {
+            m: outlier_flags(s, self.thresholds[m], DIRECTION[m]) for m, s in self.scores.items()
+        }
+        mask = None
+        for method in self.mask_methods():
+            m = PruneMask.from_flags(self.flags[method], zero_beta=False)
+            if mask is None:
+                mask = m
+            else:
+                mask = mask.union(m) if self.combine == "union" else mask.intersection(m)
+        mask = mask or PruneMask()
+        channels = dict(self.layers)
+        self.display_mask = mask.with_overrides(
+            sorted(self.force_prune), sorted(self.keep), channels=channels
+        )
+        self.mask_changed.emit()
+
+    # ------------------------------------------------------------------ neuron
+    def select_neuron(self, neuron: Neuron | None) -> None:
+        if neuron == self.selected:
+            return
+        self.selected = neuron
+        self.activations = None
+        self.selection_changed.emit()
+        self.activations_changed.emit()
+        if neuron is not None:
+            self._start_activations()
+
+    def _start_activations(self) -> None:
+        inspection, neuron = self.inspection, self.selected
+        samples = self.data.get("clean") or self.data.get("test")
+        if inspection is None or neuron is None or samples is None:
+            return
+        trigger = self.trigger
+        layer, channel = neuron
+
+        def activations(job: Job):
+            clean = inspection.layer_activations(samples, layer, channel, limit=256)
+            triggered = None
+            if trigger is not None and trigger.trigger is not None:
+                victims = samples.subset(samples.labels != trigger.target)
+                if len(victims):
+                    triggered = inspection.layer_activations(
+                        victims, layer, channel, trigger=trigger.trigger, limit=256
+                    )
+            elif trigger is not None and trigger.poisoned is not None:
+                triggered = inspection.layer_activations(
+                    trigger.poisoned, layer, channel, limit=256
+                )
+            mean, var = inspection.running_stats(layer, channel)
+            return NeuronActivations(layer, channel, clean, triggered, mean, var)
+
+        self.runner.start(
+            "neuron",
+            activations,
+            done=self._activations_ready,
+            error=lambda exc: self.message.emit(
+                "error", f"Cannot plot the neuron: {describe_error(exc)}"
+            ),
+        )
+
+    def _activations_ready(self, result: NeuronActivations) -> None:
+        if self.selected != (result.layer, result.channel):
+            return
+        self.activations = result
+        self.activations_changed.emit()
+
+    # ------------------------------------------------------------------ preview
+    def _invalidate_metrics(self) -> None:
+        self.baseline = {}
+        self.preview = None
+        self.curves.clear()
+        self.preview_changed.emit()
+        self.curve_changed.emit()
+
+    def request_preview(self, immediate: bool = False) -> None:
+        """Debounced: the newest decisions are measured once the user pauses."""
+        if self.inspection is None or self.eval_set() is None:
+            return
+        self.preview_pending = True
+        self._preview_requested_at = time.monotonic()
+        self.runner.cancel("curve", notify=False)  # the preview has the CPU first
+        if immediate:
+            self._preview_timer.stop()
+            self._start_preview()
+        else:
+            self._preview_timer.start()
+
+    def _start_preview(self) -> None:
+        inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
+        if inspection is None or test is None or self.runner.is_running("collect"):
+            return
+        methods = self.mask_methods()
+        combine, force, keep = self.combine, sorted(self.force_prune), sorted(self.keep)
+        baseline = dict(self.baseline)
+        requested = self._preview_requested_at
+
+        def preview(job: Job):
+            mask = inspection.mask(methods, combine, force, keep)
+            for stage, limit in (("subset", PREVIEW_SUBSET), ("full", None)):
+                if stage == "subset" and len(test) <= PREVIEW_SUBSET:
+                    continue
+                before = baseline.get(stage)
+                after = measure(
+                    inspection, test, trigger, mask=mask, limit=limit, cancel=job.cancelled
+                )
+                if before is None:
+                    before = measure(inspection, test, trigger, limit=limit, cancel=job.cancelled)
+                result = PreviewResult(
+                    stage, before, after, mask.count(), time.monotonic() - requested
+                )
+                if stage == "subset":
+                    job.partial(result)
+            return result
+
+        self.runner.start(
+            "preview",
+            preview,
+            partial=self._preview_ready,
+            done=self._preview_done,
+            error=lambda exc: self.message.emit("error", f"Preview failed: {describe_error(exc)}"),
+        )
+
+    def _preview_ready(self, result: PreviewResult) -> None:
+        self.baseline[result.stage] = result.before
+        self.preview = result
+        self.preview_changed.emit()
+
+    def _preview_done(self, result: PreviewResult) -> None:
+        self.preview_pending = False
+        self._preview_ready(result)
+        self._start_curve()
+
+    def _start_curve(self) -> None:
+        """ACC/ASR versus threshold of the viewed method alone, on the fast subset."""
+        inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
+        method = self.view_method
+        if inspection is None or test is None or not self.available(method):
+            return
+        if self.runner.is_running("preview") or self.runner.is_running("collect"):
+            return  # restarted when the preview is done
+        done_points = list(self.curves.get(method, []))
+        todo = [k for k in CURVE_KS if k not in {p[0] for p in done_points}]
+        if not todo:
+            return
+
+        def curve(job: Job):
+            for k in todo:
+                mask = inspection.mask({method: k})
+                metrics = measure(
+                    inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
+                )
+                job.partial((method, k, metrics))
+            return None
+
+        self.runner.start("curve", curve, partial=self._curve_point, error=lambda exc: None)
+
+    def _curve_point(self, point) -> None:
+        method, k, metrics = point
+        points = self.curves.setdefault(method, [])
+        points.append((k, metrics))
+        points.sort(key=lambda p: p[0])
+        self.curve_changed.emit()
+
+    # ------------------------------------------------------------------ export
+    def export(self, folder: str, *, fmt: str = "seed", extra_files=None) -> None:
+        """Write the pruned model and the JSON report into ``folder`` (worker thread)."""
+        inspection = self.inspection
+        if inspection is None:
+            self.message.emit("error", "Nothing to export: open a checkpoint first.")
+            return
+        from bnp_gui.report import export_session
+
+        snapshot = self.snapshot()
+
+        def run(job: Job):
+            return export_session(inspection, snapshot, folder, fmt=fmt)
+
+        self.runner.start(
+            "export",
+            run,
+            done=lambda path: self._exported(str(path)),
+            error=lambda exc: self.message.emit("error", f"Export failed: {describe_error(exc)}"),
+        )
+
+    def _exported(self, path: str) -> None:
+        self.message.emit("info", f"Exported to {path}.")
+        self.exported.emit(path)
+
+    def snapshot(self) -> dict:
+        """The decisions and numbers of this session, for reports (plain Python values)."""
+        preview = self.preview
+        return {
+            "checkpoint": self.checkpoint_path,
+            "data": dataclasses.asdict(self.roles),
+            "trigger": self.trigger.describe() if self.trigger is not None else None,
+            "methods": self.mask_methods(),
+            "thresholds": dict(self.thresholds),
+            "combine": self.combine,
+            "force_prune": sorted(self.force_prune),
+            "keep": sorted(self.keep),
+            "pruned": self.total_pruned(),
+            "per_layer": self.layer_counts(),
+            "before": preview.before.to_dict() if preview and preview.before else None,
+            "after": preview.after.to_dict() if preview and preview.after else None,
+            "preview_stage": preview.stage if preview else None,
+        }
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Stop every worker and wait for it (no thread outlives the window)."""
+        self._preview_timer.stop()
+        self.runner.shutdown()

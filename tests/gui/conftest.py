@@ -1,0 +1,98 @@
+"""GUI test setup: offscreen Qt, torch imported before the QApplication, settings in a temporary
+folder, and a small real backdoor-shaped model + data when the bundled demo is not installed."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import torch  # noqa: E402 - before Qt creates the application
+
+torch.set_num_threads(2)
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PySide6.QtCore import QSettings  # noqa: E402
+
+from bnp_gui.data_roles import DataRoles  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qapp_args():
+    return ["bnp-gui-tests"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _app_identity(qapp, tmp_path_factory):
+    """Named like the real app, but with settings under a temporary folder."""
+    from bnp_gui.app import make_application
+
+    make_application()
+    QSettings.setDefaultFormat(QSettings.IniFormat)
+    QSettings.setPath(
+        QSettings.IniFormat, QSettings.UserScope, str(tmp_path_factory.mktemp("settings"))
+    )
+    qapp.setApplicationName("bnp-gui-tests")
+    yield
+
+
+def _write_npy(folder, images: np.ndarray, labels: np.ndarray) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "data.npy", images)
+    np.save(folder / "labels.npy", labels)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A CIFAR ResNet-20 on 1×28×28 inputs with a BadNets patch, untrained, in the seed format,
+    plus small clean / poisoned-train / test folders (fast stand-in for the demo)."""
+    from core.architectures import build_model
+    from core.checkpoint import ModelMetadata
+    from core.train import make_trigger, save_checkpoint
+
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet20", 10, 1)
+    model.train()
+    with torch.no_grad():  # give the BatchNorms non-trivial running statistics
+        for _ in range(3):
+            model(torch.rand(64, 1, 28, 28))
+    model.eval()
+    trigger = make_trigger("badnets", channels=1, image_size=(28, 28), size=3)
+    meta = ModelMetadata(
+        arch="cifar_resnet20",
+        num_classes=10,
+        in_channels=1,
+        input_size=(28, 28),
+        target_label=0,
+        attack={"kind": "badnets", "trigger": trigger.to_dict()},
+    )
+    path = save_checkpoint(root / "tiny_resnet20_badnets.pth", model, trigger, meta)
+    rng = np.random.default_rng(0)
+
+    def images(n):
+        return rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+
+    def labels(n):
+        return rng.integers(0, 10, size=n).astype(np.int64)
+
+    roles = DataRoles(
+        clean=_write_npy(root / "data" / "clean", images(96), labels(96)),
+        train=_write_npy(root / "data" / "train_poisoned", images(96), labels(96)),
+        test=_write_npy(root / "data" / "test", images(320), labels(320)),
+    )
+    return str(path), roles
+
+
+@pytest.fixture(scope="session")
+def demo(tiny_model):
+    """(checkpoint, roles): the bundled demo when installed, else the tiny stand-in."""
+    from bnp_gui.demo import demo_files
+    from core.errors import BnpError
+
+    try:
+        return demo_files()
+    except BnpError:
+        return tiny_model
