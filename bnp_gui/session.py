@@ -17,15 +17,16 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
+from bnp_gui.prune_decision import DIRECTION, mask_from_scores, method_flags
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
 from core.inspection import METHOD_NAMES, METHODS, Inspection
 from core.masks import PruneMask
-from core.scores import outlier_flags, z_scores
+from core.scores import z_scores
 
-# SPEC §1: EP flags low entropy, BNP and CLP flag high scores.
-DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
+__all__ = ["DIRECTION", "Session"]
+
 DEFAULT_K = 3.0
 PREVIEW_SUBSET = 256
 PREVIEW_DEBOUNCE_MS = 120
@@ -156,11 +157,15 @@ class Session(QObject):
     def total_pruned(self) -> int:
         return self.display_mask.count()
 
-    def engine_mask(self) -> PruneMask:
-        """The engine's mask for the current decisions (what previews and exports use)."""
-        assert self.inspection is not None
-        return self.inspection.mask(
-            self.mask_methods(), self.combine, sorted(self.force_prune), sorted(self.keep)
+    def current_mask(self) -> PruneMask:
+        """The mask of the current decisions, from cached scores (equal to Inspection.mask)."""
+        return mask_from_scores(
+            self.scores,
+            self.mask_methods(),
+            self.combine,
+            sorted(self.force_prune),
+            sorted(self.keep),
+            dict(self.layers),
         )
 
     # ------------------------------------------------------------------ open
@@ -422,21 +427,8 @@ class Session(QObject):
 
     def _recompute_flags(self) -> None:
         """Flags per method and the combined mask, from cached scores (cheap: UI thread)."""
-        self.flags = {
-            m: outlier_flags(s, self.thresholds[m], DIRECTION[m]) for m, s in self.scores.items()
-        }
-        mask = None
-        for method in self.mask_methods():
-            m = PruneMask.from_flags(self.flags[method], zero_beta=False)
-            if mask is None:
-                mask = m
-            else:
-                mask = mask.union(m) if self.combine == "union" else mask.intersection(m)
-        mask = mask or PruneMask()
-        channels = dict(self.layers)
-        self.display_mask = mask.with_overrides(
-            sorted(self.force_prune), sorted(self.keep), channels=channels
-        )
+        self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
+        self.display_mask = self.current_mask()
         self.mask_changed.emit()
 
     # ------------------------------------------------------------------ neuron
@@ -514,13 +506,11 @@ class Session(QObject):
         inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
         if inspection is None or test is None or self.runner.is_running("collect"):
             return
-        methods = self.mask_methods()
-        combine, force, keep = self.combine, sorted(self.force_prune), sorted(self.keep)
+        mask = self.display_mask
         baseline = dict(self.baseline)
         requested = self._preview_requested_at
 
         def preview(job: Job):
-            mask = inspection.mask(methods, combine, force, keep)
             for stage, limit in (("subset", PREVIEW_SUBSET), ("full", None)):
                 if stage == "subset" and len(test) <= PREVIEW_SUBSET:
                     continue
@@ -563,6 +553,7 @@ class Session(QObject):
             return
         if self.runner.is_running("preview") or self.runner.is_running("collect"):
             return  # restarted when the preview is done
+        scores, channels = {method: self.scores[method]}, dict(self.layers)
         done_points = list(self.curves.get(method, []))
         todo = [k for k in CURVE_KS if k not in {p[0] for p in done_points}]
         if not todo:
@@ -570,7 +561,7 @@ class Session(QObject):
 
         def curve(job: Job):
             for k in todo:
-                mask = inspection.mask({method: k})
+                mask = mask_from_scores(scores, {method: k}, "union", (), (), channels)
                 metrics = measure(
                     inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
                 )
