@@ -61,40 +61,54 @@ def histogram_entropy(z: torch.Tensor) -> torch.Tensor:
     nbins = int(torch.floor((big_g - g) / EP_BIN_WIDTH))
     if nbins < 1:
         return torch.zeros(columns, dtype=torch.float64)
-    steps = torch.arange(nbins + 1, dtype=torch.float64) * EP_BIN_WIDTH
-    edges = g + steps.float()
-    zt = z.T.contiguous()
-    index = torch.searchsorted(edges, zt, right=True) - 1  # e_i <= z < e_(i+1)
-    inside = (index >= 0) & (index < nbins)
-    index = index.clamp(0, nbins - 1)
-    inside &= zt != edges[index]  # exact hits on an edge count nowhere
-    flat = (torch.arange(columns).unsqueeze(1) * nbins + index)[inside]
-    counts = torch.bincount(flat, minlength=columns * nbins).view(columns, nbins).double()
-    p = counts / n_samples
-    return -(p * torch.log(torch.where(p > 0, p, 1.0))).sum(dim=1)
+    edges = g + (torch.arange(nbins + 1, dtype=torch.float64) * EP_BIN_WIDTH).float()
+    # e_i <= z < e_(i+1); z >= g = e_0, so i >= 0, and i <= nbins since edges has nbins+1
+    index = torch.searchsorted(edges, z, right=True) - 1
+    inside = (index < nbins) & (z != edges[index])  # exact hits on an edge count nowhere
+    keys = (index * columns + torch.arange(columns))[inside]
+    counts = torch.bincount(keys, minlength=(nbins + 1) * columns)
+    occupied = torch.nonzero(counts).flatten()
+    p = counts[occupied].double() / n_samples
+    entropy = torch.zeros(columns, dtype=torch.float64)
+    return entropy.index_add_(0, occupied % columns, -p * torch.log(p))
 
 
 def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.Tensor]:
-    """Upper bound of each channel's Lipschitz constant (UCLC); layers fed by a conv only."""
+    """Upper bound of each channel's Lipschitz constant (UCLC); layers fed by a conv only.
+
+    σ_max(W_c · |γ_c/√v_c|) = |γ_c/√v_c| · σ_max(W_c); σ_max(W_c) comes from the smaller
+    Gram matrix of W_c, and all layers' Gram matrices of one size share one eigvalsh call.
+    """
     modules = dict(model.named_modules())
-    scores = {}
+    grams: dict[int, list[torch.Tensor]] = {}
+    order = []
     for layer in layers:
         if layer.conv is None:
             continue
-        conv, bn = modules[layer.conv], modules[layer.name]
-        weight = conv.weight.detach().double().cpu()
+        w = modules[layer.conv].weight.detach().flatten(2)  # C × in × (kh·kw)
+        gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
+        grams.setdefault(gram.shape[-1], []).append(gram.double().cpu())
+        order.append((layer.name, gram.shape[-1], len(grams[gram.shape[-1]]) - 1))
+    sigma = {size: _largest_eigenvalues(torch.cat(g)).sqrt().split([x.shape[0] for x in g])
+             for size, g in grams.items()}  # fmt: skip
+    scores = {}
+    for name, size, i in order:
+        bn = modules[name]
         scale = bn.weight.detach().double().cpu() / bn.running_var.detach().double().cpu().sqrt()
-        w = weight.flatten(2) * scale.abs().view(-1, 1, 1)  # C × in × (kh·kw)
-        scores[layer.name] = largest_singular_values(w)
+        scores[name] = sigma[size][i] * scale.abs()
     return scores
+
+
+def _largest_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
+    if gram.shape[-1] == 1:
+        return gram.view(-1).clamp_min(0)
+    return torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0)
 
 
 def largest_singular_values(w: torch.Tensor) -> torch.Tensor:
     """Largest singular value of each matrix of a C×m×n batch, through the smaller Gram matrix."""
     gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
-    if gram.shape[-1] == 1:
-        return gram.view(-1).clamp_min(0).sqrt()
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0).sqrt()
+    return _largest_eigenvalues(gram).sqrt()
 
 
 def outlier_flags(

@@ -57,16 +57,20 @@ def test_statistics_equal_direct_computation(setup):
 def test_shard_merge_equals_one_pass(setup):
     model, images, spec, layers = setup
     whole = collect_statistics(model, images, spec, layers, batch_size=8)
-    a = collect_statistics(model, images.subset(slice(0, 13)), spec, layers, batch_size=5)
-    b = collect_statistics(model, images.subset(slice(13, 37)), spec, layers, batch_size=7)
-    merged = a.merge(b)
-    assert merged.n_samples == whole.n_samples
-    for name, s in whole.layers.items():
-        m = merged.layers[name]
-        assert m.count == s.count
-        assert torch.allclose(m.mean, s.mean, rtol=1e-12, atol=1e-12)
-        assert torch.allclose(m.m2, s.m2, rtol=1e-9)
-        assert torch.equal(m.maxima, s.maxima)
+    # same batch boundaries: the merge must reproduce the one pass to float64 rounding
+    a = collect_statistics(model, images.subset(slice(0, 16)), spec, layers, batch_size=8)
+    b = collect_statistics(model, images.subset(slice(16, 37)), spec, layers, batch_size=8)
+    # other boundaries: per-batch float32 sums differ in their last bits only
+    c = collect_statistics(model, images.subset(slice(0, 13)), spec, layers, batch_size=5)
+    d = collect_statistics(model, images.subset(slice(13, 37)), spec, layers, batch_size=7)
+    for merged, tol in ((a.merge(b), 1e-12), (c.merge(d), 1e-6)):
+        assert merged.n_samples == whole.n_samples
+        for name, s in whole.layers.items():
+            m = merged.layers[name]
+            assert m.count == s.count
+            assert torch.allclose(m.mean, s.mean, rtol=tol, atol=tol)
+            assert torch.allclose(m.m2, s.m2, rtol=tol)
+            assert torch.equal(m.maxima, s.maxima)
 
 
 def test_variance_is_stable_for_large_offsets(setup):
