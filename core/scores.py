@@ -18,7 +18,11 @@ EP_BIN_WIDTH = 0.01
 
 
 def bnp_scores(model: nn.Module, stats: Statistics) -> dict[str, torch.Tensor]:
-    """KL( N(clean mean, clean var) || N(running_mean, running_var) ) per neuron."""
+    """KL( N(clean mean, clean var) || N(running_mean, running_var) ) per neuron.
+
+    A neuron whose clean pre-activation is constant (var 0) or whose running variance is 0
+    has no finite KL: like EP's constant neurons it gets NaN (no score, never flagged).
+    """
     modules = dict(model.named_modules())
     scores = {}
     for name, layer in stats.layers.items():
@@ -26,7 +30,8 @@ def bnp_scores(model: nn.Module, stats: Statistics) -> dict[str, torch.Tensor]:
         mu, var = layer.mean, layer.var
         m = bn.running_mean.detach().double().cpu()
         v = bn.running_var.detach().double().cpu()
-        scores[name] = 0.5 * torch.log(v / var) + (var + (mu - m).square()) / (2 * v) - 0.5
+        kl = 0.5 * torch.log(v / var) + (var + (mu - m).square()) / (2 * v) - 0.5
+        scores[name] = torch.where((var > 0) & (v > 0), kl, float("nan"))
     return scores
 
 

@@ -76,12 +76,17 @@ def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
     return mean, m2, n
 
 
-class _Collector:
-    """Forward pre-hooks that summarise each BatchNorm input of one batch.
+# Per-sample m2 = Σz² − (Σz)²/n loses about eps32 · n·mean²/m2 of its value to cancellation;
+# past this ratio the sample is recomputed two-pass (Σ(z − mean)²), which is exact.
+_CANCELLATION_LIMIT = 1e3
 
-    Sums are taken of z − K with K the batch's first sample's spatial mean (the shifted-data
-    algorithm): K is on the scale of the true mean, so Σ(z−K)² − (Σ(z−K))²/n does not cancel
-    catastrophically, and two plain reductions are several times cheaper than `torch.var_mean`.
+
+class _Collector:
+    """Forward pre-hooks that summarise each BatchNorm input of one batch, per sample.
+
+    The fast path is three plain reductions (Σz, ‖z‖², max), several times cheaper than
+    `torch.var_mean`; samples whose maps are so offset that Σz² − (Σz)²/n would cancel are
+    recomputed two-pass, so the variance stays accurate for any offset.
     """
 
     def __init__(self, model: nn.Module, layers: list[NeuronLayer]):
@@ -95,11 +100,17 @@ class _Collector:
     def _hook(self, name: str):
         def hook(_module, inputs):
             z = inputs[0]
-            shift = z[0].mean(dim=(1, 2))
-            d = z - shift.view(1, -1, 1, 1)
-            total = d.sum(dim=(2, 3))
-            squares = torch.linalg.vector_norm(d, dim=(2, 3)).square()
-            self.batch[name] = (shift, total, squares, z.amax(dim=(2, 3)), z.shape[2] * z.shape[3])
+            hw = z.shape[2] * z.shape[3]
+            total = z.sum(dim=(2, 3))
+            mean = total / hw
+            if hw == 1:
+                m2 = torch.zeros_like(mean)
+            else:
+                m2 = torch.linalg.vector_norm(z, dim=(2, 3)).square() - total * mean
+                if (mean.square() * hw > _CANCELLATION_LIMIT * m2.abs()).any():
+                    centred = z - mean[:, :, None, None]
+                    m2 = torch.linalg.vector_norm(centred, dim=(2, 3)).square()
+            self.batch[name] = (mean, m2.clamp_min(0), z.amax(dim=(2, 3)), hw)
 
         return hook
 
@@ -108,14 +119,12 @@ class _Collector:
             handle.remove()
 
 
-def _summarise_batch(shift, total, squares, hw: int):
-    """Per-sample means, and (mean, m2, count) of the whole batch, from shifted sums."""
-    shift, total, squares = shift.double(), total.double(), squares.double()
-    sample_mean = total / hw  # of z − K
-    sample_m2 = (squares - total * sample_mean).clamp_min(0)
-    batch_mean = sample_mean.mean(0)
-    m2 = sample_m2.sum(0) + (sample_mean - batch_mean).square().sum(0) * hw
-    return sample_mean + shift, batch_mean + shift, m2, sample_mean.shape[0] * hw
+def _summarise_batch(mean: torch.Tensor, m2: torch.Tensor, hw: int):
+    """(mean, m2, count) of a whole batch from its per-sample means and m2 over H×W."""
+    mean, m2 = mean.double(), m2.double()
+    batch_mean = mean.mean(0)
+    batch_m2 = m2.sum(0) + (mean - batch_mean).square().sum(0) * hw
+    return batch_mean, batch_m2, mean.shape[0] * hw
 
 
 def collect_statistics(
@@ -167,11 +176,10 @@ def collect_statistics(
                     batch_size //= 2
                     torch.cuda.empty_cache()
                     continue
-                for name, (shift, sums, squares, maxima, hw) in collector.batch.items():
+                for name, (means, m2, maxima, hw) in collector.batch.items():
                     acc = running[name]
-                    means, b_mean, b_m2, b_n = _summarise_batch(
-                        shift.cpu(), sums.cpu(), squares.cpu(), hw
-                    )
+                    means = means.cpu()
+                    b_mean, b_m2, b_n = _summarise_batch(means, m2.cpu(), hw)
                     acc[0], acc[1], acc[2] = _chan_merge(acc[0], acc[1], acc[2], b_mean, b_m2, b_n)
                     acc[3].append(maxima.float().cpu())
                     acc[4].append(means.float())

@@ -152,3 +152,12 @@ def test_outlier_rule_uses_layer_mean_and_unbiased_std():
     assert low[9] and low.sum() == 1
     # with k large enough nothing is flagged
     assert not outlier_flags({"a": s}, 3.0, "high")["a"].any()
+
+
+def test_bnp_constant_neuron_has_no_score():
+    bn = nn.BatchNorm2d(3).eval()
+    model = nn.Sequential()
+    model.add_module("bn", bn)
+    scores = bnp_scores(model, _stats([0.0, 0.5, 1.0], [1.0, 0.0, 2.0], 50))["bn"]
+    assert torch.isnan(scores[1]) and torch.isfinite(scores[[0, 2]]).all()
+    assert not outlier_flags({"bn": scores}, 0.0, "high")["bn"][1]
