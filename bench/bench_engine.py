@@ -1,0 +1,113 @@
+"""Engine speed, measured side by side in one run (issue 2's targets are ratios).
+
+    python bench/bench_engine.py [--samples 500] [--repeats 3]
+
+On the seed's CIFAR ResNet-18 with 500 random 3×32×32 samples, on the CPU:
+  1. statistics for all three methods from one pass vs a plain forward pass   (target ≤ 1.3×)
+  2. EP entropy from the collected maxima vs SPEC's per-bin loop              (target ≥ 50×)
+  3. CLP scores vs one SVD call per channel                                   (target ≥ 20×)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.architectures import build_model  # noqa: E402
+from core.data import ImageSet, InputSpec  # noqa: E402
+from core.graph import neuron_graph  # noqa: E402
+from core.scores import clp_scores, ep_scores  # noqa: E402
+from core.statistics import collect_statistics  # noqa: E402
+from tests.test_scores import ep_reference  # noqa: E402  the loop the tests check against
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median wall time of `repeats` calls, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def clp_per_channel(model, layers) -> dict[str, torch.Tensor]:
+    """CLP as the reference code computes it: one SVD call per channel (with its autograd)."""
+    modules = dict(model.named_modules())
+    out = {}
+    for layer in layers:
+        if layer.conv is None:
+            continue
+        conv, bn = modules[layer.conv], modules[layer.name]
+        std = bn.running_var.sqrt()
+        weight = bn.weight
+        channel_lips = []
+        for idx in range(weight.shape[0]):
+            w = conv.weight[idx].reshape(conv.weight.shape[1], -1) * (weight[idx] / std[idx]).abs()
+            channel_lips.append(torch.svd(w.cpu())[1].max())
+        out[layer.name] = torch.Tensor(channel_lips)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model("cifar_resnet18", 10, 3).eval()
+    with torch.no_grad():  # trained-looking BatchNorm statistics
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.normal_(1.0, 0.2)
+    images = ImageSet(torch.rand(args.samples, 3, 32, 32), torch.zeros(args.samples).long())
+    spec = InputSpec(3, (32, 32))
+    layers = neuron_graph(model)
+    print(f"CIFAR ResNet-18, {args.samples} samples 3×32×32, CPU, {args.threads} threads, "
+          f"median of {args.repeats}")  # fmt: skip
+
+    def plain():
+        with torch.inference_mode():
+            for start in range(0, len(images), 256):
+                model(spec.prepare(images.images[start : start + 256]))
+
+    def collect():
+        return collect_statistics(model, images, spec, layers, batch_size=256)
+
+    plain()  # warm-up
+    t_plain, t_stats = [], []
+    for _ in range(args.repeats):  # interleaved so both see the same machine load
+        t_plain.append(timed(plain, 1)[0])
+        t_stats.append(timed(collect, 1)[0])
+    stats = collect()
+    fp, st = statistics.median(t_plain), statistics.median(t_stats)
+    print(f"1. one-pass statistics {st:8.3f} s   plain forward {fp:8.3f} s   "
+          f"ratio {st / fp:6.2f}×  (target ≤ 1.30×)")  # fmt: skip
+
+    t_ep, fast = timed(lambda: ep_scores(stats), args.repeats)
+    t_loop, slow = timed(
+        lambda: {name: ep_reference(s.maxima) for name, s in stats.layers.items()}, 1
+    )
+    same = all(torch.allclose(fast[k], slow[k], atol=1e-9, equal_nan=True) for k in fast)
+    print(f"2. EP vectorised       {t_ep:8.3f} s   per-bin loop  {t_loop:8.3f} s   "
+          f"speed-up {t_loop / t_ep:6.1f}×  (target ≥ 50×)  same scores: {same}")  # fmt: skip
+
+    t_clp, fast = timed(lambda: clp_scores(model, layers), args.repeats)
+    t_svd, slow = timed(lambda: clp_per_channel(model, layers), 1)
+    same = all(torch.allclose(fast[k].float(), slow[k], rtol=1e-4) for k in fast)
+    print(f"3. CLP batched         {t_clp:8.3f} s   SVD/channel   {t_svd:8.3f} s   "
+          f"speed-up {t_svd / t_clp:6.1f}×  (target ≥ 20×)  same scores: {same}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
