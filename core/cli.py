@@ -95,19 +95,8 @@ def _trigger_arg(args, inspection):
     return inspection.trigger
 
 
-def method_report(inspection, method: str, k: float, mask) -> dict:
-    """Report fields of one method at one threshold: flagged neurons and all scores."""
-    return {
-        "method": method,
-        "threshold": k,
-        "flagged": mask.neurons(),
-        "pruned": mask.count(),
-        "scores": inspection.scores(method),
-    }
-
-
 def cmd_defend(args) -> int:
-    from core.export import export_model, format_for_path, write_json
+    from core.export import export_model, format_for_path, method_report, write_json
     from core.inspection import Inspection
     from core.progress import ProgressBar
 

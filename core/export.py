@@ -119,3 +119,14 @@ def write_json(path: str | Path, report: dict, *, source: str | Path | None = No
     path = Path(path)
     atomic_write(path, lambda tmp: tmp.write_text(text), source=Path(source) if source else None)
     return path
+
+
+def method_report(inspection, method: str, k: float, mask: PruneMask) -> dict:
+    """Report fields of one method at one threshold: flagged neurons and every score."""
+    return {
+        "method": method,
+        "threshold": k,
+        "flagged": mask.neurons(),
+        "pruned": mask.count(),
+        "scores": inspection.scores(method),
+    }
