@@ -14,7 +14,7 @@ import torch
 
 from core.data import ImageSet, load_images
 from core.errors import BnpError, DataError
-from core.evaluation import Metrics
+from core.evaluation import Metrics, evaluate
 from core.inspection import checkpoint_trigger
 
 Kind = Literal["checkpoint", "image", "folder", "none"]
@@ -102,23 +102,36 @@ def measure(
     progress=None,
     cancel=None,
 ) -> Metrics:
-    """ACC on ``test`` and ASR under ``trigger``, with ``mask`` applied without touching weights."""
-    if trigger is None or trigger.trigger is not None:
-        return inspection.evaluate(
-            test,
+    """ACC on ``test`` and ASR under ``trigger``, with ``mask`` applied without touching weights.
+
+    Calls ``core.evaluation.evaluate`` directly: ``Inspection.evaluate`` falls back to the
+    checkpoint's own trigger when given none, and the user may have chosen another or none.
+    """
+
+    def run(images: ImageSet, trig=None, target=None, with_progress=True) -> Metrics:
+        return evaluate(
+            inspection.model,
+            images,
+            inspection.spec,
             mask=mask,
-            trigger=None if trigger is None else trigger.trigger,
-            target=None if trigger is None else trigger.target,
+            trigger=trig,
+            target=target,
+            device=inspection.device,
             limit=limit,
-            progress=progress,
+            progress=progress if with_progress else None,
             cancel=cancel,
         )
-    clean = inspection.evaluate(test, mask=mask, limit=limit, progress=progress, cancel=cancel)
+
+    if trigger is None:
+        return run(test)
+    if trigger.trigger is not None:
+        return run(test, trigger.trigger, trigger.target)
+    clean = run(test)
     poisoned = trigger.poisoned
     relabelled = ImageSet(
         poisoned.images, torch.full_like(poisoned.labels, trigger.target), source=poisoned.source
     )
     if len(relabelled) == 0:
         raise BnpError("The folder of poisoned samples holds no sample outside the target class.")
-    hit = inspection.evaluate(relabelled, mask=mask, limit=limit, cancel=cancel)
+    hit = run(relabelled, with_progress=False)
     return Metrics(clean.acc, hit.acc, clean.n_clean, hit.n_clean)
