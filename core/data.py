@@ -725,7 +725,7 @@ def image_to_tensor(path: str | Path) -> Tensor:
             im.load()
             grey = im.mode in ("L", "1", "I;16", "I", "F")
             im = im.convert("L" if grey else "RGB")
-            arr = np.asarray(im, dtype=np.uint8)
+            arr = np.array(im, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as e:
         raise DataError(f"cannot read image {p}: {e}") from e
     arr = arr[None] if grey else arr.transpose(2, 0, 1)
