@@ -8,9 +8,8 @@ from pathlib import Path
 import pyqtgraph as pg
 import pyqtgraph.exporters
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence, QPalette
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QApplication,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -36,6 +35,7 @@ from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
+from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import HEATMAP_PNG
@@ -491,27 +491,9 @@ class MainWindow(QMainWindow):
 
     def _apply_palette(self) -> None:
         """Plots follow the window's (system) light or dark palette."""
-        palette = QApplication.palette()
-        background = palette.color(QPalette.Base)
-        foreground = palette.color(QPalette.Text)
-        for plot in (
-            self.heatmap.plot,
-            self.distribution.plot,
-            self.neuron.plot,
-            self.preview.plot,
-        ):
-            plot.setBackground(background)
-            item = plot.getPlotItem()
-            for name in ("left", "bottom", "right", "top"):
-                axis = item.getAxis(name)
-                axis.setPen(foreground)
-                axis.setTextPen(foreground)
-            item.titleLabel.setAttr("color", foreground.name())
-            item.titleLabel.setText(item.titleLabel.text)
-        colorbar_axis = getattr(self.heatmap.colorbar, "axis", None)
-        if colorbar_axis is not None:
-            colorbar_axis.setPen(foreground)
-            colorbar_axis.setTextPen(foreground)
+        foreground, background = palette_colors()
+        for panel in (self.heatmap, self.distribution, self.neuron, self.preview):
+            panel.apply_palette(foreground, background)
 
     def _restore_settings(self) -> None:
         st = self.settings

@@ -13,6 +13,7 @@ import torch
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.neuron_grid import k_from_value, threshold_value
+from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.session import DIRECTION, Session
 from core.inspection import METHOD_NAMES
 
@@ -44,6 +45,7 @@ class DistributionPanel(QWidget):
             pen=pg.mkPen("#e03030", width=2),
             hoverPen=pg.mkPen("#ff8080", width=3),
             label="k = {value}",
+            labelOpts={"position": 0.9, "anchors": [(1, 0), (1, 0)]},
         )
         self.line.setToolTip("Drag to change this method's threshold k")
         item.addItem(self.line)
@@ -65,6 +67,10 @@ class DistributionPanel(QWidget):
         session.mask_changed.connect(self._move_line)
         session.selection_changed.connect(self._follow_selection)
         self._fill_layers()
+
+    def apply_palette(self, foreground, background) -> None:
+        style_plot(self.plot, foreground, background)
+        self.line.label.setColor(foreground)
 
     def current_layer(self) -> str | None:
         return self.layer_box.currentData()

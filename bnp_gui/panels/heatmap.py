@@ -17,6 +17,7 @@ from PySide6.QtGui import QCursor
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QToolTip, QVBoxLayout, QWidget
 
 from bnp_gui.neuron_grid import NeuronGrid, build_grid, flagged_neurons
+from bnp_gui.panels.plot_style import style_axis, style_plot
 from bnp_gui.session import DIRECTION, Session
 from core.inspection import METHOD_NAMES, METHODS
 
@@ -105,6 +106,10 @@ class HeatmapPanel(QWidget):
         session.mask_changed.connect(self._update_marks)
         session.selection_changed.connect(self._update_selection)
         self._rebuild()
+
+    def apply_palette(self, foreground, background) -> None:
+        style_plot(self.plot, foreground, background)
+        style_axis(self.colorbar.axis, foreground)
 
     # --- rendering ---
     def _rebuild(self) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtWidgets import QButtonGroup, QHBoxLayout, QLabel, QRadioButton, QVBoxLayout, QWidget
 
+from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.session import Session
 
 CLEAN_COLOUR = (60, 130, 230)
@@ -84,6 +85,9 @@ class NeuronPanel(QWidget):
         session.mask_changed.connect(self._sync_buttons)
         session.checkpoint_changed.connect(self._redraw)
         self._selection_changed()
+
+    def apply_palette(self, foreground, background) -> None:
+        style_plot(self.plot, foreground, background)
 
     def _selection_changed(self) -> None:
         sel = self.session.selected

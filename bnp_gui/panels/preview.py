@@ -10,6 +10,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
+from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.session import Session
 from core.inspection import METHOD_NAMES
 
@@ -108,6 +109,9 @@ class PreviewPanel(QWidget):
         self._update_numbers()
         self._update_curve()
 
+    def apply_palette(self, foreground, background) -> None:
+        style_plot(self.plot, foreground, background)
+
     def value(self, metric: str, stage: str) -> str:
         return self.labels[(metric, stage)].text()
 
@@ -134,7 +138,7 @@ class PreviewPanel(QWidget):
                 if p.stage == "subset"
                 else f"full test set: {p.after.n_clean} clean, {p.after.n_poison} triggered"
             )
-            status = f"{p.pruned} neurons pruned — {where} ({p.elapsed * 1000:.0f} ms)"
+            status = f"{p.pruned} neurons pruned — {where}, {p.elapsed:.1f} s"
             if s.preview_pending and p.stage == "full":
                 status += " — updating…"
         if s.inspection is not None and s.trigger is None and s.trigger_error:
