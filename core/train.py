@@ -54,6 +54,7 @@ __all__ = [
     "train",
     "subseed",
     "make_trigger",
+    "attack_description",
     "write_splits",
     "save_checkpoint",
     "add_arguments",
@@ -206,6 +207,21 @@ def make_trigger(
     return CornerBlendTrigger(patch, 0.2 if alpha is None else alpha, position)
 
 
+def attack_description(trigger: Trigger, rate: float, poisoned: int) -> dict:
+    """Metadata ``attack``: kind, rate, count, the trigger's parameters, and the trigger itself.
+
+    ``attack["trigger"]`` is ``trigger.to_dict()`` (what ``Trigger.from_dict`` rebuilds); the
+    top-level kind/size/position/alpha repeat its parameters for display.
+    """
+    t = trigger.to_dict()
+    d: dict = {"kind": trigger.kind, "rate": float(rate), "poisoned": int(poisoned)}
+    if trigger.kind != "blend":
+        d["size"] = int(trigger.tensor.shape[-1])
+    d.update({k: v for k, v in t.items() if k in ("position", "alpha")})
+    d["trigger"] = t
+    return d
+
+
 # ---- data split for the defender -------------------------------------------------------------
 
 
@@ -352,9 +368,7 @@ def train(
     padding = default_crop_padding(size) if crop_padding is None else crop_padding
     generator = torch.Generator().manual_seed(subseed(seed, "shuffle"))
 
-    attack = None if trigger is None else {**trigger.to_dict(), "rate": float(rate)}
-    if attack is not None:
-        attack["poisoned"] = int(len(poisoned_index))
+    attack = None if trigger is None else attack_description(trigger, rate, len(poisoned_index))
     meta = ModelMetadata(
         arch=arch,
         num_classes=num_classes,

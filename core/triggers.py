@@ -126,7 +126,9 @@ class Trigger:
 
     @staticmethod
     def from_dict(d: dict) -> Trigger:
-        """Rebuild a trigger written by ``to_dict``."""
+        """Rebuild a trigger written by ``to_dict`` (or an ``attack`` dict holding one)."""
+        if isinstance(d, dict) and isinstance(d.get("trigger"), dict):
+            d = d["trigger"]
         if not isinstance(d, dict) or "kind" not in d:
             raise DataError(f"a trigger description needs a 'kind', got {d!r:.80}")
         cls = Trigger._registry.get(str(d["kind"]))

@@ -13,7 +13,8 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.data import ImageSet, InputSpec, load_images, save_images
 from core.evaluation import evaluate
-from core.train import add_arguments, augment, run, train
+from core.inspection import checkpoint_trigger
+from core.train import add_arguments, attack_description, augment, make_trigger, run, train
 from core.triggers import PatchTrigger, Trigger
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
@@ -91,8 +92,10 @@ def test_tiny_training_implants_backdoor(tmp_path, seed):
     assert meta.extra["asr"] > 50, meta.extra  # chance would be about 10%
     assert meta.extra["clean_acc"] > 50, meta.extra
 
+    assert meta.attack["size"] == 4 and meta.attack["trigger"]["kind"] == "badnets"
+    trigger = checkpoint_trigger(ckpt)  # what the inspector will stamp
+    assert isinstance(trigger, PatchTrigger) and torch.equal(trigger.patch, raw["trigger"])
     # the numbers stored are the ones the engine measures on the loaded model
-    trigger = Trigger.from_dict(meta.attack)
     test = load_images(tmp_path / "data", split="test")
     m = evaluate(ckpt.model, test, InputSpec(1, (16, 16)), trigger=trigger, target=3)
     assert m.asr == pytest.approx(meta.extra["asr"]) and m.acc == pytest.approx(
@@ -110,6 +113,22 @@ def test_tiny_training_implants_backdoor(tmp_path, seed):
     assert (poisoned.labels[torch.from_numpy(mask)] == 3).all()
     assert (poisoned.images[torch.from_numpy(mask)][:, :, 12:, 12:] == raw["trigger"].mul(255)
             .round().to(torch.uint8)).all()  # fmt: skip
+
+
+def test_attack_description_nests_the_trigger():
+    blend = make_trigger("blend", channels=3, image_size=(4, 4), seed=1)
+    d = attack_description(blend, 0.05, 7)
+    assert {k: d[k] for k in ("kind", "rate", "poisoned", "alpha")} == {
+        "kind": "blend",
+        "rate": 0.05,
+        "poisoned": 7,
+        "alpha": 0.1,
+    }
+    assert "size" not in d and Trigger.from_dict(d["trigger"]).to_dict() == blend.to_dict()
+    corner = make_trigger("corner-blend", channels=1, image_size=(8, 8), size=2, seed=0)
+    d = attack_description(corner, 0.1, 3)
+    assert (d["size"], d["alpha"], d["position"]) == (2, 0.2, "bottom-right")
+    assert isinstance(Trigger.from_dict(d), type(corner))  # an attack dict is accepted too
 
 
 def test_interrupt_keeps_last_complete_epoch(tmp_path):
@@ -170,7 +189,7 @@ def test_demo_split_and_backdoor():
     mask = np.load(DEMO / "train_poisoned" / "poisoned.npy")
     assert mask.sum() == 50
     test = load_images(DEMO, split="test", limit=200)
-    trigger = Trigger.from_dict(ckpt.metadata.attack)
+    trigger = checkpoint_trigger(ckpt)
     assert torch.equal(trigger.tensor, ckpt.trigger)
     m = evaluate(ckpt.model, test, InputSpec(1, (28, 28)), trigger=trigger, target=0)
     assert m.acc > 80 and m.asr > 90
