@@ -23,6 +23,12 @@ class NeuronGrid:
     zscores: np.ndarray  # L × Cmax float32
 
     @property
+    def missing(self) -> np.ndarray:
+        """L × Cmax bool: a neuron exists there but has no score (constant, or no conv for CLP)."""
+        exists = np.arange(self.scores.shape[1])[None, :] < np.asarray(self.widths)[:, None]
+        return exists & np.isnan(self.scores)
+
+    @property
     def shape(self) -> tuple[int, int]:
         return self.scores.shape  # type: ignore[return-value]
 

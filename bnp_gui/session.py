@@ -194,7 +194,13 @@ class Session(QObject):
                 self.message.emit("error", f"Cannot open {Path(path).name}: {describe_error(exc)}")
 
         self.message.emit("info", f"Opening {Path(path).name}…")
-        self.runner.start("load", load, done=lambda insp: self._loaded(path, insp), error=failed)
+        self.runner.start(
+            "load",
+            load,
+            done=lambda insp: self._loaded(path, insp),
+            error=failed,
+            uses_engine=False,  # a new model: nothing shared with running jobs
+        )
 
     def _loaded(self, path: str, inspection: Inspection | None) -> None:
         if inspection is None:
@@ -244,6 +250,8 @@ class Session(QObject):
         )
 
     def _data_loaded(self, sets: dict) -> None:
+        for lane in ("collect", "preview", "curve", "neuron"):
+            self.runner.cancel(lane)  # they were computing with the previous data
         self.data = sets
         for stats_attr in ("clean_stats", "train_stats"):
             if self.inspection is not None:
@@ -282,7 +290,9 @@ class Session(QObject):
             self.message.emit("warning", f"No ASR: {self.trigger_error}")
             self.request_preview()
 
-        self.runner.start("trigger", resolve, done=self._trigger_resolved, error=failed)
+        self.runner.start(
+            "trigger", resolve, done=self._trigger_resolved, error=failed, uses_engine=False
+        )
 
     def _trigger_resolved(self, trigger: ResolvedTrigger | None) -> None:
         self.trigger = trigger

@@ -14,7 +14,15 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
 from PySide6.QtGui import QCursor
-from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QToolTip, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
 
 from bnp_gui.neuron_grid import NeuronGrid, build_grid, flagged_neurons
 from bnp_gui.panels.plot_style import style_axis, style_plot
@@ -54,6 +62,8 @@ class HeatmapPanel(QWidget):
         item.setLabel("bottom", "channel")
         item.hideButtons()
         item.getViewBox().setMouseEnabled(x=True, y=False)
+        self.missing_image = pg.ImageItem(axisOrder="row-major")  # grey: neuron without score
+        item.addItem(self.missing_image)
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get("CET-L8"))
         self.image.setLevels(Z_LEVELS)
@@ -91,7 +101,10 @@ class HeatmapPanel(QWidget):
             "<span style='color:#ff2020'>□</span> force-pruned &nbsp; "
             "<span style='color:#20d020'>○</span> kept"
         )
-        legend.setToolTip("Click a neuron to plot its pre-activations; P / K / A to override it.")
+        legend.setToolTip(
+            "Click a neuron to plot its pre-activations; right-click (or P / K / A) to "
+            "force-prune, keep, or leave it to the thresholds. Grey: no score."
+        )
         top.addWidget(legend)
         top.addStretch(1)
         layout = QVBoxLayout(self)
@@ -126,6 +139,7 @@ class HeatmapPanel(QWidget):
         item = self.plot.getPlotItem()
         if self.grid.shape[0] == 0 or self.grid.shape[1] == 0:
             self.image.clear()
+            self.missing_image.clear()
             item.getAxis("left").setTicks([[]])
             self._update_marks()
             return
@@ -133,6 +147,10 @@ class HeatmapPanel(QWidget):
         self.image.setImage(suspicion, levels=Z_LEVELS, autoLevels=False)
         rows, cols = self.grid.shape
         self.image.setRect(0, 0, cols, rows)
+        grey = np.zeros((rows, cols, 4), dtype=np.uint8)
+        grey[self.grid.missing] = (150, 150, 150, 255)
+        self.missing_image.setImage(grey, levels=(0, 255), autoLevels=False)
+        self.missing_image.setRect(0, 0, cols, rows)
         ticks = [(i + 0.5, name) for i, name in enumerate(self.grid.layers)]
         item.getAxis("left").setTicks([ticks])
         label = (
@@ -180,7 +198,12 @@ class HeatmapPanel(QWidget):
         score, z = float(self.grid.scores[row, col]), float(self.grid.zscores[row, col])
         name = METHOD_NAMES[method]
         if math.isnan(score):
-            value = f"{name}: no score" + (" (constant neuron)" if method == "ep" else "")
+            why = {
+                "ep": "its maxima are the same on every sample (constant neuron)",
+                "bnp": "constant neuron",
+                "clp": "its BatchNorm is not fed by a convolution",
+            }[method]
+            value = f"no {name} score: {why}"
         else:
             value = f"{name} score {score:.4g}, z {z:+.2f}"
         flagged = bool(s.flags.get(method, {}).get(layer, np.zeros(0, bool))[ch : ch + 1].any())
@@ -205,11 +228,36 @@ class HeatmapPanel(QWidget):
         self.neuron_hovered.emit(text)
 
     def _mouse_clicked(self, event) -> None:
-        if event.button() != Qt.LeftButton:
-            return
         neuron = self._neuron_at(event.scenePos())
-        if neuron is not None:
+        if neuron is None:
+            return
+        if event.button() == Qt.LeftButton:
             self.session.select_neuron(neuron)
+        elif event.button() == Qt.RightButton:
+            self.session.select_neuron(neuron)
+            self._override_menu(neuron).popup(QCursor.pos())
+
+    def _override_menu(self, neuron: tuple[str, int]) -> QMenu:
+        """Right-click: force-prune, keep, or leave the neuron to the thresholds."""
+        menu = QMenu(self)
+        menu.setAttribute(Qt.WA_DeleteOnClose)
+        current = self.session.override(neuron)
+        for state, text in (
+            (None, "Automatic (A)"),
+            ("prune", "Force prune (P)"),
+            ("keep", "Keep (K)"),
+        ):
+            action = menu.addAction(text)
+            action.setCheckable(True)
+            action.setChecked(current == state)
+            action.setData(state or "auto")
+        menu.triggered.connect(self._override_chosen)
+        return menu
+
+    def _override_chosen(self, action) -> None:
+        state = action.data()
+        if self.session.selected is not None:
+            self.session.set_override(self.session.selected, None if state == "auto" else state)
 
     def _method_chosen(self, index: int) -> None:
         method = self.method_box.itemData(index)

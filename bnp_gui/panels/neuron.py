@@ -68,7 +68,7 @@ class NeuronPanel(QWidget):
         ):
             button = QRadioButton(text)
             button.setToolTip(tip)
-            button.setProperty("override", state)
+            button.setProperty("override", state or "auto")
             self.override_group.addButton(button)
             buttons.addWidget(button)
         buttons.addStretch(1)
@@ -104,11 +104,12 @@ class NeuronPanel(QWidget):
         sel = self.session.selected
         state = self.session.override(sel) if sel is not None else None
         for button in self.override_group.buttons():
-            button.setChecked(button.property("override") == state and sel is not None)
+            button.setChecked(button.property("override") == (state or "auto") and sel is not None)
 
     def _override_clicked(self, button) -> None:
         if self.session.selected is not None:
-            self.session.set_override(self.session.selected, button.property("override"))
+            state = button.property("override")
+            self.session.set_override(self.session.selected, None if state == "auto" else state)
 
     def _redraw(self) -> None:
         act = self.session.activations
