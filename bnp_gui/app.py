@@ -41,6 +41,21 @@ def make_application(argv: list[str] | None = None):
     return app
 
 
+def install_excepthook(window) -> None:
+    """A bug in a slot becomes a message in the window (and a log line), not a dead app."""
+    import logging
+    import traceback
+
+    def hook(kind, value, tb):
+        logging.getLogger("bnp_gui").error("".join(traceback.format_exception(kind, value, tb)))
+        try:
+            window.show_message("error", f"Internal error ({kind.__name__}): {value}")
+        except RuntimeError:  # the window is already gone
+            pass
+
+    sys.excepthook = hook
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     app = make_application()
@@ -49,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     from bnp_gui.screenshot import ScreenshotWhenReady
 
     window = MainWindow()
+    install_excepthook(window)
     if args.screenshot:
         try:
             w, h = (int(v) for v in args.size.lower().split("x"))

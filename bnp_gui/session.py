@@ -216,8 +216,9 @@ class Session(QObject):
         self._invalidate_metrics()
         if not self.available(self.view_method):
             self.view_method = "clp"
+        self._recompute_flags(emit=False)
         self.checkpoint_changed.emit()
-        self._recompute_flags()
+        self.mask_changed.emit()
         self.view_changed.emit()
         self.selection_changed.emit()
         meta = inspection.ckpt.metadata
@@ -260,8 +261,9 @@ class Session(QObject):
         self.zscores = {k: v for k, v in self.zscores.items() if k == "clp"}
         self._invalidate_metrics()
         self.data_changed.emit()
+        self._recompute_flags(emit=False)
         self.scores_changed.emit()
-        self._recompute_flags()
+        self.mask_changed.emit()
         described = ", ".join(f"{role}: {len(s)} samples" for role, s in sets.items())
         self.message.emit("info", f"Data ready ({described}).")
         if self.trigger_source.kind == "folder" or self.trigger is None:
@@ -317,8 +319,9 @@ class Session(QObject):
         self.scores = {"clp": self.inspection.clp}
         self.zscores = {"clp": z_scores(self.inspection.clp)}
         self._invalidate_metrics()
+        self._recompute_flags(emit=False)
         self.scores_changed.emit()
-        self._recompute_flags()
+        self.mask_changed.emit()
         self.message.emit("info", "Input settings changed: run Analyze again.")
         self.request_preview()
 
@@ -377,10 +380,10 @@ class Session(QObject):
         self.zscores = {"clp": self.zscores.get("clp"), **zs}
         self.curves.clear()
         if self.view_method == "clp" and "bnp" in scores:
-            self.view_method = "bnp"
-        self.scores_changed.emit()
-        self.view_changed.emit()
-        self._recompute_flags()
+            self.view_method = "bnp"  # the paper's method, once it can be shown
+        self._recompute_flags(emit=False)
+        self.scores_changed.emit()  # panels redraw for the (possibly new) viewed method
+        self.mask_changed.emit()
         names = ", ".join(METHOD_NAMES[m] for m in scores)
         self.message.emit("info", f"Analysis done: {names} scores ready.")
         self.analysis_finished.emit()
@@ -435,11 +438,12 @@ class Session(QObject):
         self._recompute_flags()
         self.request_preview()
 
-    def _recompute_flags(self) -> None:
+    def _recompute_flags(self, emit: bool = True) -> None:
         """Flags per method and the combined mask, from cached scores (cheap: UI thread)."""
         self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
-        self.mask_changed.emit()
+        if emit:
+            self.mask_changed.emit()
 
     # ------------------------------------------------------------------ neuron
     def select_neuron(self, neuron: Neuron | None) -> None:

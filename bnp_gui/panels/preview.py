@@ -104,6 +104,7 @@ class PreviewPanel(QWidget):
         session.mask_changed.connect(self._update_numbers)
         session.curve_changed.connect(self._update_curve)
         session.view_changed.connect(self._update_curve)
+        session.scores_changed.connect(self._update_curve)
         session.mask_changed.connect(self._update_k_line)
         session.trigger_changed.connect(self._update_numbers)
         self._update_numbers()
