@@ -78,6 +78,7 @@ def main() -> int:
     first, full = [], []
     ks = [2.0, 2.5, 1.5, 3.5, 2.2, 2.8, 1.8, 3.2][: args.repeats]
     for k in ks:
+        subset = session.preview_subset_size()
         arrivals: list[float] = []
         record = arrivals.append
         session.preview_changed.connect(lambda record=record: record(time.monotonic()))
@@ -96,9 +97,9 @@ def main() -> int:
         first.append(arrivals[0] - t0)
         full.append(arrivals[-1] - t0)
         print(
-            f"k={k:.1f}: {stages.pruned:3d} pruned, first numbers {first[-1] * 1000:6.0f} ms, "
-            f"full set {full[-1] * 1000:6.0f} ms  (ACC {stages.after.acc:.2f} %, "
-            f"ASR {stages.after.asr if stages.after.asr is None else round(stages.after.asr, 2)} %)"
+            f"k={k:.1f}: {stages.pruned:3d} pruned, first numbers ({subset} samples + triggered) "
+            f"{first[-1] * 1000:5.0f} ms, full set {full[-1] * 1000:5.0f} ms "
+            f"(ACC {stages.after.acc:.2f} %, ASR {stages.after.asr or 0:.2f} %)"
         )
         wait_until(lambda: not session.runner.is_running("curve"), 600)
     print(

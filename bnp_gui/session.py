@@ -28,7 +28,11 @@ from core.scores import z_scores
 __all__ = ["DIRECTION", "Session"]
 
 DEFAULT_K = 3.0
-PREVIEW_SUBSET = 256
+# The fast first numbers: as many test samples (each also run with the trigger) as this machine
+# gets through in FIRST_NUMBERS_BUDGET_S, measured on the previous previews.
+PREVIEW_SUBSET_MAX = 256
+PREVIEW_SUBSET_MIN = 64
+FIRST_NUMBERS_BUDGET_S = 0.35
 PREVIEW_DEBOUNCE_MS = 120
 CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 CURVE_SUBSET = 256
@@ -45,6 +49,8 @@ class PreviewResult:
     after: Any
     pruned: int
     elapsed: float  # seconds from the request to this result
+    limit: int | None = None  # test samples of the subset (None: all)
+    rate: float | None = None  # forward passes per second while measuring "after"
 
 
 @dataclasses.dataclass
@@ -118,6 +124,7 @@ class Session(QObject):
         self.auto_analyze = False
         self._progress_start: dict[str, float] = {}
         self._preview_requested_at = 0.0
+        self._forward_rate: float | None = None  # samples/s of the last preview
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
         self._preview_timer.setInterval(PREVIEW_DEBOUNCE_MS)
@@ -523,19 +530,23 @@ class Session(QObject):
         mask = self.display_mask
         baseline = dict(self.baseline)
         requested = self._preview_requested_at
+        subset = self.preview_subset_size()
+        stages = [("full", None)]
+        if subset < len(test):
+            stages.insert(0, ("subset", subset))
 
         def preview(job: Job):
-            for stage, limit in (("subset", PREVIEW_SUBSET), ("full", None)):
-                if stage == "subset" and len(test) <= PREVIEW_SUBSET:
-                    continue
-                before = baseline.get(stage)
+            for stage, limit in stages:
+                start = time.monotonic()
                 after = measure(
                     inspection, test, trigger, mask=mask, limit=limit, cancel=job.cancelled
                 )
+                rate = (after.n_clean + after.n_poison) / max(time.monotonic() - start, 1e-6)
+                before = baseline.get(limit)
                 if before is None:
                     before = measure(inspection, test, trigger, limit=limit, cancel=job.cancelled)
                 result = PreviewResult(
-                    stage, before, after, mask.count(), time.monotonic() - requested
+                    stage, before, after, mask.count(), time.monotonic() - requested, limit, rate
                 )
                 if stage == "subset":
                     job.partial(result)
@@ -549,8 +560,21 @@ class Session(QObject):
             error=lambda exc: self.message.emit("error", f"Preview failed: {describe_error(exc)}"),
         )
 
+    def preview_subset_size(self) -> int:
+        """Test samples for the fast first numbers, from the measured forward-pass rate."""
+        if self._forward_rate is None:
+            return PREVIEW_SUBSET_MAX
+        size = int(self._forward_rate * FIRST_NUMBERS_BUDGET_S / 2)  # clean + triggered pass
+        # powers of two only, so the "before" numbers of each size are measured once
+        chosen = PREVIEW_SUBSET_MAX
+        while chosen > PREVIEW_SUBSET_MIN and chosen > size:
+            chosen //= 2
+        return chosen
+
     def _preview_ready(self, result: PreviewResult) -> None:
-        self.baseline[result.stage] = result.before
+        self.baseline[result.limit] = result.before
+        if result.rate is not None:
+            self._forward_rate = result.rate
         self.preview = result
         self.preview_changed.emit()
 
