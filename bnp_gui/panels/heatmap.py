@@ -122,7 +122,8 @@ class HeatmapPanel(QWidget):
 
     def apply_palette(self, foreground, background) -> None:
         style_plot(self.plot, foreground, background)
-        style_axis(self.colorbar.axis, foreground)
+        for name in ("left", "right"):  # the colour bar's label sits on its left axis
+            style_axis(self.colorbar.getAxis(name), foreground)
 
     # --- rendering ---
     def _rebuild(self) -> None:

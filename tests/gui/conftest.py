@@ -88,10 +88,14 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def demo(tiny_model):
-    """(checkpoint, roles): the bundled demo when installed, else the tiny stand-in."""
+    """(checkpoint, roles): $BNP_GUI_TEST_MODEL + $BNP_GUI_TEST_DATA when set, else the bundled
+    demo when installed, else the tiny stand-in."""
+    from bnp_gui.data_roles import guess_roles
     from bnp_gui.demo import demo_files
     from core.errors import BnpError
 
+    if os.environ.get("BNP_GUI_TEST_MODEL"):
+        return os.environ["BNP_GUI_TEST_MODEL"], guess_roles(os.environ["BNP_GUI_TEST_DATA"])
     try:
         return demo_files()
     except BnpError:
