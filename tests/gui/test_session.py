@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from conftest import LONG, analyze, open_data, open_model, wait_full_preview
+from PySide6.QtCore import Qt
 
 from bnp_gui.prune_decision import mask_from_scores
 
@@ -108,3 +109,40 @@ def test_neuron_plot_and_hover(qtbot, window, tiny_model):
     assert window.distribution.current_layer() == layer
     text = window.heatmap.describe((layer, 3))
     assert layer in text and "channel 3" in text and "z " in text
+
+
+def test_hover_and_click_map_to_the_right_neuron(qtbot, window, tiny_model):
+    from PySide6.QtCore import QPointF
+
+    s = window.session
+    open_model(qtbot, window, tiny_model[0])  # CLP scores only: enough for the heatmap
+    window.resize(1400, 900)
+    qtbot.wait(50)
+    heatmap = window.heatmap
+    vb = heatmap.plot.getPlotItem().getViewBox()
+    row, channel = 4, 7
+    layer = s.layers[row][0]
+    scene_pos = vb.mapViewToScene(QPointF(channel + 0.5, row + 0.5))
+    heatmap._mouse_moved(scene_pos)
+    text = heatmap.hover_label.text()
+    assert text.startswith(f"{layer} · channel {channel}"), text
+    assert "CLP score" in text
+    widget_pos = heatmap.plot.mapFromScene(scene_pos)
+    qtbot.mouseClick(heatmap.plot.viewport(), Qt.LeftButton, pos=widget_pos)
+    qtbot.waitUntil(lambda: s.selected == (layer, channel))
+    outside = vb.mapViewToScene(QPointF(s.layers[0][1] + 3.5, 0.5))  # right of a narrow row
+    heatmap._mouse_moved(outside)
+    assert heatmap.hover_label.text().strip() == ""
+
+
+def test_input_settings_override(qtbot, window, tiny_model):
+    checkpoint, roles = tiny_model
+    s = window.session
+    open_model(qtbot, window, checkpoint)
+    open_data(qtbot, window, roles)
+    analyze(qtbot, window)
+    s.set_input_spec(mean=(0.5,), std=(0.25,))
+    assert s.inspection.spec.mean == (0.5,) and s.inspection.spec.std == (0.25,)
+    assert not s.available("bnp")  # statistics under the old normalisation are gone
+    s.set_input_spec(std=(0.0,))
+    assert "Invalid input settings" in window.banner.text()

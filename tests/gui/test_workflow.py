@@ -80,3 +80,24 @@ def test_demo_mode_opens_and_analyses(qtbot, window, demo, monkeypatch):
     qtbot.waitUntil(lambda: window.session.available("bnp"), timeout=LONG)
     wait_full_preview(qtbot, window.session)
     assert window.windowTitle().endswith(Path(checkpoint).name)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
+def test_export_formats_reload(qtbot, window, tiny_model, tmp_path, fmt):
+    from core.checkpoint import load_checkpoint
+
+    checkpoint, roles = tiny_model
+    s = window.session
+    open_model(qtbot, window, checkpoint)
+    s.set_enabled("clp", True)
+    s.set_threshold("clp", 1.0)
+    with qtbot.waitSignal(s.exported, timeout=LONG) as blocker:
+        window.export_to(str(tmp_path), fmt)
+    reloaded = load_checkpoint(blocker.args[0])
+    pruned = s.display_mask
+    for layer, mask in pruned.gamma.items():
+        weight = reloaded.state_dict[f"{layer}.weight"]
+        assert bool((weight[mask] == 0).all()), layer
+        bias = reloaded.state_dict[f"{layer}.bias"]
+        assert bool((bias[pruned.beta.get(layer, mask & False)] == 0).all())
+    assert pruned.count() > 0
