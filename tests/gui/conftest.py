@@ -102,36 +102,6 @@ def demo(tiny_model):
         return tiny_model
 
 
-LONG = 120_000  # ms: generous for a loaded 2-core machine
-
-
-def open_model(qtbot, window, checkpoint: str) -> None:
-    with qtbot.waitSignal(window.session.checkpoint_changed, timeout=LONG):
-        window.open_checkpoint(checkpoint)
-
-
-def open_data(qtbot, window, roles) -> None:
-    with qtbot.waitSignal(window.session.data_changed, timeout=LONG):
-        window.open_data(roles)
-
-
-def wait_full_preview(qtbot, session) -> None:
-    qtbot.waitUntil(
-        lambda: (
-            session.preview is not None
-            and session.preview.stage == "full"
-            and not session.is_busy("preview")
-            and not session.preview_pending
-        ),
-        timeout=LONG,
-    )
-
-
-def analyze(qtbot, window) -> None:
-    with qtbot.waitSignal(window.session.analysis_finished, timeout=LONG):
-        window.session.analyze()
-
-
 @pytest.fixture
 def window(qtbot):
     from bnp_gui.mainwindow import MainWindow

@@ -7,7 +7,7 @@ import argparse
 
 import numpy as np
 import torch
-from conftest import LONG, open_data, open_model
+from gui_helpers import LONG, open_data, open_model
 
 from bnp_gui.data_roles import DataRoles
 from bnp_gui.trigger_source import TriggerSource

@@ -3,7 +3,7 @@ window stop the worker cleanly (no "QThread: Destroyed while thread is still run
 
 from __future__ import annotations
 
-from conftest import LONG, analyze, open_data, open_model
+from gui_helpers import LONG, analyze, open_data, open_model
 from PySide6.QtCore import QElapsedTimer, QTimer
 
 MAX_STALL_MS = 100

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from conftest import LONG, analyze, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 from PySide6.QtCore import Qt
 
 from bnp_gui.prune_decision import mask_from_scores

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import LONG, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, open_data, open_model, wait_full_preview
 from PySide6.QtGui import QColor, QImage
 
 from bnp_gui.dialogs.open_data import OpenDataDialog

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pyqtgraph.exporters
 import pytest
-from conftest import LONG, open_model
+from gui_helpers import LONG, open_model
 from PySide6.QtCore import QMimeData, QPoint, Qt, QUrl
 from PySide6.QtGui import QColor, QDropEvent, QImage, QKeySequence, QPalette
 from PySide6.QtWidgets import QApplication

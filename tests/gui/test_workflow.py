@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import LONG, analyze, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 
 from bnp_gui.mainwindow import MainWindow
 from bnp_gui.report import REPORT_HTML, REPORT_JSON

@@ -1,0 +1,33 @@
+"""Waiting helpers shared by the GUI tests (a uniquely named module, not conftest, so that it
+never clashes with another conftest.py on sys.path)."""
+
+from __future__ import annotations
+
+LONG = 120_000  # ms: generous for a loaded 2-core machine
+
+
+def open_model(qtbot, window, checkpoint: str) -> None:
+    with qtbot.waitSignal(window.session.checkpoint_changed, timeout=LONG):
+        window.open_checkpoint(checkpoint)
+
+
+def open_data(qtbot, window, roles) -> None:
+    with qtbot.waitSignal(window.session.data_changed, timeout=LONG):
+        window.open_data(roles)
+
+
+def wait_full_preview(qtbot, session) -> None:
+    qtbot.waitUntil(
+        lambda: (
+            session.preview is not None
+            and session.preview.stage == "full"
+            and not session.is_busy("preview")
+            and not session.preview_pending
+        ),
+        timeout=LONG,
+    )
+
+
+def analyze(qtbot, window) -> None:
+    with qtbot.waitSignal(window.session.analysis_finished, timeout=LONG):
+        window.session.analyze()
