@@ -28,6 +28,8 @@ from core.scores import z_scores
 __all__ = ["DIRECTION", "Session"]
 
 DEFAULT_K = 3.0
+# Smaller than the engine's default: Cancel and closing take effect at the next batch.
+BATCH_SIZE = 128
 # The fast first numbers: as many test samples (each also run with the trigger) as this machine
 # gets through in FIRST_NUMBERS_BUDGET_S, measured on the previous previews.
 PREVIEW_SUBSET_MAX = 256
@@ -351,7 +353,9 @@ class Session(QObject):
             self.runner.cancel(lane, notify=False)
 
         def collect(job: Job):
-            inspection.collect(clean, train, progress=job.progress, cancel=job.cancelled)
+            inspection.collect(
+                clean, train, progress=job.progress, cancel=job.cancelled, batch_size=BATCH_SIZE
+            )
             scores = {}
             for method in ("bnp", "ep"):
                 if inspection.available(method):

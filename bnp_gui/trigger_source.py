@@ -18,6 +18,7 @@ from core.evaluation import Metrics, evaluate
 from core.inspection import checkpoint_trigger
 
 Kind = Literal["checkpoint", "image", "folder", "none"]
+BATCH_SIZE = 128  # cancellation takes effect at the next batch
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ def measure(
             trigger=trig,
             target=target,
             device=inspection.device,
+            batch_size=BATCH_SIZE,
             limit=limit,
             progress=progress if with_progress else None,
             cancel=cancel,

@@ -184,8 +184,12 @@ class Runner(QObject):
             if callbacks is not None and callbacks.cancelled is not None:
                 callbacks.cancelled()
 
-    def shutdown(self, timeout_ms: int = 30000) -> None:
-        """Cancel every job and wait for its thread to end (called from closeEvent)."""
+    def shutdown(self) -> None:
+        """Cancel every job and wait for its thread to end (called from closeEvent).
+
+        The wait has no time limit: a job stops at its next cancellation check (one batch), and
+        a QThread destroyed while running would abort the process.
+        """
         self._closed = True
         for lane in list(self._current):
             self.cancel(lane, notify=False)
@@ -202,8 +206,7 @@ class Runner(QObject):
                     sig.disconnect()
                 except (RuntimeError, TypeError):
                     pass
-            if not job.wait(timeout_ms):
-                log.warning("job %s did not stop within %d ms", job.lane, timeout_ms)
+            job.wait()
         self._alive.clear()
         self._callbacks.clear()
 
