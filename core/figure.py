@@ -25,8 +25,8 @@ def demo_figure(inspection, masks: dict, rows: list, path: Path, threshold: floa
     import matplotlib.pyplot as plt
 
     methods = list(masks)
-    fig = plt.figure(figsize=(15, 6.5), layout="constrained")
-    grid = fig.add_gridspec(1, len(methods) + 1, width_ratios=[3] * len(methods) + [2.2])
+    fig = plt.figure(figsize=(16, 6.5), layout="constrained")
+    grid = fig.add_gridspec(1, len(methods) + 1, width_ratios=[3] * len(methods) + [2.8])
     names = [layer.name for layer in inspection.layers]
     for col, method in enumerate(methods):
         ax = fig.add_subplot(grid[0, col])
@@ -56,9 +56,9 @@ def demo_figure(inspection, masks: dict, rows: list, path: Path, threshold: floa
     for xi, a, s in zip(x, acc, asr, strict=True):
         ax.text(xi - 0.2, a + 1, f"{a:.1f}", ha="center", fontsize=8)
         ax.text(xi + 0.2, s + 1, f"{s:.1f}", ha="center", fontsize=8)
-    ax.set_xticks(x, [f"{label}\n({pruned} pruned)" for label, _, pruned, _ in rows], fontsize=8)
+    ax.set_xticks(x, [f"{label}\n{pruned} pruned" for label, _, pruned, _ in rows], fontsize=7)
     ax.set_ylim(0, 110)
-    ax.set_title("ACC / ASR on the test subset")
+    ax.set_title("ACC / ASR, test subset", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{inspection.ckpt.metadata.arch}: {inspection.ckpt.path.name}")
     fig.savefig(path, dpi=110)

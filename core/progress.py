@@ -24,11 +24,12 @@ class ProgressBar:
         self.width = width
         self.start = time.monotonic()
         self.last_draw = 0.0
+        self.live = getattr(self.stream, "isatty", lambda: False)()  # redraws only on a terminal
 
     def __call__(self, done: int, total: int) -> None:
         now = time.monotonic()
         finished = total > 0 and done >= total
-        if not finished and now - self.last_draw < 0.1:
+        if not finished and (not self.live or now - self.last_draw < 0.1):
             return
         self.last_draw = now
         fraction = done / total if total else 1.0
@@ -37,7 +38,9 @@ class ProgressBar:
         eta = elapsed / fraction - elapsed if fraction > 0 else 0.0
         timing = f"{format_duration(elapsed)}" if finished else f"ETA {format_duration(eta)}"
         bar = "#" * filled + "-" * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} {timing}  ")
+        self.stream.write(
+            f"{chr(13) if self.live else ''}{self.label} [{bar}] {done}/{total} {timing}  "
+        )
         if finished:
             self.stream.write("\n")
         self.stream.flush()
