@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from core import demo, train
 from core.errors import BnpError
 
 TRUST_HELP = (
@@ -185,15 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write a JSON report here")
     p.set_defaults(func=cmd_defend)
 
-    for name, module_name, text in (
-        ("train", "core.train", "train a backdoored (or clean) classifier"),
-        ("demo", "core.demo", "run all three defenses on the bundled demo model"),
+    for name, module, text in (
+        ("train", train, "train a backdoored (or clean) classifier"),
+        ("demo", demo, "run all three defenses on the bundled demo model"),
     ):
-        try:
-            module = __import__(module_name, fromlist=["add_arguments", "run"])
-        except ImportError:
-            continue
-        p = sub.add_parser(name, help=text)
+        p = sub.add_parser(name, help=text, description=text)
         module.add_arguments(p)
         p.set_defaults(func=module.run)
     return parser
