@@ -67,15 +67,18 @@ def run_demo(
     started = time.monotonic()
     demo = load_demo(device)
     inspection = demo.inspection
-    bar = (lambda label: None) if quiet else ProgressBar
+
+    def bar(label):
+        return None if quiet else ProgressBar(label=label)
+
     inspection.collect(demo.clean, demo.train, progress=bar("statistics"))
-    before = inspection.evaluate(demo.test, progress=bar("before    "))
+    before = inspection.evaluate(demo.test, progress=bar("before"))
     report: dict = {"acc_before": before.acc, "asr_before": before.asr}
     rows: list[tuple[str, float | None, int, Metrics]] = [("none", None, 0, before)]
     masks = {}
     for method in METHODS:
         mask = inspection.mask({method: threshold})
-        after = inspection.evaluate(demo.test, mask=mask, progress=bar(f"{method:<10}"))
+        after = inspection.evaluate(demo.test, mask=mask, progress=bar(METHOD_NAMES[method]))
         entry = method_report(inspection, method, threshold, mask)
         entry.update(acc_before=before.acc, asr_before=before.asr)
         entry.update(acc_after=after.acc, asr_after=after.asr)

@@ -36,6 +36,7 @@ from core.checkpoint import ModelMetadata
 from core.data import ImageSet, InputSpec, load_images, save_images, to_float
 from core.errors import BnpError, Cancelled
 from core.evaluation import evaluate
+from core.progress import ProgressBar
 from core.triggers import (
     POSITIONS,
     BlendTrigger,
@@ -104,52 +105,6 @@ def augment(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> 
         mirror = torch.rand(b, generator=generator) < 0.5
         x = torch.where(mirror[:, None, None, None], x.flip(-1), x)
     return x
-
-
-# ---- progress -------------------------------------------------------------------------------
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rest = divmod(seconds, 3600)
-    return f"{h}:{rest // 60:02d}:{rest % 60:02d}" if h else f"{rest // 60}:{rest % 60:02d}"
-
-
-class ProgressBar:
-    """A one-line progress bar with ETA on stderr (a line per ~10% when not a terminal)."""
-
-    def __init__(self, total: int, stream=None, width: int = 28) -> None:
-        self.total, self.width = max(1, total), width
-        self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
-        self._last_draw = 0.0
-        self._last_tenth = -1
-
-    def update(self, done: int, text: str = "") -> None:
-        """Redraw at most 5 times a second (or once per tenth of the work in a log file)."""
-        now = time.monotonic()
-        tenth = 10 * done // self.total
-        if self.tty:
-            if now - self._last_draw < 0.2 and done < self.total:
-                return
-        elif tenth == self._last_tenth and done < self.total:
-            return
-        self._last_draw, self._last_tenth = now, tenth
-        elapsed = now - self.start
-        eta = elapsed / done * (self.total - done) if done else float("nan")
-        filled = int(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        eta_text = _clock(eta) if math.isfinite(eta) else "?"
-        line = f"[{bar}] {100 * done / self.total:5.1f}% {_clock(elapsed)}<{eta_text} {text}"
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
-
-    def close(self) -> None:
-        """End the line on a terminal."""
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
 
 
 # ---- checkpoint -----------------------------------------------------------------------------
