@@ -11,12 +11,16 @@ On the seed's CIFAR ResNet-18 with 500 random 3×32×32 samples, on the CPU:
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import torch
+# idle OpenMP threads sleep instead of spinning (set before torch loads; see core/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

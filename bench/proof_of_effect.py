@@ -14,11 +14,15 @@ Takes long on a CPU (minutes per model); it is a script, not a test.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+# idle OpenMP threads sleep instead of spinning (set before torch loads; see core/cli.py)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 

@@ -79,6 +79,7 @@ class Inspection:
         self.clp: dict[str, torch.Tensor] = clp_scores(self.model, self.layers)
         self.clean_stats: Statistics | None = None
         self.train_stats: Statistics | None = None
+        self._scores: dict[str, dict[str, torch.Tensor]] = {"clp": self.clp}
         self.trigger: Trigger | None = checkpoint_trigger(ckpt)
         self.target: int | None = meta.target_label
 
@@ -121,8 +122,10 @@ class Inspection:
         # only replace what was collected, and only once everything finished
         if "clean" in results:
             self.clean_stats = results["clean"]
+            self._scores.pop("bnp", None)
         if "train" in results:
             self.train_stats = results["train"]
+            self._scores.pop("ep", None)
 
     def available(self, method: str) -> bool:
         """Whether `method` has what it needs (CLP: nothing; BNP: clean; EP: training data)."""
@@ -133,20 +136,21 @@ class Inspection:
         }[method]
 
     def scores(self, method: str) -> dict[str, torch.Tensor]:
-        """Per-layer neuron scores of one method."""
-        if method == "clp":
-            return self.clp
-        if method == "bnp":
-            if self.clean_stats is None:
-                raise BnpError("BNP needs statistics of clean samples: collect them first.")
-            return bnp_scores(self.model, self.clean_stats)
-        if method == "ep":
-            if self.train_stats is None:
-                raise BnpError(
-                    "EP needs statistics of the suspect training set: collect them first."
-                )
-            return ep_scores(self.train_stats)
-        raise BnpError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
+        """Per-layer neuron scores of one method (computed once per statistics pass)."""
+        if method not in METHODS:
+            raise BnpError(f"Unknown method {method!r}: use one of {', '.join(METHODS)}.")
+        if method not in self._scores:
+            if method == "bnp":
+                if self.clean_stats is None:
+                    raise BnpError("BNP needs statistics of clean samples: collect them first.")
+                self._scores[method] = bnp_scores(self.model, self.clean_stats)
+            else:
+                if self.train_stats is None:
+                    raise BnpError(
+                        "EP needs statistics of the suspect training set: collect them first."
+                    )
+                self._scores[method] = ep_scores(self.train_stats)
+        return self._scores[method]
 
     def z_scores(self, method: str) -> dict[str, torch.Tensor]:
         """Scores standardised within their layer, for display."""

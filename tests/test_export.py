@@ -125,3 +125,18 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, bad)
     assert main(["defend", str(bad), "--method", "ep"]) == 2
     assert "--train" in capsys.readouterr().err
+
+
+def test_scores_are_cached_until_new_statistics(seed_checkpoint):
+    inspection = Inspection(load_checkpoint(seed_checkpoint), device="cpu")
+    a = ImageSet(torch.rand(20, 3, 32, 32), torch.zeros(20, dtype=torch.long))
+    b = ImageSet(torch.rand(20, 3, 32, 32) * 0.5, torch.zeros(20, dtype=torch.long))
+    with pytest.raises(BnpError, match="EP needs"):
+        inspection.scores("ep")
+    inspection.collect(a, a)
+    first = inspection.scores("bnp")
+    assert inspection.scores("bnp") is first
+    ep = inspection.scores("ep")
+    inspection.collect(b)  # new clean statistics: BNP changes, EP is kept
+    assert inspection.scores("ep") is ep
+    assert not torch.equal(inspection.scores("bnp")["bn1"], first["bn1"])
