@@ -50,7 +50,7 @@ class PreviewResult:
     before: Any  # core.evaluation.Metrics
     after: Any
     pruned: int
-    elapsed: float  # seconds from the request to this result
+    elapsed: float  # seconds of computation for this result
     limit: int | None = None  # test samples of the subset (None: all)
     rate: float | None = None  # forward passes per second while measuring "after"
 
@@ -125,7 +125,6 @@ class Session(QObject):
         self.curves: dict[str, list[tuple[float, Any]]] = {}
         self.auto_analyze = False
         self._progress_start: dict[str, float] = {}
-        self._preview_requested_at = 0.0
         self._forward_rate: float | None = None  # samples/s of the last preview
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
@@ -519,7 +518,6 @@ class Session(QObject):
         if self.inspection is None or self.eval_set() is None:
             return
         self.preview_pending = True
-        self._preview_requested_at = time.monotonic()
         self.runner.cancel("curve", notify=False)  # the preview has the CPU first
         if immediate:
             self._preview_timer.stop()
@@ -533,13 +531,13 @@ class Session(QObject):
             return
         mask = self.display_mask
         baseline = dict(self.baseline)
-        requested = self._preview_requested_at
         subset = self.preview_subset_size()
         stages = [("full", None)]
         if subset < len(test):
             stages.insert(0, ("subset", subset))
 
         def preview(job: Job):
+            started = time.monotonic()  # after waiting for the engine lock
             for stage, limit in stages:
                 start = time.monotonic()
                 after = measure(
@@ -550,7 +548,7 @@ class Session(QObject):
                 if before is None:
                     before = measure(inspection, test, trigger, limit=limit, cancel=job.cancelled)
                 result = PreviewResult(
-                    stage, before, after, mask.count(), time.monotonic() - requested, limit, rate
+                    stage, before, after, mask.count(), time.monotonic() - started, limit, rate
                 )
                 if stage == "subset":
                     job.partial(result)
@@ -577,7 +575,7 @@ class Session(QObject):
 
     def _preview_ready(self, result: PreviewResult) -> None:
         self.baseline[result.limit] = result.before
-        if result.rate is not None:
+        if result.rate is not None and result.stage == "full":  # subsets carry fixed overheads
             self._forward_rate = result.rate
         self.preview = result
         self.preview_changed.emit()

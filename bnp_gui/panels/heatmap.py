@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QCursor
+from PySide6.QtGui import QCursor, QFont
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -62,6 +62,9 @@ class HeatmapPanel(QWidget):
         item.setLabel("bottom", "channel")
         item.hideButtons()
         item.getViewBox().setMouseEnabled(x=True, y=False)
+        tick_font = QFont()
+        tick_font.setPointSizeF(max(7.0, tick_font.pointSizeF() * 0.85))
+        item.getAxis("left").setStyle(tickFont=tick_font)
         self.missing_image = pg.ImageItem(axisOrder="row-major")  # grey: neuron without score
         item.addItem(self.missing_image)
         self.image = pg.ImageItem(axisOrder="row-major")

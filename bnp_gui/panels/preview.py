@@ -139,7 +139,7 @@ class PreviewPanel(QWidget):
                 if p.stage == "subset"
                 else f"full test set: {p.after.n_clean} clean, {p.after.n_poison} triggered"
             )
-            status = f"{p.pruned} neurons pruned — {where} (after {p.elapsed:.1f} s)"
+            status = f"{p.pruned} neurons pruned — {where} (computed in {p.elapsed:.1f} s)"
             if s.preview_pending and p.stage == "full":
                 status += " — updating…"
         if s.inspection is not None and s.trigger is None and s.trigger_error:
