@@ -38,7 +38,7 @@ from bnp_gui.panels.neuron import NeuronPanel
 from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
-from bnp_gui.report import HEATMAP_PNG
+from bnp_gui.report import CURVE_PNG, HEATMAP_PNG
 from bnp_gui.session import Session
 from core.errors import BnpError
 from core.inspection import METHOD_NAMES, METHODS
@@ -190,6 +190,12 @@ class MainWindow(QMainWindow):
         self.open_action = self._action(
             "&Open Checkpoint…", self.open_dialog, QKeySequence.Open, "Open a checkpoint (Ctrl+O)"
         )
+        self.open_as_action = self._action(
+            "Open With &Architecture…",
+            self.open_as_dialog,
+            None,
+            "Open a checkpoint as a chosen architecture instead of detecting it",
+        )
         self.open_data_action = self._action(
             "Open &Data…",
             self.open_data_dialog,
@@ -266,6 +272,7 @@ class MainWindow(QMainWindow):
         menu = self.menuBar()
         file_menu = menu.addMenu("&File")
         file_menu.addAction(self.open_action)
+        file_menu.addAction(self.open_as_action)
         self.recent_menu = file_menu.addMenu("Open &Recent")
         file_menu.addAction(self.open_data_action)
         file_menu.addAction(self.demo_action)
@@ -351,6 +358,15 @@ class MainWindow(QMainWindow):
         if path:
             self.settings.setValue("last_dir", str(Path(path).parent))
             self.open_checkpoint(path)
+
+    def open_as_dialog(self) -> None:
+        start = self.settings.value("last_dir", str(Path.home()))
+        path, _ = QFileDialog.getOpenFileName(self, "Open checkpoint", start, CHECKPOINT_FILTER)
+        if not path:
+            return
+        dialog = ArchitectureDialog(path, "", self, forced=True)
+        if dialog.exec():
+            self.open_checkpoint(path, arch=dialog.arch())
 
     def open_data(self, roles: DataRoles, trigger=None) -> None:
         if trigger is not None:
@@ -469,18 +485,21 @@ class MainWindow(QMainWindow):
                 self.export_to(folder, fmt)
 
     def export_to(self, folder: str, fmt: str = "seed") -> None:
-        """Render the heatmap PNG here (main thread), then write model and reports in a worker."""
+        """Render the plots here (main thread), then write model and reports in a worker."""
         try:
-            Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
-            self.save_heatmap_png(str(Path(folder).expanduser() / HEATMAP_PNG))
+            out = Path(folder).expanduser()
+            out.mkdir(parents=True, exist_ok=True)
+            self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
+            self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))
         except OSError as exc:
             self.show_message("error", f"Cannot write to {folder}: {exc.strerror or exc}")
             return
         self.session.export(folder, fmt=fmt)
 
-    def save_heatmap_png(self, path: str) -> None:
-        exporter = pg.exporters.ImageExporter(self.heatmap.plot.getPlotItem().scene())
-        exporter.parameters()["width"] = 1200
+    @staticmethod
+    def save_plot_png(plot: pg.PlotWidget, path: str) -> None:
+        """The plot at its on-screen size (scaling would shrink legends against axes)."""
+        exporter = pg.exporters.ImageExporter(plot.getPlotItem())
         exporter.export(path)
 
     # ------------------------------------------------------------------ palette / settings

@@ -17,6 +17,7 @@ MODEL_FORMATS = {
     "safetensors": "safetensors (.safetensors, metadata in header)",
 }
 HEATMAP_PNG = "heatmap.png"
+CURVE_PNG = "tradeoff.png"
 REPORT_JSON = "report.json"
 REPORT_HTML = "report.html"
 
@@ -48,14 +49,16 @@ def export_session(inspection, snapshot: dict, folder: str | Path, *, fmt: str =
         trigger=ckpt.trigger,
         source=ckpt.path,
     )
+    counts, neurons = mask.per_layer_counts(), mask.neurons()
     report = {
         **snapshot,
         "model": path.name,
         "format": fmt,
         "architecture": ckpt.metadata.arch,
         "pruned": mask.count(),
-        "per_layer": mask.per_layer_counts(),
-        "pruned_neurons": mask.neurons(),
+        # data-flow order, every layer listed
+        "per_layer": {name: counts.get(name, 0) for name in inspection.channels},
+        "pruned_neurons": {n: neurons[n] for n in inspection.channels if n in neurons},
     }
     write_json(folder / REPORT_JSON, report, source=ckpt.path)
     (folder / REPORT_HTML).write_text(report_html(report), encoding="utf-8")
@@ -96,6 +99,8 @@ exported as <code>{e(report["model"])}</code> ({e(report["format"])} format).</p
 {len(report["force_prune"])} forced, {len(report["keep"])} kept by hand.</p>
 <table><tr><th>method</th><th>k</th><th>used</th></tr>{thresholds}</table>
 <h2>Heatmap</h2><img src="{HEATMAP_PNG}" style="max-width:100%" alt="neuron heatmap">
+<h2>ACC / ASR versus threshold</h2>
+<img src="{CURVE_PNG}" style="max-width:60%" alt="ACC and ASR versus threshold k">
 <h2>Pruned neurons per layer</h2><table><tr><th>layer</th><th>pruned</th></tr>{layers}</table>
 </body></html>
 """

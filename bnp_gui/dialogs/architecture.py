@@ -18,7 +18,9 @@ from core.architectures import ARCHITECTURES
 class ArchitectureDialog(QDialog):
     """A list of the registered architectures, with the engine's explanation."""
 
-    def __init__(self, path: str, why: str, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, path: str, why: str, parent: QWidget | None = None, *, forced: bool = False
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Choose the architecture")
         self.combo = QComboBox()
@@ -27,11 +29,17 @@ class ArchitectureDialog(QDialog):
         details = QPlainTextEdit(why)
         details.setReadOnly(True)
         details.setMaximumHeight(140)
+        details.setVisible(bool(why))
         buttons = QDialogButtonBox(QDialogButtonBox.Ok | QDialogButtonBox.Cancel)
         buttons.accepted.connect(self.accept)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
-        label = QLabel(f"The architecture of <b>{path}</b> could not be detected. Load it as:")
+        intro = (
+            f"Load <b>{path}</b> as:"
+            if forced
+            else f"The architecture of <b>{path}</b> could not be detected. Load it as:"
+        )
+        label = QLabel(intro)
         label.setWordWrap(True)
         layout.addWidget(label)
         layout.addWidget(self.combo)

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, Qt, Signal
-from PySide6.QtGui import QCursor, QFont
+from PySide6.QtGui import QCursor, QFont, QFontMetrics
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -82,6 +82,9 @@ class HeatmapPanel(QWidget):
         self.flag_marks = pg.ScatterPlotItem(
             symbol="x", size=7, pen=pg.mkPen("#00c8ff", width=1.5), brush=None, pxMode=True
         )
+        self.mask_marks = pg.ScatterPlotItem(
+            symbol="o", size=5, pen=None, brush=pg.mkBrush("#00c8ff"), pxMode=True
+        )
         self.prune_marks = pg.ScatterPlotItem(
             symbol="s", size=9, pen=pg.mkPen("#ff2020", width=2), brush=None, pxMode=True
         )
@@ -91,7 +94,13 @@ class HeatmapPanel(QWidget):
         self.selection_mark = pg.ScatterPlotItem(
             symbol="s", size=13, pen=pg.mkPen("#ffffff", width=2), brush=None, pxMode=True
         )
-        for marks in (self.flag_marks, self.prune_marks, self.keep_marks, self.selection_mark):
+        for marks in (
+            self.flag_marks,
+            self.mask_marks,
+            self.prune_marks,
+            self.keep_marks,
+            self.selection_mark,
+        ):
             item.addItem(marks)
         self.plot.scene().sigMouseMoved.connect(self._mouse_moved)
         self.plot.scene().sigMouseClicked.connect(self._mouse_clicked)
@@ -101,6 +110,7 @@ class HeatmapPanel(QWidget):
         top.addWidget(self.method_box)
         legend = QLabel(
             "<span style='color:#00c8ff'>✕</span> flagged &nbsp; "
+            "<span style='color:#00c8ff'>●</span> pruned via another method &nbsp; "
             "<span style='color:#ff2020'>□</span> force-pruned &nbsp; "
             "<span style='color:#20d020'>○</span> kept"
         )
@@ -156,7 +166,11 @@ class HeatmapPanel(QWidget):
         self.missing_image.setImage(grey, levels=(0, 255), autoLevels=False)
         self.missing_image.setRect(0, 0, cols, rows)
         ticks = [(i + 0.5, name) for i, name in enumerate(self.grid.layers)]
-        item.getAxis("left").setTicks([ticks])
+        left = item.getAxis("left")
+        left.setTicks([ticks])
+        longest = max(self.grid.layers, key=len)
+        metrics = QFontMetrics(left.style.get("tickFont") or QFont())
+        left.setWidth(metrics.horizontalAdvance(longest) + 14)  # never cut a layer name
         label = (
             "suspicion: z-score" if DIRECTION[method] == "high" else "suspicion: −z (low entropy)"
         )
@@ -171,7 +185,17 @@ class HeatmapPanel(QWidget):
         if grid is None:
             return
         flags = s.flags.get(s.view_method, {})
-        self.flag_marks.setData(pos=grid.cells(flagged_neurons(flags)))
+        flagged = flagged_neurons(flags)
+        self.flag_marks.setData(pos=grid.cells(flagged))
+        others = {
+            layer: [
+                c
+                for c in chans
+                if c not in set(flagged.get(layer, ())) and (layer, c) not in s.force_prune
+            ]
+            for layer, chans in s.display_mask.neurons().items()
+        }
+        self.mask_marks.setData(pos=grid.cells(others))
         self.prune_marks.setData(pos=grid.cells(_by_layer(s.force_prune)))
         self.keep_marks.setData(pos=grid.cells(_by_layer(s.keep)))
         self._update_selection()

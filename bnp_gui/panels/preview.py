@@ -11,7 +11,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.panels.plot_style import style_plot
-from bnp_gui.session import Session
+from bnp_gui.session import CURVE_KS, Session
 from core.inspection import METHOD_NAMES
 
 ACC_COLOUR = (40, 150, 70)
@@ -68,6 +68,8 @@ class PreviewPanel(QWidget):
         item.setLabel("bottom", "threshold k")
         item.setLabel("left", "%")
         item.setYRange(0, 100)
+        item.setXRange(CURVE_KS[0] - 0.3, CURVE_KS[-1] + 0.3)
+        item.getViewBox().setMouseEnabled(x=False, y=False)
         item.addLegend(offset=(-5, -5), labelTextSize="8pt")  # bottom right: curves sit high
         self.acc_curve = item.plot(
             [],
@@ -144,6 +146,8 @@ class PreviewPanel(QWidget):
                 status += " — updating…"
         if s.inspection is not None and s.trigger is None and s.trigger_error:
             status += f"<br><i>No ASR: {s.trigger_error}</i>"
+        elif s.trigger is not None:
+            status += f"<br>ASR trigger: {s.trigger.describe()}"
         self.status.setText(status)
 
     def _update_k_line(self) -> None:
