@@ -15,6 +15,7 @@ import os
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # idle OpenMP threads sleep instead of spinning (set before torch loads; see core/cli.py)
@@ -56,7 +57,9 @@ def clp_per_channel(model, layers) -> dict[str, torch.Tensor]:
         for idx in range(weight.shape[0]):
             w = conv.weight[idx].reshape(conv.weight.shape[1], -1) * (weight[idx] / std[idx]).abs()
             channel_lips.append(torch.svd(w.cpu())[1].max())
-        out[layer.name] = torch.Tensor(channel_lips)
+        with warnings.catch_warnings():  # the reference converts grad-tracking scalars
+            warnings.simplefilter("ignore", UserWarning)
+            out[layer.name] = torch.Tensor(channel_lips)
     return out
 
 

@@ -51,7 +51,7 @@ def ep_entropy(maxima: torch.Tensor) -> torch.Tensor:
     entropy = torch.full((channels,), float("nan"), dtype=torch.float64)
     if n_samples < 2:
         return entropy
-    std, mean = torch.std_mean(f, dim=0)
+    mean, std = f.mean(dim=0), f.std(dim=0)  # as SPEC's reference does, bit for bit
     ok = torch.isfinite(std) & (std > 0)
     if not ok.any():
         return entropy
@@ -66,12 +66,17 @@ def histogram_entropy(z: torch.Tensor) -> torch.Tensor:
     nbins = int(torch.floor((big_g - g) / EP_BIN_WIDTH))
     if nbins < 1:
         return torch.zeros(columns, dtype=torch.float64)
-    edges = g + (torch.arange(nbins + 1, dtype=torch.float64) * EP_BIN_WIDTH).float()
-    # e_i <= z < e_(i+1); z >= g = e_0, so i >= 0, and i <= nbins since edges has nbins+1
-    index = torch.searchsorted(edges, z, right=True) - 1
-    inside = (index < nbins) & (z != edges[index])  # exact hits on an edge count nowhere
-    keys = (index * columns + torch.arange(columns))[inside]
-    counts = torch.bincount(keys, minlength=(nbins + 1) * columns)
+    # edges e_0..e_(nbins+1), float32 as SPEC says; the last one only bounds the search below
+    edges = g + (torch.arange(nbins + 2, dtype=torch.float64) * EP_BIN_WIDTH).float()
+    # bin i with e_i <= z < e_(i+1): the arithmetic guess is off by at most one near an edge
+    # (float32 rounding is far below a bin width), so one step each way makes it exact
+    index = ((z - g) / EP_BIN_WIDTH).long().clamp_(0, nbins)
+    index -= (z < edges[index]).long()
+    index += (z >= edges[index + 1]).long()
+    # exact hits on an edge, and values past e_nbins, go to a discard row (bin nbins)
+    index = torch.where(z == edges[index], nbins, index).clamp_(max=nbins)
+    keys = index * columns + torch.arange(columns)
+    counts = torch.bincount(keys.flatten(), minlength=(nbins + 1) * columns)[: nbins * columns]
     occupied = torch.nonzero(counts).flatten()
     p = counts[occupied].double() / n_samples
     entropy = torch.zeros(columns, dtype=torch.float64)
