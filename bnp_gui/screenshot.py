@@ -55,10 +55,18 @@ class ScreenshotWhenReady(QObject):
 
 
 def most_suspicious(session) -> tuple[str, int] | None:
-    """The neuron with the most extreme z-score of the viewed method (for the demo picture)."""
-    zs = session.zscores.get(session.view_method) or {}
+    """For the demo picture: the most extreme flagged neuron of the deepest layer that has one
+    (backdoor features live deep), else the most extreme neuron overall."""
+    method = session.view_method
+    zs = session.zscores.get(method) or {}
+    flags = session.flags.get(method) or {}
+    sign = 1.0 if DIRECTION[method] == "high" else -1.0
+    for layer, _ in reversed(session.layers):
+        flagged = flags.get(layer)
+        if flagged is not None and bool(flagged.any()) and zs.get(layer) is not None:
+            values = torch.where(flagged, sign * zs[layer], torch.tensor(-float("inf")))
+            return layer, int(torch.nan_to_num(values, nan=-float("inf")).argmax())
     best, best_z = None, -float("inf")
-    sign = 1.0 if DIRECTION[session.view_method] == "high" else -1.0
     for layer, z in zs.items():
         if z is None or z.numel() == 0:
             continue

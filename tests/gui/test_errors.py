@@ -112,3 +112,30 @@ def test_unsafe_checkpoint_asks_then_loads(qtbot, window, tiny_model, tmp_path, 
     with qtbot.waitSignal(window.session.checkpoint_changed, timeout=LONG):
         window.open_checkpoint(str(path))
     assert window.session.inspection is not None
+
+
+def test_slot_bug_reaches_the_banner(window, monkeypatch):
+    import sys
+
+    from bnp_gui.app import install_excepthook
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    install_excepthook(window)
+    try:
+        raise ValueError("bad slot")
+    except ValueError:
+        sys.excepthook(*sys.exc_info())
+    assert "bad slot" in window.banner.text() and "ValueError" in window.banner.text()
+
+
+def test_command_line_arguments():
+    from bnp_gui.app import parse_args
+
+    args = parse_args(["model.pth", "--data", "dir", "--screenshot", "out.png"])
+    assert (args.checkpoint, args.data, args.screenshot, args.demo) == (
+        "model.pth",
+        "dir",
+        "out.png",
+        False,
+    )
+    assert parse_args(["--demo"]).demo
