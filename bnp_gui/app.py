@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         shooter.done.connect(app.quit)
         shooter.start()
     code = app.exec()
+    window.session.shutdown()  # quit without closing the window (--screenshot): join workers
     if args.screenshot:
         return 0 if Path(args.screenshot).is_file() else 1
     return code
