@@ -119,7 +119,7 @@ class Session(QObject):
         self.display_mask = PruneMask()
         self.selected: Neuron | None = None
         self.activations: NeuronActivations | None = None
-        self.baseline: dict[str, Any] = {}  # stage → Metrics without mask
+        self.baseline: dict[int | None, Any] = {}  # subset size (None: all) → unpruned Metrics
         self.preview: PreviewResult | None = None
         self.preview_pending = False
         self.curves: dict[str, list[tuple[float, Any]]] = {}
@@ -317,6 +317,8 @@ class Session(QObject):
         """Override channels/size/mean/std of the model's input (re-analyse afterwards)."""
         if self.inspection is None:
             return
+        for lane in ("collect", "preview", "curve", "neuron"):
+            self.runner.cancel(lane)  # they use the spec being replaced
         try:
             self.inspection.spec = dataclasses.replace(self.inspection.spec, **changes)
         except (BnpError, TypeError, ValueError) as exc:
@@ -414,7 +416,7 @@ class Session(QObject):
         if self.thresholds.get(method) == k:
             return
         self.thresholds[method] = k
-        self._recompute_flags()
+        self._recompute_flags(only=method)
         self.request_preview()
 
     def set_enabled(self, method: str, enabled: bool) -> None:
@@ -448,9 +450,12 @@ class Session(QObject):
         self._recompute_flags()
         self.request_preview()
 
-    def _recompute_flags(self, emit: bool = True) -> None:
-        """Flags per method and the combined mask, from cached scores (cheap: UI thread)."""
-        self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
+    def _recompute_flags(self, emit: bool = True, only: str | None = None) -> None:
+        """Flags per method (or only one) and the combined mask, from cached scores."""
+        if only is not None and only in self.scores:
+            self.flags[only] = method_flags(self.scores, only, self.thresholds[only])
+        else:
+            self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
         if emit:
             self.mask_changed.emit()
