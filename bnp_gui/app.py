@@ -38,6 +38,9 @@ def make_application(argv: list[str] | None = None):
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("BNP Inspector")
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    from PySide6.QtGui import QIcon
+
+    app.setWindowIcon(QIcon(str(Path(__file__).with_name("icon.svg"))))
     return app
 
 
