@@ -97,7 +97,7 @@ def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.T
             continue
         w = modules[layer.conv].weight.detach().flatten(2)  # C × in × (kh·kw)
         gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
-        grams.setdefault(gram.shape[-1], []).append(gram.double().cpu())
+        grams.setdefault(gram.shape[-1], []).append(gram.float().cpu())
         order.append((layer.name, gram.shape[-1], len(grams[gram.shape[-1]]) - 1))
     sigma = {size: _largest_eigenvalues(torch.cat(g)).sqrt().split([x.shape[0] for x in g])
              for size, g in grams.items()}  # fmt: skip
@@ -105,7 +105,7 @@ def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.T
     for name, size, i in order:
         bn = modules[name]
         scale = bn.weight.detach().double().cpu() / bn.running_var.detach().double().cpu().sqrt()
-        scores[name] = sigma[size][i] * scale.abs()
+        scores[name] = sigma[size][i].double() * scale.abs()
     return scores
 
 
