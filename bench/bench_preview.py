@@ -14,6 +14,7 @@ import sys
 import time
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (bnp_gui/__init__.py)
 
 import torch  # noqa: E402 - before the QApplication
 

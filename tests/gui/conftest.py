@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app does (bnp_gui/__init__.py)
 
 import torch  # noqa: E402 - before Qt creates the application
 
