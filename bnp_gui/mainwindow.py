@@ -203,7 +203,10 @@ class MainWindow(QMainWindow):
             "Choose clean / training / test data and the trigger (Ctrl+D)",
         )
         self.demo_action = self._action(
-            "Open D&emo", self.open_demo, None, "Open the bundled backdoored demo model and data"
+            "Open D&emo",
+            self._demo_triggered,
+            None,
+            "Open the bundled backdoored demo model and data, and analyse it",
         )
         self.export_action = self._action(
             "&Export…", self.export_dialog, "Ctrl+E", "Export the pruned model and report (Ctrl+E)"
@@ -391,6 +394,9 @@ class MainWindow(QMainWindow):
         self.session.trigger_source = type(self.session.trigger_source)()
         self.open_checkpoint(checkpoint)
         self.session.set_data(roles)
+
+    def _demo_triggered(self) -> None:
+        self.open_demo(analyze=True)  # QAction.triggered would pass `checked` as `analyze`
 
     def trigger_dialog(self) -> None:
         dialog = TriggerDialog(self.session.trigger_source, self)

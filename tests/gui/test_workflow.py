@@ -76,7 +76,8 @@ def test_open_collect_threshold_export_reload(qtbot, window, demo, tmp_path):
 def test_demo_mode_opens_and_analyses(qtbot, window, demo, monkeypatch):
     checkpoint, roles = demo
     monkeypatch.setattr("bnp_gui.mainwindow.demo_files", lambda: (checkpoint, roles))
-    window.open_demo()
+    window.demo_action.trigger()  # the toolbar button / menu entry
+    assert window.session.auto_analyze
     qtbot.waitUntil(lambda: window.session.available("bnp"), timeout=LONG)
     wait_full_preview(qtbot, window.session)
     assert window.windowTitle().endswith(Path(checkpoint).name)
