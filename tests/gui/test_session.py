@@ -146,3 +146,17 @@ def test_input_settings_override(qtbot, window, tiny_model):
     assert not s.available("bnp")  # statistics under the old normalisation are gone
     s.set_input_spec(std=(0.0,))
     assert "Invalid input settings" in window.banner.text()
+
+
+def test_dragging_the_threshold_line_sets_k(qtbot, window, tiny_model):
+    from bnp_gui.neuron_grid import threshold_value
+
+    s = window.session
+    open_model(qtbot, window, tiny_model[0])  # CLP view
+    panel = window.distribution
+    layer = panel.current_layer()
+    value = threshold_value(s.scores["clp"][layer], 1.5, "high")
+    panel.line.setValue(value)  # what a drag does, through sigPositionChanged
+    assert abs(s.thresholds["clp"] - 1.5) < 1e-3
+    assert window.thresholds.spins["clp"].value() == 1.5
+    assert "1.50" in panel.line.label.format
