@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     from bnp_gui.mainwindow import MainWindow
     from bnp_gui.screenshot import ScreenshotWhenReady
 
-    window = MainWindow()
+    window = MainWindow(persist=not args.screenshot)
     install_excepthook(window)
     if args.screenshot:
         try:

@@ -89,9 +89,12 @@ class MainWindow(QMainWindow):
 
     closed = Signal()
 
-    def __init__(self, session: Session | None = None) -> None:
+    def __init__(self, session: Session | None = None, *, persist: bool = True) -> None:
+        """``persist=False`` (``--screenshot``): defaults only, nothing read from or written to
+        the user's settings, so the picture is the same on every machine."""
         super().__init__()
         self.session = session or Session(self)
+        self.persist = persist
         self.setWindowTitle("BNP Inspector")
         self.setAcceptDrops(True)
         self.settings = QSettings()
@@ -117,11 +120,13 @@ class MainWindow(QMainWindow):
         self.right = QSplitter(Qt.Vertical)
         self.right.addWidget(self._boxed("Thresholds", self.thresholds))
         self.right.addWidget(self._boxed("Preview: ACC / ASR", self.preview))
+        self.right.setSizes([440, 460])  # room for the per-layer table; saved sizes win
         self.main_split = QSplitter(Qt.Horizontal)
         self.main_split.addWidget(self.left)
         self.main_split.addWidget(self.right)
         self.main_split.setStretchFactor(0, 3)
         self.main_split.setStretchFactor(1, 1)
+        self.main_split.setSizes([1000, 440])
         self.bottom_split = bottom
 
         central = QWidget()
@@ -144,7 +149,10 @@ class MainWindow(QMainWindow):
         s.data_changed.connect(self._update_actions)
         s.scores_changed.connect(self._update_actions)
         s.selection_changed.connect(self._update_actions)
-        self._restore_settings()
+        if persist:
+            self._restore_settings()
+        else:
+            self.resize(1440, 900)
         self._apply_palette()
         self._update_actions()
 
@@ -454,6 +462,8 @@ class MainWindow(QMainWindow):
         return [str(v) for v in (value or [])]
 
     def _add_recent(self, path: str) -> None:
+        if not self.persist:
+            return
         recent = [p for p in self.recent_files() if p != path]
         self.settings.setValue("recent", [path, *recent][:MAX_RECENT])
         self._fill_recent()
@@ -569,7 +579,8 @@ class MainWindow(QMainWindow):
         st.sync()
 
     def closeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        self.save_settings()
+        if self.persist:
+            self.save_settings()
         self.session.shutdown()
         self.closed.emit()
         super().closeEvent(event)

@@ -105,14 +105,20 @@ class ThresholdPanel(QWidget):
         combine_row.addWidget(self.clear_button)
 
         self.total = QLabel(" ")
-        self.table = QTableWidget(0, 3)
-        self.table.setHorizontalHeaderLabels(["layer", "neurons", "pruned"])
+        self.table = QTableWidget(0, 3 + len(METHODS))
+        self.table.setHorizontalHeaderLabels(
+            ["layer", "neurons", *(METHOD_NAMES[m] for m in METHODS), "pruned"]
+        )
         self.table.verticalHeader().setVisible(False)
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.table.setSelectionMode(QAbstractItemView.NoSelection)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeToContents)
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.Stretch)
         self.table.verticalHeader().setDefaultSectionSize(18)
-        self.table.setToolTip("Neurons the current mask prunes, per BatchNorm layer.")
+        self.table.setToolTip(
+            "Per BatchNorm layer: neurons flagged by each method at its threshold, and the "
+            "neurons the combined mask (with manual overrides) prunes."
+        )
 
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
@@ -163,7 +169,11 @@ class ThresholdPanel(QWidget):
         self.table.setRowCount(len(s.layers))
         for row, (name, channels) in enumerate(s.layers):
             n = counts.get(name, 0)
-            for col, text in enumerate((name, str(channels), str(n))):
+            flagged = [
+                str(int(s.flags[m][name].sum())) if m in s.flags and name in s.flags[m] else "–"
+                for m in METHODS
+            ]
+            for col, text in enumerate((name, str(channels), *flagged, str(n))):
                 item = self.table.item(row, col)
                 if item is None:
                     item = QTableWidgetItem()
