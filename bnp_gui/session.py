@@ -17,11 +17,10 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
-from bnp_gui.prune_decision import DIRECTION, mask_from_scores, method_flags
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
-from core.inspection import METHOD_NAMES, METHODS, Inspection
+from core.inspection import DIRECTION, METHOD_NAMES, METHODS, Inspection, build_mask, method_flags
 from core.masks import PruneMask
 from core.scores import z_scores
 
@@ -167,7 +166,7 @@ class Session(QObject):
 
     def current_mask(self) -> PruneMask:
         """The mask of the current decisions, from cached scores (equal to Inspection.mask)."""
-        return mask_from_scores(
+        return build_mask(
             self.scores,
             self.mask_methods(),
             self.combine,
@@ -320,12 +319,10 @@ class Session(QObject):
         for lane in ("collect", "preview", "curve", "neuron"):
             self.runner.cancel(lane)  # they use the spec being replaced
         try:
-            self.inspection.spec = dataclasses.replace(self.inspection.spec, **changes)
+            self.inspection.set_spec(**changes)
         except (BnpError, TypeError, ValueError) as exc:
             self.message.emit("error", f"Invalid input settings: {describe_error(exc)}")
             return
-        self.inspection.clean_stats = None
-        self.inspection.train_stats = None
         self.scores = {"clp": self.inspection.clp}
         self.zscores = {"clp": z_scores(self.inspection.clp)}
         self._invalidate_metrics()
@@ -606,7 +603,7 @@ class Session(QObject):
 
         def curve(job: Job):
             for k in todo:
-                mask = mask_from_scores(scores, {method: k}, "union", (), (), channels)
+                mask = build_mask(scores, {method: k}, "union", (), (), channels)
                 metrics = measure(
                     inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
                 )

@@ -7,7 +7,8 @@ overrides, and ACC/ASR of the model with any mask.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -24,8 +25,44 @@ from core.triggers import PatchTrigger, Trigger
 METHODS = ("ep", "bnp", "clp")
 METHOD_NAMES = {"ep": "EP", "bnp": "BNP", "clp": "CLP"}
 # direction of the outlier rule and whether pruning also zeroes β (SPEC §1)
-_DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
-_ZERO_BETA = {"ep": False, "bnp": False, "clp": True}
+DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
+ZERO_BETA = {"ep": False, "bnp": False, "clp": True}
+
+Scores = Mapping[str, Mapping[str, torch.Tensor]]  # method → layer → per-neuron scores
+
+
+def method_flags(scores: Scores, method: str, k: float) -> dict[str, torch.Tensor]:
+    """Neurons one method flags at threshold k, from its scores."""
+    return outlier_flags(dict(scores[method]), k, DIRECTION[method])
+
+
+def build_mask(
+    scores: Scores,
+    methods: Mapping[str, float],
+    combine: str = "union",
+    force_prune: Iterable[Neuron] = (),
+    keep: Iterable[Neuron] = (),
+    channels: dict[str, int] | None = None,
+) -> PruneMask:
+    """Masks of several methods (method → threshold) combined, then manual overrides.
+
+    Pure: callers that keep their own snapshot of the scores (a preview worker) get exactly
+    what `Inspection.mask` gives.
+    """
+    if combine not in ("union", "intersection"):
+        raise BnpError(f"Unknown combination {combine!r}: use 'union' or 'intersection'.")
+    result = None
+    for method, k in methods.items():
+        m = PruneMask.from_flags(method_flags(scores, method, k), zero_beta=ZERO_BETA[method])
+        if result is None:
+            result = m
+        elif combine == "union":
+            result = result.union(m)
+        else:
+            result = result.intersection(m)
+    if result is None:
+        result = PruneMask()
+    return result.with_overrides(force_prune, keep, channels=channels, zero_beta="clp" in methods)
 
 
 def resolve_device(device: str | None = None) -> torch.device:
@@ -158,11 +195,11 @@ class Inspection:
 
     def flags(self, method: str, k: float) -> dict[str, torch.Tensor]:
         """Neurons flagged by one method at threshold k."""
-        return outlier_flags(self.scores(method), k, _DIRECTION[method])
+        return method_flags({method: self.scores(method)}, method, k)
 
     def method_mask(self, method: str, k: float) -> PruneMask:
         """The prune mask one method gives at threshold k."""
-        return PruneMask.from_flags(self.flags(method, k), zero_beta=_ZERO_BETA[method])
+        return build_mask({method: self.scores(method)}, {method: k}, channels=self.channels)
 
     def mask(
         self,
@@ -172,22 +209,15 @@ class Inspection:
         keep: Iterable[Neuron] = (),
     ) -> PruneMask:
         """Masks of several methods (method → threshold) combined, then manual overrides."""
-        if combine not in ("union", "intersection"):
-            raise BnpError(f"Unknown combination {combine!r}: use 'union' or 'intersection'.")
-        result = None
-        for method, k in methods.items():
-            m = self.method_mask(method, k)
-            if result is None:
-                result = m
-            elif combine == "union":
-                result = result.union(m)
-            else:
-                result = result.intersection(m)
-        if result is None:
-            result = PruneMask()
-        return result.with_overrides(
-            force_prune, keep, channels=self.channels, zero_beta="clp" in methods
-        )
+        scores = {method: self.scores(method) for method in methods}
+        return build_mask(scores, methods, combine, force_prune, keep, self.channels)
+
+    def set_spec(self, **changes) -> InputSpec:
+        """Override channels/size/normalisation of the input; collected statistics are dropped."""
+        self.spec = dataclasses.replace(self.spec, **changes)
+        self.clean_stats = self.train_stats = None
+        self._scores = {"clp": self.clp}
+        return self.spec
 
     def evaluate(
         self,
@@ -199,8 +229,10 @@ class Inspection:
         limit: int | None = None,
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
+        batch_size: int = 256,
     ) -> Metrics:
-        """ACC/ASR with `mask` applied (trigger/target default to the checkpoint's own)."""
+        """ACC/ASR with `mask` applied (trigger/target default to the checkpoint's own; for
+        other choices, including none, call `core.evaluation.evaluate`)."""
         return evaluate(
             self.model,
             test,
@@ -209,6 +241,7 @@ class Inspection:
             trigger=trigger if trigger is not None else self.trigger,
             target=target if target is not None else self.target,
             device=self.device,
+            batch_size=batch_size,
             limit=limit,
             progress=progress,
             cancel=cancel,

@@ -140,3 +140,16 @@ def test_scores_are_cached_until_new_statistics(seed_checkpoint):
     inspection.collect(b)  # new clean statistics: BNP changes, EP is kept
     assert inspection.scores("ep") is ep
     assert not torch.equal(inspection.scores("bnp")["bn1"], first["bn1"])
+
+
+def test_set_spec_drops_statistics_and_scores(seed_checkpoint):
+    inspection = Inspection(load_checkpoint(seed_checkpoint), device="cpu")
+    data = ImageSet(torch.rand(12, 3, 28, 28), torch.zeros(12, dtype=torch.long))
+    inspection.collect(data)
+    inspection.scores("bnp")
+    inspection.set_spec(size=(24, 24), mean=(0.5,), std=(0.25,))
+    assert inspection.spec.size == (24, 24) and inspection.clean_stats is None
+    with pytest.raises(BnpError, match="BNP needs"):
+        inspection.scores("bnp")
+    inspection.collect(data)  # the new spec is used: 28×28 images become 24×24 inputs
+    assert inspection.clean_stats.layers["bn1"].count == 12 * 24 * 24

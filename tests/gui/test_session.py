@@ -6,7 +6,7 @@ import torch
 from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 from PySide6.QtCore import Qt
 
-from bnp_gui.prune_decision import mask_from_scores
+from core.inspection import build_mask
 
 
 def test_cached_mask_equals_engine_mask(qtbot, window, tiny_model):
@@ -24,7 +24,7 @@ def test_cached_mask_equals_engine_mask(qtbot, window, tiny_model):
         ({"clp": 1.0}, "union", [], [(s.layers[0][0], 2)]),
     ]
     for methods, combine, force, keep in cases:
-        ours = mask_from_scores(s.scores, methods, combine, force, keep, dict(s.layers))
+        ours = build_mask(s.scores, methods, combine, force, keep, dict(s.layers))
         theirs = insp.mask(methods, combine, force, keep)
         assert ours.count() == theirs.count()
         for name in set(ours.gamma) | set(theirs.gamma):
