@@ -172,8 +172,13 @@ class PatchTrigger(Trigger):
         ph, pw = patch.shape[-2:]
         y, x = _offset(self.position, h, w, ph, pw)
         out = images.clone()
-        out[:, :, y : y + ph, x : x + pw] = patch
+        region = out[:, :, y : y + ph, x : x + pw]
+        out[:, :, y : y + ph, x : x + pw] = self._stamp(region, patch)
         return out
+
+    def _stamp(self, region: Tensor, patch: Tensor) -> Tensor:
+        """What the covered pixels become."""
+        return patch.expand_as(region)
 
     def to_dict(self) -> dict:
         return {
@@ -187,7 +192,7 @@ class PatchTrigger(Trigger):
         return cls(torch.tensor(d["patch"]), _position_from_dict(d.get("position", "bottom-right")))
 
 
-class CornerBlendTrigger(Trigger):
+class CornerBlendTrigger(PatchTrigger):
     """Seed blend: the s×s pixels at ``position`` become (1−alpha)·image + alpha·patch."""
 
     kind = "corner-blend"
@@ -195,24 +200,11 @@ class CornerBlendTrigger(Trigger):
     def __init__(
         self, patch: Tensor, alpha: float = 0.2, position: Position = "bottom-right"
     ) -> None:
-        self.patch = _as_pattern(patch, "patch")
+        super().__init__(patch, position)
         self.alpha = _check_alpha(alpha)
-        self.position = _check_position(position)
 
-    @property
-    def tensor(self) -> Tensor:
-        return self.patch
-
-    def apply(self, images: Tensor) -> Tensor:
-        _check_images(images)
-        _, c, h, w = images.shape
-        patch = conform_channels(self.patch, c).to(images.device, images.dtype)
-        ph, pw = patch.shape[-2:]
-        y, x = _offset(self.position, h, w, ph, pw)
-        out = images.clone()
-        region = out[:, :, y : y + ph, x : x + pw]
-        out[:, :, y : y + ph, x : x + pw] = (1.0 - self.alpha) * region + self.alpha * patch
-        return out
+    def _stamp(self, region: Tensor, patch: Tensor) -> Tensor:
+        return (1.0 - self.alpha) * region + self.alpha * patch
 
     def to_dict(self) -> dict:
         return {
