@@ -118,7 +118,7 @@ def save_checkpoint(
     path.parent.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     patch = None
-    if isinstance(trigger, PatchTrigger | CornerBlendTrigger):
+    if isinstance(trigger, PatchTrigger):  # corner blends too
         patch = trigger.patch.clone()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
