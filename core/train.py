@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import math
-import os
 import shlex
 import sys
 import time
@@ -36,6 +35,7 @@ from core.checkpoint import ModelMetadata
 from core.data import ImageSet, InputSpec, load_images, save_images, to_float
 from core.errors import BnpError, Cancelled
 from core.evaluation import evaluate
+from core.export import export_model
 from core.progress import ProgressBar
 from core.triggers import (
     POSITIONS,
@@ -113,21 +113,13 @@ def augment(x: Tensor, padding: int, flip: bool, generator: torch.Generator) -> 
 def save_checkpoint(
     path: str | Path, model: nn.Module, trigger: Trigger | None, meta: ModelMetadata
 ) -> Path:
-    """Write the seed format {'state_dict', 'trigger', 'meta'} atomically (temp + os.replace)."""
+    """Write the seed format {'state_dict', 'trigger', 'meta'} atomically (temp + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    state_dict = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    patch = None
-    if isinstance(trigger, PatchTrigger):  # corner blends too
-        patch = trigger.patch.clone()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save({"state_dict": state_dict, "trigger": patch, "meta": meta.to_dict()}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    patch = (
+        trigger.patch.clone() if isinstance(trigger, PatchTrigger) else None
+    )  # corner blends too
+    return export_model(model, path, fmt="seed", metadata=meta, trigger=patch)
 
 
 # ---- triggers -------------------------------------------------------------------------------
