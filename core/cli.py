@@ -28,6 +28,28 @@ def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
 
 
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "model input (default: the checkpoint's metadata, else the architecture's)",
+        "Images are converted to these channels (1→3 repeats, 3→1 takes BT.601 luma) and "
+        "size (bilinear, antialiased), then normalised: (x − mean) / std.",
+    )
+    g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--channels", type=int, choices=(1, 3))
+    g.add_argument("--mean", type=float, nargs="+", help="per-channel mean (1 or C values)")
+    g.add_argument("--std", type=float, nargs="+", help="per-channel std (1 or C values)")
+
+
+def _input_overrides(args) -> dict:
+    changes = {
+        "size": tuple(args.input_size) if args.input_size else None,
+        "channels": args.channels,
+        "mean": tuple(args.mean) if args.mean else None,
+        "std": tuple(args.std) if args.std else None,
+    }
+    return {key: value for key, value in changes.items() if value is not None}
+
+
 def _load(args):
     from core.checkpoint import load_checkpoint
 
@@ -111,7 +133,15 @@ def cmd_defend(args) -> int:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device)
-    print(f"{ckpt.metadata.arch} on {inspection.device_name}", file=sys.stderr)
+    if _input_overrides(args):
+        inspection.set_spec(**_input_overrides(args))
+    spec = inspection.spec
+    print(
+        f"{ckpt.metadata.arch} on {inspection.device_name}, input {spec.channels}×"
+        f"{spec.size[0]}×{spec.size[1]}"
+        + (f", mean {spec.mean} std {spec.std}" if spec.mean else ""),
+        file=sys.stderr,
+    )
     clean = _load_data(args.clean, "clean") if args.method == "bnp" else None
     train = _load_data(args.train, "training") if args.method == "ep" else None
     test = _load_data(args.test, "test")
@@ -190,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="write the pruned model here")
     p.add_argument("--format", choices=("seed", "state_dict", "safetensors"))
     p.add_argument("--report", type=Path, help="write a JSON report here")
+    _add_input_args(p)
     p.set_defaults(func=cmd_defend)
 
     for name, module, text in (

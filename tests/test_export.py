@@ -153,3 +153,12 @@ def test_set_spec_drops_statistics_and_scores(seed_checkpoint):
         inspection.scores("bnp")
     inspection.collect(data)  # the new spec is used: 28×28 images become 24×24 inputs
     assert inspection.clean_stats.layers["bn1"].count == 12 * 24 * 24
+
+
+def test_cli_input_overrides(seed_checkpoint, tmp_path, capsys):
+    clean = _npy_folder(tmp_path / "clean", 16, 0)
+    args = ["defend", str(seed_checkpoint), "--method", "bnp", "--clean", str(clean)]
+    assert main([*args, "--input-size", "24", "24", "--mean", "0.5", "--std", "0.25"]) == 0
+    assert "input 3×24×24, mean (0.5,) std (0.25,)" in capsys.readouterr().err
+    assert main([*args, "--std", "0"]) == 2  # a clear error, not a traceback
+    assert "std must not contain 0" in capsys.readouterr().err
