@@ -127,6 +127,30 @@ def _summarise_batch(mean: torch.Tensor, m2: torch.Tensor, hw: int):
     return batch_mean, batch_m2, mean.shape[0] * hw
 
 
+class _Running:
+    """One layer's statistics so far: Chan-merged moments and the per-sample rows."""
+
+    def __init__(self, channels: int):
+        self.mean = torch.zeros(channels, dtype=torch.float64)
+        self.m2 = torch.zeros(channels, dtype=torch.float64)
+        self.count = 0
+        self.maxima: list[torch.Tensor] = []
+        self.means: list[torch.Tensor] = []
+
+    def add(self, means: torch.Tensor, m2: torch.Tensor, maxima: torch.Tensor, hw: int) -> None:
+        b_mean, b_m2, b_n = _summarise_batch(means, m2, hw)
+        self.mean, self.m2, self.count = _chan_merge(
+            self.mean, self.m2, self.count, b_mean, b_m2, b_n
+        )
+        self.maxima.append(maxima.float())
+        self.means.append(means.float())
+
+    def result(self) -> LayerStatistics:
+        return LayerStatistics(
+            self.count, self.mean, self.m2, torch.cat(self.maxima), torch.cat(self.means)
+        )
+
+
 def collect_statistics(
     model: nn.Module,
     images: ImageSet,
@@ -148,16 +172,7 @@ def collect_statistics(
         raise BnpError("The data set is empty: no statistics can be collected.")
     device = torch.device(device)
     model.eval().to(device)
-    running = {
-        layer.name: [
-            torch.zeros(layer.channels, dtype=torch.float64),
-            torch.zeros(layer.channels, dtype=torch.float64),
-            0,
-            [],
-            [],
-        ]
-        for layer in layers
-    }
+    running = {layer.name: _Running(layer.channels) for layer in layers}
     collector = _Collector(model, layers)
     total, done = len(images), 0
     try:
@@ -177,19 +192,11 @@ def collect_statistics(
                     torch.cuda.empty_cache()
                     continue
                 for name, (means, m2, maxima, hw) in collector.batch.items():
-                    acc = running[name]
-                    means = means.cpu()
-                    b_mean, b_m2, b_n = _summarise_batch(means, m2.cpu(), hw)
-                    acc[0], acc[1], acc[2] = _chan_merge(acc[0], acc[1], acc[2], b_mean, b_m2, b_n)
-                    acc[3].append(maxima.float().cpu())
-                    acc[4].append(means.float())
+                    running[name].add(means.cpu(), m2.cpu(), maxima.cpu(), hw)
                 done = end
                 if progress is not None:
                     progress(done, total)
     finally:
         collector.remove()
-    stats = {
-        name: LayerStatistics(n, mean, m2, torch.cat(maxima), torch.cat(means))
-        for name, (mean, m2, n, maxima, means) in running.items()
-    }
+    stats = {name: r.result() for name, r in running.items()}
     return Statistics(stats, total)
