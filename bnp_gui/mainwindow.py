@@ -329,6 +329,7 @@ class MainWindow(QMainWindow):
             if self.banner.level == "info":
                 self.banner.hide()
         else:
+            self.statusBar().clearMessage()  # an "Opening…" or "Analysing…" line is over now
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:

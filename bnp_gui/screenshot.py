@@ -23,6 +23,12 @@ class ScreenshotWhenReady(QObject):
         self.timer = QTimer(self)
         self.timer.setInterval(200)
         self.timer.timeout.connect(self._check)
+        self.error_seen = False
+        window.session.message.connect(self._on_message)
+
+    def _on_message(self, level: str, _text: str) -> None:
+        if level == "error":
+            self.error_seen = True
 
     def start(self) -> None:
         self.timer.start()
@@ -40,9 +46,17 @@ class ScreenshotWhenReady(QObject):
             return False
         return len(s.curves.get(s.view_method, [])) >= len(CURVE_KS)
 
+    def failed(self) -> bool:
+        """Nothing will come: an error was shown and nothing is running (e.g. a bad file)."""
+        s = self.window.session
+        return self.error_seen and not any(
+            s.is_busy(lane) for lane in ("load", "collect", "preview", "curve", "neuron")
+        )
+
     def _check(self) -> None:
         ready = self.ready()
-        timed_out = time.monotonic() > self.deadline
+        # a failed load is shown as it is (the window's error message) instead of waiting
+        timed_out = time.monotonic() > self.deadline or self.failed()
         if not (ready or timed_out) or self.window.session.is_busy("collect"):
             if not timed_out:
                 return

@@ -219,6 +219,15 @@ def _parse_meta_json(text: str | bytes, path: Path) -> dict:
 
 def _read_pickle(path: Path, trust_pickle: bool) -> Any:
     """torch.load with weights_only=True, or full unpickling when the caller trusts the file."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    # torch.save writes a zip archive (PK..) or, in its legacy format, a protocol-2+ pickle
+    # (0x80 ..); anything else is no checkpoint, not a pickle that merely needs trust
+    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
+        raise CheckpointError(
+            f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
+            f"(it starts with {head!r})."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:

@@ -221,3 +221,11 @@ def test_not_checkpoints(tmp_path):
     torch.save(torch.zeros(3), tmp_path / "tensor.pth")
     with pytest.raises(CheckpointError, match="holds a Tensor"):
         load_checkpoint(tmp_path / "tensor.pth")
+
+
+def test_a_file_that_is_no_pickle_is_not_called_unsafe(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="is not a PyTorch checkpoint") as info:
+        load_checkpoint(path)
+    assert not isinstance(info.value, UnsafeCheckpointError)
