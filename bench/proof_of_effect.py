@@ -47,7 +47,8 @@ def run_setting(arch, attack, args, workdir: Path) -> tuple[list[str], list[str]
     started = time.monotonic()
     result = train(
         data, test, arch=arch, trigger=trigger, target=0, rate=args.rate, epochs=args.epochs,
-        lr=args.lr, flip=True, seed=0, out=out, dataset="fashion-mnist", eval_limit=1000, progress=False,
+        lr=args.lr, flip=True, seed=0, out=out, dataset="fashion-mnist", eval_limit=1000,
+        progress=False,
     )  # fmt: skip
     minutes = (time.monotonic() - started) / 60
     inspection = Inspection(load_checkpoint(out), device="cpu")
