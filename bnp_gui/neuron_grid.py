@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from core.figure import score_matrix
+
 
 @dataclass(frozen=True)
 class NeuronGrid:
@@ -62,16 +64,8 @@ def build_grid(
     """Grid of ``(layer name, channels)`` rows; layers without scores stay all-NaN rows."""
     names = tuple(name for name, _ in layers)
     widths = tuple(int(c) for _, c in layers)
-    width = max(widths, default=0)
-    values = np.full((len(names), width), np.nan, dtype=np.float32)
-    zvalues = np.full((len(names), width), np.nan, dtype=np.float32)
-    for row, name in enumerate(names):
-        if scores is not None and name in scores:
-            s = scores[name].detach().to(torch.float32).cpu().numpy()
-            values[row, : len(s)] = s
-        if zscores is not None and name in zscores:
-            z = zscores[name].detach().to(torch.float32).cpu().numpy()
-            zvalues[row, : len(z)] = z
+    values = score_matrix(scores, layers)
+    zvalues = score_matrix(zscores, layers)
     return NeuronGrid(names, widths, values, zvalues)
 
 

@@ -133,8 +133,9 @@ def cmd_defend(args) -> int:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device)
-    if _input_overrides(args):
-        inspection.set_spec(**_input_overrides(args))
+    overrides = _input_overrides(args)
+    if overrides:
+        inspection.set_spec(**overrides)
     spec = inspection.spec
     print(
         f"{ckpt.metadata.arch} on {inspection.device_name}, input {spec.channels}×"

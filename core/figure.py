@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
-def score_matrix(scores: dict, layers) -> np.ndarray:
-    """Layers × max channels float32 array of scores, NaN-padded for ragged widths."""
-    width = max(layer.channels for layer in layers)
+def score_matrix(scores: Mapping[str, torch.Tensor] | None, layers) -> np.ndarray:
+    """Layers × max channels float32 array of scores, NaN-padded for ragged widths.
+
+    `layers` are `(name, channels)` pairs in display order; layers without scores stay NaN.
+    """
+    width = max((int(c) for _, c in layers), default=0)
     matrix = np.full((len(layers), width), np.nan, dtype=np.float32)
-    for row, layer in enumerate(layers):
-        if layer.name in scores:
-            matrix[row, : layer.channels] = scores[layer.name].numpy()
+    for row, (name, channels) in enumerate(layers):
+        if scores is not None and name in scores:
+            matrix[row, : int(channels)] = scores[name].detach().float().cpu().numpy()
     return matrix
 
 
@@ -32,7 +37,7 @@ def demo_figure(inspection, masks: dict, rows: list, path: Path, threshold: floa
         ax = fig.add_subplot(grid[0, col])
         # suspicion points up for every method: EP flags LOW entropy, so its z is negated
         sign = -1.0 if method == "ep" else 1.0
-        z = sign * score_matrix(inspection.z_scores(method), inspection.layers)
+        z = sign * score_matrix(inspection.z_scores(method), inspection.channels.items())
         image = ax.imshow(z, aspect="auto", cmap="viridis", vmin=-3, vmax=6,
                           interpolation="nearest")  # fmt: skip
         for row, layer in enumerate(inspection.layers):
