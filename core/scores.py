@@ -6,11 +6,14 @@ be scored holds NaN and is ignored by `outlier_flags`.
 
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import torch
 from torch import nn
 
+from core.eigen import largest_eigenvalues
 from core.graph import NeuronLayer
 from core.statistics import Statistics
 
@@ -86,39 +89,58 @@ def histogram_entropy(z: torch.Tensor) -> torch.Tensor:
 def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.Tensor]:
     """Upper bound of each channel's Lipschitz constant (UCLC); layers fed by a conv only.
 
-    σ_max(W_c · |γ_c/√v_c|) = |γ_c/√v_c| · σ_max(W_c); σ_max(W_c) comes from the smaller
-    Gram matrix of W_c, and all layers' Gram matrices of one size share one eigvalsh call.
+    σ_max(W_c · |γ_c/√v_c|) = |γ_c/√v_c| · σ_max(W_c), and σ_max(W_c)² is the largest eigenvalue
+    of the smaller Gram matrix of W_c (core.eigen). Batched Gram matrices and the eigenvalue
+    kernel both run single-threaded and release the GIL, so `torch.get_num_threads()` threads
+    each take an equal share of every layer's channels.
     """
     modules = dict(model.named_modules())
-    grams: dict[int, list[torch.Tensor]] = {}
-    order = []
-    for layer in layers:
-        if layer.conv is None:
-            continue
-        w = modules[layer.conv].weight.detach().flatten(2)  # C × in × (kh·kw)
-        gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
-        grams.setdefault(gram.shape[-1], []).append(gram.float().cpu())
-        order.append((layer.name, gram.shape[-1], len(grams[gram.shape[-1]]) - 1))
-    sigma = {size: _largest_eigenvalues(torch.cat(g)).sqrt().split([x.shape[0] for x in g])
-             for size, g in grams.items()}  # fmt: skip
-    scores = {}
-    for name, size, i in order:
-        bn = modules[name]
-        scale = bn.weight.detach().double().cpu() / bn.running_var.detach().double().cpu().sqrt()
-        scores[name] = sigma[size][i].double() * scale.abs()
-    return scores
+    paired = [layer for layer in layers if layer.conv is not None]
+    if not paired:
+        return {}
+    weights = [modules[layer.conv].weight.detach().flatten(2).float().cpu() for layer in paired]
+    workers = max(1, min(torch.get_num_threads(), max(len(w) for w in weights)))
+    shares = [[w.tensor_split(workers)[i] for w in weights] for i in range(workers)]
+    if workers == 1:
+        parts = [_largest_gram_eigenvalues(shares[0])]
+    else:
+        parts = list(_pool(workers).map(_largest_gram_eigenvalues, shares))
+    # worker-major → layer-major; then one float64 pass over all channels
+    eigen = torch.cat([part[j] for j in range(len(paired)) for part in parts]).clamp_min(0)
+    gamma = torch.cat([modules[layer.name].weight.detach().double().cpu() for layer in paired])
+    var = torch.cat([modules[layer.name].running_var.detach().double().cpu() for layer in paired])
+    uclc = (eigen * (gamma * gamma / var)).sqrt()
+    names = [layer.name for layer in paired]
+    return dict(zip(names, uclc.split([len(w) for w in weights]), strict=True))
 
 
-def _largest_eigenvalues(gram: torch.Tensor) -> torch.Tensor:
-    if gram.shape[-1] == 1:
-        return gram.view(-1).clamp_min(0)
-    return torch.linalg.eigvalsh(gram)[..., -1].clamp_min(0)
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    # kept for the process: a fresh thread pays for its own OpenMP team on its first torch call
+    return ThreadPoolExecutor(workers, thread_name_prefix="clp")
+
+
+def _largest_gram_eigenvalues(weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """λ_max (float64) of each channel's smaller Gram matrix, for C×in×k weights.
+
+    All Gram matrices of one size share one kernel call.
+    """
+    grams = [w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w for w in weights]
+    by_size: dict[int, list[int]] = {}
+    for i, gram in enumerate(grams):
+        by_size.setdefault(gram.shape[-1], []).append(i)
+    out: list[torch.Tensor] = [torch.empty(0)] * len(grams)
+    for members in by_size.values():
+        values = largest_eigenvalues(torch.cat([grams[i] for i in members]))
+        for i, v in zip(members, values.split([len(grams[i]) for i in members]), strict=True):
+            out[i] = v
+    return out
 
 
 def largest_singular_values(w: torch.Tensor) -> torch.Tensor:
-    """Largest singular value of each matrix of a C×m×n batch, through the smaller Gram matrix."""
+    """Largest singular value (float64) of each matrix of a C×m×n batch, via the smaller Gram."""
     gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
-    return _largest_eigenvalues(gram).sqrt()
+    return largest_eigenvalues(gram).clamp_min(0).sqrt()
 
 
 def outlier_flags(

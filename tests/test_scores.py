@@ -135,6 +135,52 @@ def test_clp_equals_one_svd_per_channel():
     assert got.tolist() == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_clp_over_mixed_layers_and_threads_equals_one_svd_per_channel(threads):
+    """Gram sizes 1, 3, 9 and 25 (1×1, stem, 3×3, 5×5, depthwise convs), a one-channel layer
+    (an empty share for every thread but one), a zero-weight channel, and no-conv BatchNorms."""
+    torch.manual_seed(3)
+    convs = {
+        "stem": nn.Conv2d(3, 8, 3),
+        "wide": nn.Conv2d(8, 16, 3),
+        "point": nn.Conv2d(16, 5, 1),
+        "big": nn.Conv2d(5, 6, 5),
+        "depth": nn.Conv2d(6, 6, 3, groups=6),
+        "single": nn.Conv2d(6, 1, 3),
+    }
+    model = nn.Module()
+    layers = []
+    for i, (name, conv) in enumerate(convs.items()):
+        bn = nn.BatchNorm2d(conv.out_channels).eval()
+        with torch.no_grad():
+            bn.weight.normal_()
+            bn.running_var.uniform_(0.2, 2.0)
+        model.add_module(name, conv)
+        model.add_module(f"{name}_bn", bn)
+        layers.append(NeuronLayer(f"{name}_bn", conv.out_channels, name, i))
+    with torch.no_grad():
+        convs["wide"].weight[4] = 0
+    model.add_module("lonely_bn", nn.BatchNorm2d(4))
+    layers.insert(2, NeuronLayer("lonely_bn", 4, None, 99))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = clp_scores(model, layers)
+    finally:
+        torch.set_num_threads(previous)
+    assert list(got) == [f"{name}_bn" for name in convs]  # no score for a BN without a conv
+    for name, conv in convs.items():
+        bn = getattr(model, f"{name}_bn")
+        weight, gamma, var = (t.detach().double() for t in (conv.weight, bn.weight, bn.running_var))
+        expected = [
+            torch.linalg.svdvals(weight[c].flatten(1) * (gamma[c] / var[c].sqrt()).abs())[0].item()
+            for c in range(conv.out_channels)
+        ]
+        assert got[f"{name}_bn"].dtype == torch.float64
+        assert got[f"{name}_bn"].tolist() == pytest.approx(expected, rel=1e-5, abs=1e-12), name
+    assert got["wide_bn"][4] == 0
+
+
 @pytest.mark.parametrize("shape", [(4, 9, 1), (4, 1, 9), (4, 3, 9), (4, 64, 9), (4, 1, 1)])
 def test_largest_singular_values_any_shape(shape):
     w = torch.randn(*shape, dtype=torch.float64)
