@@ -41,7 +41,23 @@ def make_application(argv: list[str] | None = None):
     from PySide6.QtGui import QIcon
 
     app.setWindowIcon(QIcon(str(Path(__file__).with_name("icon.svg"))))
+    _collect_garbage_on_gui_thread()
     return app
+
+
+_collector = None
+
+
+def _collect_garbage_on_gui_thread() -> None:
+    """Python's cycle collector runs in whichever thread happens to allocate; when it frees Qt
+    objects from a worker thread, Qt crashes (seen: a segfault in a worker's torch.load while
+    collecting). pyqtgraph's GarbageCollector turns automatic collection off and collects from a
+    timer on the GUI thread instead."""
+    global _collector
+    if _collector is None:
+        from pyqtgraph.util.garbage_collector import GarbageCollector
+
+        _collector = GarbageCollector(interval=0.5)
 
 
 def install_excepthook(window) -> None:

@@ -3,6 +3,7 @@ folder, and a small real backdoor-shaped model + data when the bundled demo is n
 
 from __future__ import annotations
 
+import gc
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -36,6 +37,16 @@ def _app_identity(qapp, tmp_path_factory):
     )
     qapp.setApplicationName("bnp-gui-tests")
     yield
+
+
+@pytest.fixture(autouse=True)
+def _garbage_collected_like_the_app():
+    """Each GUI test collects cycles only on the GUI thread, as make_application arranges; the
+    engine tests that run after them get Python's automatic collection back."""
+    gc.disable()
+    yield
+    gc.collect()
+    gc.enable()
 
 
 def _write_npy(folder, images: np.ndarray, labels: np.ndarray) -> str:
