@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from bnp_gui.mainwindow import MainWindow
     from bnp_gui.screenshot import ScreenshotWhenReady
 
-    window = MainWindow(persist=not args.screenshot)
+    window = MainWindow(persist=not args.screenshot, interactive=not args.screenshot)
     install_excepthook(window)
     if args.screenshot:
         try:
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         shooter.start()
     code = app.exec()
     window.session.shutdown()  # quit without closing the window (--screenshot): join workers
-    if args.screenshot:
-        return 0 if Path(args.screenshot).is_file() else 1
+    if args.screenshot:  # the picture is written either way; say whether it shows an analysis
+        return 0 if Path(args.screenshot).is_file() and shooter.complete else 1
     return code
 
 

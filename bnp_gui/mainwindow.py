@@ -89,12 +89,16 @@ class MainWindow(QMainWindow):
 
     closed = Signal()
 
-    def __init__(self, session: Session | None = None, *, persist: bool = True) -> None:
+    def __init__(
+        self, session: Session | None = None, *, persist: bool = True, interactive: bool = True
+    ) -> None:
         """``persist=False`` (``--screenshot``): defaults only, nothing read from or written to
-        the user's settings, so the picture is the same on every machine."""
+        the user's settings, so the picture is the same on every machine. ``interactive=False``
+        (``--screenshot``): no question dialogs; what would be asked is shown as an error."""
         super().__init__()
         self.session = session or Session(self)
         self.persist = persist
+        self.interactive = interactive
         self.setWindowTitle("BNP Inspector")
         self.setAcceptDrops(True)
         self.settings = QSettings()
@@ -420,12 +424,17 @@ class MainWindow(QMainWindow):
             self.session.set_input_spec(**dialog.changes())
 
     def _ask_trust(self, path: str, why: str) -> None:
-        if confirm_trust(self, path, why):
+        if not self.interactive:
+            self.show_message("error", f"{Path(path).name} was not loaded (nobody to ask): {why}")
+        elif confirm_trust(self, path, why):
             self.open_checkpoint(path, trust_pickle=True)
         else:
             self.show_message("warning", f"{Path(path).name} was not loaded: {why}")
 
     def _ask_architecture(self, path: str, why: str) -> None:
+        if not self.interactive:
+            self.show_message("error", f"Cannot open {Path(path).name}: {why}")
+            return
         dialog = ArchitectureDialog(path, why, self)
         if dialog.exec():
             self.open_checkpoint(path, arch=dialog.arch())

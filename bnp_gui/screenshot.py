@@ -23,12 +23,7 @@ class ScreenshotWhenReady(QObject):
         self.timer = QTimer(self)
         self.timer.setInterval(200)
         self.timer.timeout.connect(self._check)
-        self.error_seen = False
-        window.session.message.connect(self._on_message)
-
-    def _on_message(self, level: str, _text: str) -> None:
-        if level == "error":
-            self.error_seen = True
+        self.complete = False  # set when grabbed with everything ready
 
     def start(self) -> None:
         self.timer.start()
@@ -47,9 +42,10 @@ class ScreenshotWhenReady(QObject):
         return len(s.curves.get(s.view_method, [])) >= len(CURVE_KS)
 
     def failed(self) -> bool:
-        """Nothing will come: an error was shown and nothing is running (e.g. a bad file)."""
+        """Nothing will come: the window shows an error and nothing runs (e.g. a bad file)."""
         s = self.window.session
-        return self.error_seen and not any(
+        error = self.window.banner.level == "error" and self.window.banner.isVisible()
+        return error and not any(
             s.is_busy(lane) for lane in ("load", "collect", "preview", "curve", "neuron")
         )
 
@@ -65,6 +61,7 @@ class ScreenshotWhenReady(QObject):
 
     def _grab(self, ready: bool) -> None:
         self.window.grab().save(self.path)
+        self.complete = ready
         self.done.emit(ready)
 
 

@@ -4,10 +4,14 @@ keeps working afterwards."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 
 import numpy as np
 import torch
 from gui_helpers import LONG, open_data, open_model
+from PySide6.QtGui import QImage
 
 from bnp_gui.data_roles import DataRoles
 from bnp_gui.trigger_source import TriggerSource
@@ -91,27 +95,63 @@ def test_worker_bug_is_a_message(qtbot, window, tiny_model, monkeypatch):
 
 
 def test_unsafe_checkpoint_asks_then_loads(qtbot, window, tiny_model, tmp_path, monkeypatch):
-    from core.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(tiny_model[0])
-
-    # an argparse.Namespace is not on torch's weights_only allow-list: loading needs trust
-    path = tmp_path / "unsafe.pth"
-    torch.save({"state_dict": ckpt.state_dict, "args": argparse.Namespace(lr=0.1)}, path)
-
+    path = unsafe_checkpoint(tiny_model, tmp_path)
     asked = []
     monkeypatch.setattr(
         "bnp_gui.mainwindow.confirm_trust", lambda parent, p, why: asked.append(p) or False
     )
-    window.open_checkpoint(str(path))
+    window.open_checkpoint(path)
     qtbot.waitUntil(lambda: bool(asked), timeout=LONG)
     text = wait_banner(qtbot, window, "warning")
     assert "not loaded" in text and window.session.inspection is None
 
     monkeypatch.setattr("bnp_gui.mainwindow.confirm_trust", lambda parent, p, why: True)
     with qtbot.waitSignal(window.session.checkpoint_changed, timeout=LONG):
-        window.open_checkpoint(str(path))
+        window.open_checkpoint(path)
     assert window.session.inspection is not None
+
+
+def unsafe_checkpoint(tiny_model, folder) -> str:
+    from core.checkpoint import load_checkpoint
+
+    path = folder / "unsafe.pth"
+    # an argparse.Namespace is not on torch's weights_only allow-list: loading needs trust
+    state = load_checkpoint(tiny_model[0]).state_dict
+    torch.save({"state_dict": state, "args": argparse.Namespace(lr=0.1)}, path)
+    return str(path)
+
+
+def test_screenshot_mode_never_asks_and_never_trusts(qtbot, tiny_model, tmp_path, monkeypatch):
+    from bnp_gui.mainwindow import MainWindow
+
+    asked = []
+    monkeypatch.setattr(
+        "bnp_gui.mainwindow.confirm_trust", lambda parent, p, why: asked.append(p) or True
+    )
+    window = MainWindow(persist=False, interactive=False)
+    qtbot.addWidget(window)
+    window.show()
+    window.open_checkpoint(unsafe_checkpoint(tiny_model, tmp_path))
+    text = wait_banner(qtbot, window, "error")
+    assert "unsafe.pth was not loaded (nobody to ask)" in text
+    assert asked == [] and window.session.inspection is None
+    window.close()
+
+
+def test_screenshot_of_a_checkpoint_needing_trust_exits_1_with_the_message(tiny_model, tmp_path):
+    out = tmp_path / "shot.png"
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(tmp_path)}
+    cmd = [sys.executable, "-m", "bnp_gui.app", unsafe_checkpoint(tiny_model, tmp_path)]
+    result = subprocess.run(
+        [*cmd, "--screenshot", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,  # a failed load is grabbed at once, not at the 180 s limit
+    )
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert QImage(str(out)).size().toTuple() == (1440, 900)  # the window with its error banner
 
 
 def test_slot_bug_reaches_the_banner(window, monkeypatch):
