@@ -10,11 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
 from core.data import ImageSet, load_images
-from core.errors import BnpError, DataError
-from core.evaluation import Metrics, evaluate
+from core.errors import DataError
+from core.evaluation import Metrics, attack_victims
 from core.inspection import checkpoint_trigger
 
 Kind = Literal["checkpoint", "image", "folder", "none"]
@@ -86,10 +84,7 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
             source.path, kind=source.placement, size=source.size, alpha=source.alpha
         )
         return ResolvedTrigger(source, int(target), trigger=trig)
-    poisoned = load_images(source.path)
-    victims = poisoned.labels != int(target)
-    if bool(victims.any()):  # true labels given: keep the samples an attack could flip
-        poisoned = poisoned.subset(torch.nonzero(victims).view(-1))
+    poisoned = attack_victims(load_images(source.path), int(target))
     return ResolvedTrigger(source, int(target), poisoned=poisoned)
 
 
@@ -103,37 +98,16 @@ def measure(
     progress=None,
     cancel=None,
 ) -> Metrics:
-    """ACC on ``test`` and ASR under ``trigger``, with ``mask`` applied without touching weights.
-
-    Calls ``core.evaluation.evaluate`` directly: ``Inspection.evaluate`` falls back to the
-    checkpoint's own trigger when given none, and the user may have chosen another or none.
-    """
-
-    def run(images: ImageSet, trig=None, target=None, with_progress=True) -> Metrics:
-        return evaluate(
-            inspection.model,
-            images,
-            inspection.spec,
-            mask=mask,
-            trigger=trig,
-            target=target,
-            device=inspection.device,
-            batch_size=BATCH_SIZE,
-            limit=limit,
-            progress=progress if with_progress else None,
-            cancel=cancel,
-        )
-
-    if trigger is None:
-        return run(test)
-    if trigger.trigger is not None:
-        return run(test, trigger.trigger, trigger.target)
-    clean = run(test)
-    poisoned = trigger.poisoned
-    relabelled = ImageSet(
-        poisoned.images, torch.full_like(poisoned.labels, trigger.target), source=poisoned.source
+    """ACC on ``test`` and ASR under the user's ``trigger`` choice (None: ACC only), with
+    ``mask`` applied without touching weights."""
+    return inspection.evaluate(
+        test,
+        mask=mask,
+        trigger=trigger.trigger if trigger is not None else None,
+        target=trigger.target if trigger is not None else None,
+        poisoned=trigger.poisoned if trigger is not None else None,
+        batch_size=BATCH_SIZE,
+        limit=limit,
+        progress=progress,
+        cancel=cancel,
     )
-    if len(relabelled) == 0:
-        raise BnpError("The folder of poisoned samples holds no sample outside the target class.")
-    hit = run(relabelled, with_progress=False)
-    return Metrics(clean.acc, hit.acc, clean.n_clean, hit.n_clean)

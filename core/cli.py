@@ -127,6 +127,8 @@ def cmd_defend(args) -> int:
     from core.inspection import Inspection
     from core.progress import ProgressBar
 
+    if args.poisoned is not None and args.trigger is not None:
+        raise BnpError("Measure the ASR with --trigger or with --poisoned, not both.")
     if args.method == "bnp" and args.clean is None:
         raise BnpError("BNP needs clean labelled samples: pass --clean DIR.")
     if args.method == "ep" and args.train is None:
@@ -153,17 +155,15 @@ def cmd_defend(args) -> int:
 
     before = after = None
     if test is not None:
-        trigger = _trigger_arg(args, inspection)
+        poisoned = _load_data(args.poisoned, "poisoned")
+        trigger = None if poisoned is not None else _trigger_arg(args, inspection)
         target = args.target if args.target is not None else inspection.target
-        if trigger is None or target is None:
-            missing = "a trigger (--trigger FILE)" if trigger is None else "--target LABEL"
+        if (trigger is None and poisoned is None) or target is None:
+            missing = "--target LABEL" if target is None else "a trigger (--trigger FILE)"
             print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
-        before = inspection.evaluate(
-            test, trigger=trigger, target=target, progress=ProgressBar(label="before")
-        )
-        after = inspection.evaluate(
-            test, mask=mask, trigger=trigger, target=target, progress=ProgressBar(label="after")
-        )
+        attack = dict(trigger=trigger, target=target, poisoned=poisoned)
+        before = inspection.evaluate(test, **attack, progress=ProgressBar(label="before"))
+        after = inspection.evaluate(test, mask=mask, **attack, progress=ProgressBar(label="after"))
         report.update(acc_before=before.acc, asr_before=before.asr)
         report.update(acc_after=after.acc, asr_after=after.asr)
 
@@ -215,6 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test", type=Path, help="labelled clean test set (ACC, and ASR)")
     p.add_argument("--target", type=int, help="attack target label (default: from metadata)")
     p.add_argument("--trigger", type=Path, help="trigger image (default: the checkpoint's)")
+    p.add_argument(
+        "--poisoned",
+        type=Path,
+        help="samples that already carry the trigger, for the ASR instead of a trigger",
+    )
     p.add_argument("--trigger-kind", default="patch", help="patch, blend or corner-blend")
     p.add_argument("--alpha", type=float, default=0.2, help="blend weight of a trigger image")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")

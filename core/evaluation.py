@@ -73,6 +73,15 @@ def predict(
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def attack_victims(poisoned: ImageSet, target: int) -> ImageSet:
+    """The poisoned samples whose true label is not `target` (an attack could flip only those);
+    all of them when every label is the target (a folder relabelled by the attacker)."""
+    victims = poisoned.labels != target
+    if bool(victims.any()):
+        return poisoned.subset(torch.nonzero(victims).view(-1))
+    return poisoned
+
+
 def evaluate(
     model: nn.Module,
     test: ImageSet,
@@ -81,19 +90,27 @@ def evaluate(
     mask: PruneMask | None = None,
     trigger=None,
     target: int | None = None,
+    poisoned: ImageSet | None = None,
     device: str | torch.device = "cpu",
     batch_size: int = 256,
     limit: int | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
 ) -> Metrics:
-    """ACC on `test`; ASR too when a trigger and target label are given."""
+    """ACC on `test`; ASR too when a target label is given with either a trigger (stamped on the
+    test samples of the other classes) or `poisoned` samples that already carry it."""
+    if trigger is not None and poisoned is not None:
+        raise BnpError("Measure the ASR with a trigger or with poisoned samples, not both.")
     test = sample_subset(test, limit)
     if len(test) == 0:
         raise BnpError("The test set is empty.")
     victims = None
-    if trigger is not None and target is not None:
+    if target is not None and trigger is not None:
         victims = test.images[test.labels != target]
+    elif target is not None and poisoned is not None:
+        victims = attack_victims(sample_subset(poisoned, limit), target).images
+        if len(victims) == 0:
+            raise BnpError("The set of poisoned samples is empty.")
     total = len(test) + (len(victims) if victims is not None else 0)
     common = dict(mask=mask, device=device, batch_size=batch_size, cancel=cancel, total=total)
     pred = predict(model, test.images, spec, progress=progress, **common)
@@ -104,7 +121,7 @@ def evaluate(
             model,
             victims,
             spec,
-            trigger=trigger,
+            trigger=trigger,  # None for poisoned samples: they carry the trigger already
             progress=progress,
             done_before=len(test),
             **common,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Literal
 
 import torch
 
@@ -224,22 +225,29 @@ class Inspection:
         test: ImageSet,
         *,
         mask: PruneMask | None = None,
-        trigger: Trigger | None = None,
+        trigger: Trigger | None | Literal["checkpoint"] = "checkpoint",
         target: int | None = None,
+        poisoned: ImageSet | None = None,
         limit: int | None = None,
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
         batch_size: int = 256,
     ) -> Metrics:
-        """ACC/ASR with `mask` applied (trigger/target default to the checkpoint's own; for
-        other choices, including none, call `core.evaluation.evaluate`)."""
+        """ACC/ASR with `mask` applied, weights untouched. The ASR's trigger is the checkpoint's
+        unless another is given, None (no ASR) or `poisoned` samples that carry it already; the
+        target label defaults to the checkpoint's."""
+        if isinstance(trigger, str):
+            if trigger != "checkpoint":
+                raise ValueError(f"trigger: a Trigger, None or 'checkpoint', not {trigger!r}")
+            trigger = self.trigger if poisoned is None else None
         return evaluate(
             self.model,
             test,
             self.spec,
             mask=mask,
-            trigger=trigger if trigger is not None else self.trigger,
+            trigger=trigger,
             target=target if target is not None else self.target,
+            poisoned=poisoned,
             device=self.device,
             batch_size=batch_size,
             limit=limit,

@@ -117,6 +117,52 @@ def test_cli_defend_report_and_export(seed_checkpoint, tmp_path, capsys):
     assert again["asr_before"] == data["asr_after"]
 
 
+def test_asr_from_trigger_none_or_poisoned_samples(seed_checkpoint):
+    inspection = Inspection(load_checkpoint(seed_checkpoint), device="cpu")
+    rng = torch.Generator().manual_seed(2)
+    test = ImageSet(torch.rand(90, 3, 32, 32, generator=rng), torch.randint(0, 10, (90,)))
+    mask = inspection.mask({"clp": 1.0})
+    stamped = ImageSet(inspection.trigger.apply(test.images), test.labels)
+    for m in (None, mask):
+        own = inspection.evaluate(test, mask=m, target=3)  # the checkpoint's trigger
+        assert own == inspection.evaluate(test, mask=m, trigger=inspection.trigger, target=3)
+        # the same samples poisoned beforehand: same ASR over the same victims
+        assert inspection.evaluate(test, mask=m, poisoned=stamped, target=3) == own
+        assert own.n_poison == int((test.labels != 3).sum()) and own.asr is not None
+    none = inspection.evaluate(test, trigger=None, target=3)
+    assert none.asr is None and none.n_poison == 0
+    assert none.acc == inspection.evaluate(test, target=3).acc
+    # a folder relabelled by the attacker (every label the target): all samples count
+    relabelled = ImageSet(stamped.images, torch.full_like(test.labels, 3))
+    assert inspection.evaluate(test, poisoned=relabelled, target=3).n_poison == len(test)
+    with pytest.raises(BnpError, match="not both"):
+        inspection.evaluate(test, trigger=inspection.trigger, poisoned=stamped, target=3)
+    with pytest.raises(ValueError, match="checkpoint"):
+        inspection.evaluate(test, trigger="own", target=3)
+
+
+def test_cli_asr_from_poisoned_folder_equals_trigger(seed_checkpoint, tmp_path):
+    inspection = Inspection(load_checkpoint(seed_checkpoint), device="cpu")
+    test = _npy_folder(tmp_path / "test", 60, 3)
+    images = torch.from_numpy(np.load(test / "data.npy")).permute(0, 3, 1, 2).float() / 255
+    stamped = (inspection.trigger.apply(images) * 255).round().byte().permute(0, 2, 3, 1)
+    poisoned = tmp_path / "poisoned"
+    poisoned.mkdir()
+    np.save(poisoned / "data.npy", stamped.numpy())
+    np.save(poisoned / "labels.npy", np.load(test / "labels.npy"))
+    args = ["defend", str(seed_checkpoint), "--method", "clp", "--test", str(test)]
+    reports = []
+    for extra in ([], ["--poisoned", str(poisoned)]):
+        reports.append(tmp_path / f"r{len(reports)}.json")
+        assert main([*args, *extra, "--target", "1", "--report", str(reports[-1])]) == 0
+    by_trigger, by_folder = (json.loads(r.read_text()) for r in reports)
+    assert by_folder["asr_before"] is not None
+    assert by_folder["asr_before"] == by_trigger["asr_before"]
+    assert by_folder["asr_after"] == by_trigger["asr_after"]
+    both = [*args, "--poisoned", str(poisoned), "--trigger", str(poisoned / "data.npy")]
+    assert main(both) == 2
+
+
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.pth")]) == 2
     err = capsys.readouterr().err
