@@ -69,15 +69,6 @@ def build_grid(
     return NeuronGrid(names, widths, values, zvalues)
 
 
-def flagged_neurons(flags: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
-    """``{layer: [channel, ...]}`` of the True entries of per-layer boolean flags."""
-    return {
-        name: torch.nonzero(f, as_tuple=False).view(-1).tolist()
-        for name, f in flags.items()
-        if bool(f.any())
-    }
-
-
 def threshold_value(scores: torch.Tensor, k: float, direction: str) -> float | None:
     """Score value of the layer's threshold mean_L ± k·std_L (None when it is undefined)."""
     values = scores[~torch.isnan(scores)].double()

@@ -17,6 +17,16 @@ from torch import nn
 Neuron = tuple[str, int]
 
 
+def true_channels(flags: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    """``{layer: [channels]}`` of the True entries of per-layer booleans; empty layers left out."""
+    out = {}
+    for name, f in flags.items():
+        idx = torch.nonzero(f).flatten().tolist()
+        if idx:
+            out[name] = idx
+    return out
+
+
 @dataclass
 class PruneMask:
     """Per-layer boolean masks: `gamma[c]` prunes γ_c, `beta[c]` also zeroes β_c."""
@@ -99,12 +109,7 @@ class PruneMask:
 
     def neurons(self) -> dict[str, list[int]]:
         """Pruned channel indices per layer (layers with none left out)."""
-        out = {}
-        for name, m in self.gamma.items():
-            idx = torch.nonzero(m).flatten().tolist()
-            if idx:
-                out[name] = idx
-        return out
+        return true_channels(self.gamma)
 
     def parameters(self, model: nn.Module) -> dict[str, torch.Tensor]:
         """Masked copies of the BatchNorm weights/biases this mask touches."""

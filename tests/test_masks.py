@@ -70,3 +70,11 @@ def test_preview_equals_destructive_and_leaves_weights_untouched():
         m_preview = evaluate(model, images, spec, mask=mask)
         m_pruned = evaluate(pruned, images, spec)
         assert m_preview == m_pruned
+
+
+def test_true_channels_lists_true_entries_and_skips_empty_layers():
+    from core.masks import true_channels
+
+    flags = {"a": torch.tensor([False, True, True]), "b": torch.zeros(4, dtype=torch.bool)}
+    assert true_channels(flags) == {"a": [1, 2]}
+    assert PruneMask.from_flags(flags, zero_beta=False).neurons() == {"a": [1, 2]}

@@ -24,10 +24,11 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bnp_gui.neuron_grid import NeuronGrid, build_grid, flagged_neurons
+from bnp_gui.neuron_grid import NeuronGrid, build_grid
 from bnp_gui.panels.plot_style import style_axis, style_plot
 from bnp_gui.session import DIRECTION, Session
 from core.inspection import METHOD_NAMES, METHODS
+from core.masks import true_channels
 
 # colour = how suspicious a neuron is, as a z-score oriented so that high = suspicious
 Z_LEVELS = (-2.0, 6.0)
@@ -185,7 +186,7 @@ class HeatmapPanel(QWidget):
         if grid is None:
             return
         flags = s.flags.get(s.view_method, {})
-        flagged = flagged_neurons(flags)
+        flagged = true_channels(flags)
         self.flag_marks.setData(pos=grid.cells(flagged))
         others = {
             layer: [
