@@ -94,3 +94,23 @@ def test_shapes_and_dtypes():
         largest_eigenvalues(torch.zeros(3, 9, 8))
     with pytest.raises(ValueError, match="N×n×n"):
         largest_eigenvalues(torch.zeros(9, 9))
+
+
+def test_works_where_no_compiled_code_can_be_cached(tmp_path):
+    """No writable cache location (simulated: no numba cache locator applies) → compile in
+    memory instead of failing at import."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from core import eigen; "
+        "print(eigen.largest_eigenvalues(torch.eye(3)[None] * 2).item(), "
+        "type(eigen._largest_eigenvalues._cache).__name__)"
+    )
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_IPythonCacheLocator"}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["2.0", "NullCache"]
