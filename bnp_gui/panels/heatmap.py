@@ -61,6 +61,8 @@ class HeatmapPanel(QWidget):
         item = self.plot.getPlotItem()
         item.invertY(True)
         item.setLabel("bottom", "channel")
+        item.getAxis("bottom").enableAutoSIPrefix(False)  # channel indices, never "(x0.001)"
+        item.setRange(xRange=(0, 64), yRange=(0, 1), padding=0)  # until a model is open
         item.hideButtons()
         item.getViewBox().setMouseEnabled(x=True, y=False)
         tick_font = QFont()
