@@ -129,6 +129,8 @@ def cmd_defend(args) -> int:
 
     if args.poisoned is not None and args.trigger is not None:
         raise BnpError("Measure the ASR with --trigger or with --poisoned, not both.")
+    if args.poisoned is not None and args.test is None:
+        raise BnpError("--poisoned gives the ASR beside the ACC on --test: pass --test DIR too.")
     if args.method == "bnp" and args.clean is None:
         raise BnpError("BNP needs clean labelled samples: pass --clean DIR.")
     if args.method == "ep" and args.train is None:

@@ -70,12 +70,14 @@ def _largest_eigenvalues(matrices, out):  # pragma: no cover - compiled
             continue
         exponent = math.frexp(biggest)[1]  # rescale by a power of two (exact): entries < 1
         scale = math.ldexp(1.0, -exponent)
+        normal = abs(exponent) < 1000  # 2**-exponent is a normal float: multiplying is exact
         for i in range(n):
             for j in range(i + 1):
-                a[i, j] = matrices[m, i, j] * scale
+                x = matrices[m, i, j]
+                a[i, j] = x * scale if normal else math.ldexp(x, -exponent)
                 a[j, i] = a[i, j]
         _tridiagonalise(a, d, e, v, q)
-        out[m] = _largest_tridiagonal_eigenvalue(d, e) / scale
+        out[m] = math.ldexp(_largest_tridiagonal_eigenvalue(d, e), exponent)
 
 
 @_compiled

@@ -100,7 +100,8 @@ def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.T
         return {}
     weights = [modules[layer.conv].weight.detach().flatten(2).float().cpu() for layer in paired]
     workers = max(1, min(torch.get_num_threads(), max(len(w) for w in weights)))
-    shares = [[w.tensor_split(workers)[i] for w in weights] for i in range(workers)]
+    splits = [w.tensor_split(workers) for w in weights]  # tensor_split always gives `workers`
+    shares = [list(share) for share in zip(*splits, strict=True)]
     if workers == 1:
         parts = [_largest_gram_eigenvalues(shares[0])]
     else:
@@ -125,7 +126,7 @@ def _largest_gram_eigenvalues(weights: list[torch.Tensor]) -> list[torch.Tensor]
 
     All Gram matrices of one size share one kernel call.
     """
-    grams = [w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w for w in weights]
+    grams = [_smaller_gram(w) for w in weights]
     by_size: dict[int, list[int]] = {}
     for i, gram in enumerate(grams):
         by_size.setdefault(gram.shape[-1], []).append(i)
@@ -137,10 +138,14 @@ def _largest_gram_eigenvalues(weights: list[torch.Tensor]) -> list[torch.Tensor]
     return out
 
 
+def _smaller_gram(w: torch.Tensor) -> torch.Tensor:
+    """W·Wᵀ or Wᵀ·W, whichever is smaller, of each matrix of a C×m×n batch."""
+    return w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
+
+
 def largest_singular_values(w: torch.Tensor) -> torch.Tensor:
     """Largest singular value (float64) of each matrix of a C×m×n batch, via the smaller Gram."""
-    gram = w @ w.mT if w.shape[1] <= w.shape[2] else w.mT @ w
-    return largest_eigenvalues(gram).clamp_min(0).sqrt()
+    return largest_eigenvalues(_smaller_gram(w)).clamp_min(0).sqrt()
 
 
 def outlier_flags(

@@ -161,6 +161,8 @@ def test_cli_asr_from_poisoned_folder_equals_trigger(seed_checkpoint, tmp_path):
     assert by_folder["asr_after"] == by_trigger["asr_after"]
     both = [*args, "--poisoned", str(poisoned), "--trigger", str(poisoned / "data.npy")]
     assert main(both) == 2
+    no_test = ["defend", str(seed_checkpoint), "--method", "clp", "--poisoned", str(poisoned)]
+    assert main(no_test) == 2
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):
