@@ -9,6 +9,7 @@ decides what to recompute. Nothing here touches a widget.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,10 @@ class Session(QObject):
             dict(self.layers),
         )
 
+    def _report_error(self, what: str, exc: BaseException) -> None:
+        """A failure as one line in the window: what failed, then why (never a traceback)."""
+        self.message.emit("error", f"{what}: {describe_error(exc)}")
+
     # ------------------------------------------------------------------ open
     def open_checkpoint(
         self, path: str, *, arch: str | None = None, trust_pickle: bool = False
@@ -198,7 +203,7 @@ class Session(QObject):
             elif isinstance(exc, ArchitectureMismatch):
                 self.architecture_needed.emit(path, describe_error(exc))
             else:
-                self.message.emit("error", f"Cannot open {Path(path).name}: {describe_error(exc)}")
+                self._report_error(f"Cannot open {Path(path).name}", exc)
 
         self.message.emit("info", f"Opening {Path(path).name}…")
         self.runner.start(
@@ -251,9 +256,7 @@ class Session(QObject):
             "data",
             load,
             done=self._data_loaded,
-            error=lambda exc: self.message.emit(
-                "error", f"Cannot read data: {describe_error(exc)}"
-            ),
+            error=functools.partial(self._report_error, "Cannot read data"),
             uses_engine=False,
         )
 
@@ -321,7 +324,7 @@ class Session(QObject):
         try:
             self.inspection.set_spec(**changes)
         except (BnpError, TypeError, ValueError) as exc:
-            self.message.emit("error", f"Invalid input settings: {describe_error(exc)}")
+            self._report_error("Invalid input settings", exc)
             return
         self.scores = {"clp": self.inspection.clp}
         self.zscores = {"clp": z_scores(self.inspection.clp)}
@@ -361,7 +364,7 @@ class Session(QObject):
             return scores, {m: z_scores(s) for m, s in scores.items()}
 
         def failed(exc: BaseException) -> None:
-            self.message.emit("error", f"Analysis failed: {describe_error(exc)}")
+            self._report_error("Analysis failed", exc)
 
         self._progress_start["collect"] = time.monotonic()
         self.message.emit("info", f"Analyzing on {inspection.device_name}…")
@@ -496,9 +499,7 @@ class Session(QObject):
             "neuron",
             activations,
             done=self._activations_ready,
-            error=lambda exc: self.message.emit(
-                "error", f"Cannot plot the neuron: {describe_error(exc)}"
-            ),
+            error=functools.partial(self._report_error, "Cannot plot the neuron"),
         )
 
     def _activations_ready(self, result: NeuronActivations) -> None:
@@ -561,7 +562,7 @@ class Session(QObject):
             preview,
             partial=self._preview_ready,
             done=self._preview_done,
-            error=lambda exc: self.message.emit("error", f"Preview failed: {describe_error(exc)}"),
+            error=functools.partial(self._report_error, "Preview failed"),
         )
 
     def preview_subset_size(self) -> int:
@@ -637,7 +638,7 @@ class Session(QObject):
             "export",
             run,
             done=lambda path: self._exported(str(path)),
-            error=lambda exc: self.message.emit("error", f"Export failed: {describe_error(exc)}"),
+            error=functools.partial(self._report_error, "Export failed"),
         )
 
     def _exported(self, path: str) -> None:
