@@ -1,20 +1,30 @@
 """Safe loading of every checkpoint format we accept, and the metadata that travels with it.
 
-Pickled files are only ever read with `torch.load(weights_only=True)`; anything that needs
-full unpickling (which can run arbitrary code) is refused unless the caller opts in with
-`trust_pickle=True`. Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts,
-`{'model'|'net'|'state_dict': ...}` wrappers, DataParallel `module.` prefixes, safetensors
-(our metadata as JSON under the header key "bnp_meta") and TorchScript archives.
+A checkpoint is a stranger's file: it is parsed in a child process (`core.isolation`) under a
+wall-clock limit, a memory limit and the caller's cancel, and only plain tensors and JSON come
+back. Pickled files are only ever read with `torch.load(weights_only=True)`; TorchScript archives
+are read as data (`core.torchscript`), their code never run; anything that needs full unpickling
+(which can run arbitrary code) is refused unless the caller opts in with `trust_pickle=True`.
+Zip sizes are checked before anything is unpacked, and metadata is validated when it is read.
+Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts, `{'model'|'net'|'state_dict':
+...}` wrappers, DataParallel `module.` prefixes, plain pickles (trusted), safetensors (our
+metadata as JSON under the header key "bnp_meta") and TorchScript archives.
 """
 
 from __future__ import annotations
 
+import errno
+import io
 import json
+import math
+import os
 import pickle
+import pickletools
 import re
+import stat
 import struct
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -24,6 +34,8 @@ from torch import Tensor, nn
 
 from core.architectures import ARCHITECTURES, Detection, build_model, detect_architecture
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
+from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
+from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
 TORCHSCRIPT_META_FILE = "bnp_meta.json"
@@ -58,37 +70,133 @@ class ModelMetadata:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelMetadata:
-        """Read a dict written by to_dict; unknown keys are kept in `extra`."""
+        """Read a dict written by to_dict; unknown keys are kept in `extra`.
+
+        Every field is checked here, so that a stranger's metadata fails with one line now
+        instead of a traceback (or an out-of-memory kill) later.
+        """
+        if not isinstance(d, Mapping):
+            raise CheckpointError("The model metadata is not a dict.")
         known = {f.name for f in fields(cls)}
         missing = [k for k in ("arch", "num_classes", "in_channels", "input_size") if k not in d]
         if missing:
             raise CheckpointError(f"The model metadata lacks {', '.join(missing)}.")
-        extra = dict(d.get("extra") or {})
-        extra.update({k: v for k, v in d.items() if k not in known})
-        try:
-            size = d["input_size"]
-            input_size = (int(size), int(size)) if isinstance(size, int) else tuple(map(int, size))
-            if len(input_size) != 2:
-                raise ValueError("input_size needs two numbers (height, width)")
-            return cls(
-                arch=str(d["arch"]),
-                num_classes=int(d["num_classes"]),
-                in_channels=int(d["in_channels"]),
-                input_size=input_size,
-                mean=_floats(d.get("mean")),
-                std=_floats(d.get("std")),
-                target_label=None if d.get("target_label") is None else int(d["target_label"]),
-                attack=None if d.get("attack") is None else dict(d["attack"]),
-                dataset=None if d.get("dataset") is None else str(d["dataset"]),
-                class_names=None if d.get("class_names") is None else list(d["class_names"]),
-                extra=extra,
+        extra = d.get("extra")
+        if extra is not None and not isinstance(extra, Mapping):
+            raise CheckpointError(
+                f"The model metadata's 'extra' must be a dict, not {_kind(extra)}."
             )
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"The model metadata is malformed: {e}.") from None
+        extra = dict(extra or {})
+        extra.update({k: v for k, v in d.items() if k not in known})
+        num_classes = _count(d["num_classes"], "num_classes", 1, MAX_CLASSES)
+        in_channels = _count(d["in_channels"], "in_channels", 1, MAX_CHANNELS)
+        size = d["input_size"]
+        if isinstance(size, (list, tuple)):
+            if len(size) != 2:
+                raise CheckpointError(
+                    f"The model metadata's input_size needs two numbers (height, width), "
+                    f"got {_short(size)}."
+                )
+            input_size = tuple(_count(s, "input_size", 1, MAX_INPUT_SIDE) for s in size)
+        else:
+            side = _count(size, "input_size", 1, MAX_INPUT_SIDE)
+            input_size = (side, side)
+        target = d.get("target_label")
+        if target is not None:
+            target = _count(target, "target_label", 0, num_classes - 1)
+        attack = d.get("attack")
+        if attack is not None and not isinstance(attack, Mapping):
+            raise CheckpointError(
+                f"The model metadata's 'attack' must be a dict, not {_kind(attack)}."
+            )
+        class_names = d.get("class_names")
+        if class_names is not None:
+            if not isinstance(class_names, (list, tuple)) or not all(
+                isinstance(n, str) for n in class_names
+            ):
+                raise CheckpointError("The model metadata's class_names must be a list of names.")
+            if len(class_names) != num_classes:
+                raise CheckpointError(
+                    f"The model metadata names {len(class_names)} classes for a model with "
+                    f"{num_classes} outputs."
+                )
+        dataset = d.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            raise CheckpointError(f"The model metadata's dataset must be a name: {_kind(dataset)}")
+        return cls(
+            arch=str(d["arch"]),
+            num_classes=num_classes,
+            in_channels=in_channels,
+            input_size=input_size,
+            mean=_normalisation(d.get("mean"), "mean", in_channels),
+            std=_normalisation(d.get("std"), "std", in_channels),
+            target_label=target,
+            attack=None if attack is None else dict(attack),
+            dataset=dataset,
+            class_names=None if class_names is None else list(class_names),
+            extra=extra,
+        )
 
 
-def _floats(values: Any) -> tuple[float, ...] | None:
-    return None if values is None else tuple(float(v) for v in values)
+# Bounds on what metadata may declare: beyond them a model is no image classifier we can run.
+MAX_INPUT_SIDE = 1024
+MAX_CLASSES = 100_000
+MAX_CHANNELS = 64
+MIN_STD = 1e-3
+MAX_ABS_MEAN = 1e3
+
+
+def _kind(value: Any) -> str:
+    return f"a {type(value).__name__}"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(value: Any, name: str, low: int, high: int) -> int:
+    """An integer in [low, high] (integral floats accepted), else a one-line CheckpointError."""
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(
+            f"The model metadata's {name} must be a whole number, got {_short(value)}."
+        )
+    if not low <= value <= high:
+        raise CheckpointError(
+            f"The model metadata's {name} is {_short(value)}; it must lie in {low}..{high}."
+        )
+    return value
+
+
+def _normalisation(values: Any, name: str, channels: int) -> tuple[float, ...] | None:
+    """Per-channel mean/std: 1 or `channels` finite numbers (std at least MIN_STD)."""
+    if values is None:
+        return None
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    if not isinstance(values, (list, tuple)) or len(values) not in (1, channels):
+        raise CheckpointError(
+            f"The model metadata's {name} must be 1 or {channels} numbers, got {_short(values)}."
+        )
+    out = []
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise CheckpointError(
+                f"The model metadata's {name} must be finite numbers, got {_short(values)}."
+            )
+        if name == "std" and not v >= MIN_STD:
+            raise CheckpointError(
+                f"The model metadata's std {_short(values)} would divide the inputs by almost "
+                f"nothing (each value must be at least {MIN_STD:g})."
+            )
+        if name == "mean" and abs(v) > MAX_ABS_MEAN:
+            raise CheckpointError(
+                f"The model metadata's mean {_short(values)} is not one of images in [0, 1]."
+            )
+        out.append(float(v))
+    return tuple(out)
 
 
 @dataclass
@@ -104,33 +212,44 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(
-    path: str | Path, *, arch: str | None = None, trust_pickle: bool = False
+    path: str | Path,
+    *,
+    arch: str | None = None,
+    trust_pickle: bool = False,
+    cancel: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+    memory_limit: int | None = None,
 ) -> LoadedCheckpoint:
-    """Load a checkpoint of any supported format into a registered architecture."""
+    """Load a checkpoint of any supported format into a registered architecture.
+
+    The file is parsed in a child process (`core.isolation`): past ``timeout`` seconds
+    (default $BNP_PARSE_TIMEOUT or 120) or ``memory_limit`` bytes (default $BNP_PARSE_MEMORY_MB
+    or 4 GiB) it is stopped with a CheckpointError; ``cancel()`` returning True stops it with
+    ``Cancelled``. Only plain tensors and JSON come back; the model is built here.
+    """
     path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"No such file: {path}")
-    if not path.is_file():
-        raise CheckpointError(f"{path} is not a file.")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path.name} is empty.")
+    _check_path(path)
+    parsed = run_isolated(
+        "core.checkpoint:_parse_file",
+        str(path),
+        bool(trust_pickle),
+        memory_limit or default_memory_limit(),
+        what=f"Reading {path.name}",
+        error=CheckpointError,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        cancel=cancel,
+    )
+    info = parsed.info
+    fmt, names = str(info["format"]), list(info["names"])
+    tensors = list(parsed.tensors)
+    trigger = tensors.pop() if info.get("trigger") else None
+    state_dict = dict(zip(names, tensors, strict=True))
+    meta = _parse_meta_json(info["meta"], path) if info.get("meta") is not None else None
 
-    trigger: Tensor | None = None
-    meta: Mapping[str, Any] | None = None
-    try:
-        is_safetensors, is_torchscript = _is_safetensors(path), _is_torchscript(path)
-    except OSError as e:
-        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}") from None
-    if is_safetensors:
-        fmt, raw, meta = "safetensors", *_read_safetensors(path)
-    elif is_torchscript:
-        fmt, raw, meta = "torchscript", *_read_torchscript(path)
-    else:
-        obj = _read_pickle(path, trust_pickle)
-        fmt, raw, trigger, meta = _unwrap(obj, path)
-
-    state_dict = _clean_state_dict(raw, path)
     detection = _detect(state_dict, arch, meta)
+    metadata = _metadata(detection, meta)
+    _check_trigger(trigger, path)
     model = build_model(detection.arch, detection.num_classes, detection.in_channels)
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -145,12 +264,89 @@ def load_checkpoint(
         format=fmt,
         model=model,
         state_dict=state_dict,
-        metadata=_metadata(detection, meta),
+        metadata=metadata,
         trigger=trigger,
     )
 
 
-# ---- reading the file ---------------------------------------------------------------------
+def _check_path(path: Path) -> None:
+    """A readable, non-empty regular file; otherwise say exactly what it is."""
+    try:
+        st = path.stat()
+    except OSError as e:
+        if e.errno == errno.ENOENT:
+            raise CheckpointError(f"No such file: {path}") from None
+        if e.errno == errno.ELOOP:
+            raise CheckpointError(f"{path} is a loop of symbolic links.") from None
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise CheckpointError(f"{path} is not a file but a folder.")
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a file (a device, pipe or socket).")
+    if st.st_size == 0:
+        raise CheckpointError(f"{path.name} is empty.")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"Cannot read {path}: permission denied.")
+
+
+# ---- reading the file (in the child process) ----------------------------------------------
+
+
+def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dict, list[Tensor]]:
+    """Child side of load_checkpoint: the file → JSON info and a list of tensors."""
+    import warnings
+
+    warnings.simplefilter("ignore")
+    path = Path(path_text)
+    trigger: Tensor | None = None
+    meta: Any = None
+    try:
+        kind = _sniff(path)
+    except OSError as e:
+        raise CheckpointError(f"Cannot read {path}: {e.strerror or e}") from None
+    if kind == "safetensors":
+        fmt, raw, meta = "safetensors", *_read_safetensors(path)
+    elif kind == "zip":
+        fmt, raw, trigger, meta = _read_zip(path, trust_pickle, max_bytes)
+    elif kind in ("legacy", "pickle"):
+        obj = _read_pickle(path, kind, trust_pickle)
+        fmt, raw, trigger, meta = _unwrap(obj, path)
+    else:
+        raise CheckpointError(_not_a_checkpoint(path, kind))
+    state_dict = _clean_state_dict(raw, path)
+    info = {
+        "format": fmt,
+        "names": list(state_dict),
+        "meta": None if meta is None else _meta_to_json(meta, path),
+        "trigger": trigger is not None,
+    }
+    tensors = list(state_dict.values()) + ([trigger] if trigger is not None else [])
+    return info, tensors
+
+
+LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch's legacy format starts so
+
+
+def _sniff(path: Path) -> str:
+    """ "safetensors", "zip", "legacy" (old torch.save), "pickle", or the first bytes of junk."""
+    if _is_safetensors(path):
+        return "safetensors"
+    with path.open("rb") as f:
+        head = f.read(len(LEGACY_MAGIC))
+    if head.startswith(b"PK") and zipfile.is_zipfile(path):
+        return "zip"
+    if head.startswith(LEGACY_MAGIC):
+        return "legacy"
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    return repr(head[:4])
+
+
+def _not_a_checkpoint(path: Path, detail: str) -> str:
+    return (
+        f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
+        f"({detail})."
+    )
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -165,19 +361,7 @@ def _is_safetensors(path: Path) -> bool:
     return head[8:9] == b"{" and 8 + n <= path.stat().st_size
 
 
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zips like torch.save's, but carry compiled code."""
-    if not zipfile.is_zipfile(path):
-        return False
-    try:
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any("/code/" in n or n.endswith("/constants.pkl") for n in names)
-
-
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict | None]:
+def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], Any]:
     from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
@@ -187,60 +371,218 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict | None]:
             header = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path.name} is not a readable safetensors file: {e}") from None
-    meta = None
-    if SAFETENSORS_META_KEY in header:
-        meta = _parse_meta_json(header[SAFETENSORS_META_KEY], path)
-    return tensors, meta
+    return tensors, header.get(SAFETENSORS_META_KEY)
 
 
-def _read_torchscript(path: Path) -> tuple[dict[str, Tensor], dict | None]:
-    """Only the archive's weights are used: its compiled code is never run."""
+def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
+    """torch.save's zip format or a TorchScript archive, sizes checked before anything is read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            _check_zip_sizes(archive, path, max_bytes)
+            if is_torchscript(names):
+                return _read_torchscript(archive, path, trust_pickle)
+            data_pkl = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+            if len(data_pkl) != 1:
+                raise CheckpointError(
+                    _not_a_checkpoint(path, "a zip archive without the data.pkl of torch.save")
+                )
+            _check_pickle(io.BytesIO(archive.read(data_pkl[0])), path, count=1)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as e:
+        raise CheckpointError(_not_a_checkpoint(path, f"a damaged zip archive: {e}")) from None
+    obj = _torch_load(path, trust_pickle)
+    return _unwrap(obj, path)
+
+
+# A torch.save zip stores its records uncompressed; a compressed record expanding more than this
+# (and to more than ZIP_RATIO_FLOOR bytes) is a decompression bomb.
+ZIP_MAX_RATIO = 50
+ZIP_RATIO_FLOOR = 16 * 2**20
+ZIP_MAX_ENTRIES = 200_000
+
+
+def _check_zip_sizes(archive: zipfile.ZipFile, path: Path, max_bytes: int) -> None:
+    entries = archive.infolist()
+    if len(entries) > ZIP_MAX_ENTRIES:
+        raise CheckpointError(f"{path.name} is a zip archive of {len(entries)} files: refused.")
+    total = 0
+    for entry in entries:
+        total += entry.file_size
+        ratio = entry.file_size / max(entry.compress_size, 1)
+        if entry.file_size > ZIP_RATIO_FLOOR and ratio > ZIP_MAX_RATIO:
+            raise CheckpointError(
+                f"{path.name} is a decompression bomb: its record {entry.filename} of "
+                f"{entry.compress_size} bytes would expand to {entry.file_size} bytes. Refused."
+            )
+    if total > max_bytes:
+        raise CheckpointError(
+            f"{path.name} would take {total / 2**30:.3g} GiB of memory once unpacked, more than "
+            f"the {max_bytes / 2**30:.3g} GiB allowed (${MEMORY_ENV} raises the limit). Refused."
+        )
+
+
+def _read_torchscript(archive: zipfile.ZipFile, path: Path, trust_pickle: bool):
+    """Weights read as data (no code run); with trust, torch.jit.load for archives needing code."""
+    try:
+        state_dict, meta = read_torchscript(archive, path.name)
+    except CustomStateError as e:
+        if not trust_pickle:
+            raise UnsafeCheckpointError(_unsafe_text(path, str(e))) from None
+        state_dict, meta = _jit_load(path)
+    return "torchscript", state_dict, None, meta
+
+
+def _jit_load(path: Path) -> tuple[dict[str, Tensor], Any]:
+    """Trusted only: torch.jit.load runs the archive's code."""
     extra = {TORCHSCRIPT_META_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # torch raises bare RuntimeErrors of many kinds here
-        raise CheckpointError(f"{path.name} is not a readable TorchScript archive: {e}") from None
-    text = extra[TORCHSCRIPT_META_FILE]
-    meta = _parse_meta_json(text, path) if text else None
-    return dict(module.state_dict()), meta
-
-
-def _parse_meta_json(text: str | bytes, path: Path) -> dict:
-    try:
-        meta = json.loads(text)
-    except ValueError as e:
         raise CheckpointError(
-            f"The metadata stored in {path.name} is not valid JSON: {e}"
+            f"{path.name} is not a readable TorchScript archive: {_first_line(e)}"
         ) from None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"The metadata in {path.name} is not a JSON object.")
-    return meta
+    return dict(module.state_dict()), extra[TORCHSCRIPT_META_FILE] or None
 
 
-def _read_pickle(path: Path, trust_pickle: bool) -> Any:
-    """torch.load with weights_only=True, or full unpickling when the caller trusts the file."""
+def _check_pickle(stream: Any, path: Path, count: int) -> list[str]:
+    """Parse ``count`` pickles opcode by opcode without running them; their globals' names.
+
+    Junk fails here and is said to be junk, instead of "needs trust" from the unpickler.
+    """
+    found: list[str] = []
+    for _ in range(count):
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL":
+                    found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except (ValueError, EOFError, UnicodeDecodeError, OverflowError) as e:
+            raise CheckpointError(
+                _not_a_checkpoint(path, f"its pickle data is damaged: {_first_line(e)}")
+            ) from None
+    return found
+
+
+def _read_pickle(path: Path, kind: str, trust_pickle: bool) -> Any:
+    """Old torch.save files through torch.load; plain pickles only without globals or trusted."""
     with path.open("rb") as f:
-        head = f.read(4)
-    # torch.save writes a zip archive (PK..) or, in its legacy format, a protocol-2+ pickle
-    # (0x80 ..); anything else is no checkpoint, not a pickle that merely needs trust
-    if not (head.startswith(b"PK") or head.startswith(b"\x80")):
-        raise CheckpointError(
-            f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
-            f"(it starts with {head!r})."
+        names = _check_pickle(f, path, count=4 if kind == "legacy" else 1)
+    if kind == "legacy":
+        return _torch_load(path, trust_pickle)
+    if names and not trust_pickle:
+        listed = ", ".join(sorted(set(names))[:5])
+        raise UnsafeCheckpointError(
+            _unsafe_text(
+                path,
+                f"it is a plain Python pickle (not written by torch.save) that refers to {listed}",
+            )
         )
+    with path.open("rb") as f:
+        try:
+            return (pickle.Unpickler if trust_pickle else _PlainDataUnpickler)(f).load()
+        except RecursionError:
+            raise
+        except Exception as e:
+            raise CheckpointError(f"{path.name} cannot be unpickled: {_first_line(e)}") from None
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """A pickle that names no global holds only plain data; refuse any it names all the same."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"GLOBAL {module}.{name} was not an allowed global")
+
+
+def _torch_load(path: Path, trust_pickle: bool) -> Any:
+    """torch.load with weights_only=True, or full unpickling when the caller trusts the file."""
     try:
         return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as e:
         if trust_pickle:
             raise CheckpointError(f"{path.name} cannot be unpickled: {_first_line(e)}") from None
         raise UnsafeCheckpointError(_unsafe_message(path, str(e))) from None
-    except MemoryError:
+    except (MemoryError, RecursionError):
         raise
     except Exception as e:  # torch.load raises KeyError, EOFError, RuntimeError... on other files
+        text = _first_line(e)
+        if "can't allocate memory" in text or "bad_alloc" in text:
+            raise MemoryError from None
         raise CheckpointError(
-            f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
-            f"(reading it failed with {type(e).__name__}: {_first_line(e) or 'no details'})."
+            f"{path.name} is a damaged PyTorch checkpoint (reading it failed with "
+            f"{type(e).__name__}: {text or 'no details'})."
         ) from None
+
+
+def _meta_to_json(meta: Any, path: Path) -> str:
+    """The metadata as JSON text, bounded in depth and size (it crosses to the parent)."""
+    if isinstance(meta, (str, bytes)):
+        text = meta.decode("utf-8", "replace") if isinstance(meta, bytes) else meta
+        if len(text) > META_MAX_CHARS:
+            raise CheckpointError(f"The metadata in {path.name} is too large.")
+        _parse_meta_json(text, path)  # fails here, in the child, if hostile
+        return text
+    if not isinstance(meta, Mapping):
+        raise CheckpointError(f"The 'meta' entry of {path.name} is not a dict.")
+    _check_depth(meta, path)
+    try:
+        text = json.dumps(meta, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"The metadata in {path.name} is not plain data: {e}") from None
+    if len(text) > META_MAX_CHARS:
+        raise CheckpointError(f"The metadata in {path.name} is too large.")
+    return text
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Tensor) and value.numel() <= 1_000_000:
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not plain data")
+
+
+META_MAX_CHARS = 16 * 2**20
+META_MAX_DEPTH = 32
+
+
+def _check_depth(obj: Any, path: Path) -> None:
+    """Containers nested at most META_MAX_DEPTH deep (checked without recursion)."""
+    stack = [(obj, 1)]
+    seen = 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if depth > META_MAX_DEPTH or seen > 10_000_000:
+            raise CheckpointError(
+                f"The metadata in {path.name} is nested more than {META_MAX_DEPTH} levels deep."
+            )
+        if isinstance(value, Mapping):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, depth + 1) for v in value)
+
+
+def _parse_meta_json(text: str | bytes, path: Path) -> dict:
+    if len(text) > META_MAX_CHARS:
+        raise CheckpointError(f"The metadata in {path.name} is too large.")
+    try:
+        meta = json.loads(text)
+    except RecursionError:
+        raise CheckpointError(
+            f"The metadata in {path.name} is nested too deeply to be read."
+        ) from None
+    except ValueError as e:
+        raise CheckpointError(
+            f"The metadata stored in {path.name} is not valid JSON: {e}"
+        ) from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"The metadata in {path.name} is not a JSON object.")
+    _check_depth(meta, path)
+    return meta
 
 
 def _first_line(e: BaseException) -> str:
@@ -258,6 +600,10 @@ def _unsafe_message(path: Path, torch_message: str) -> str:
         why = f"it uses a pickle instruction the safe loader refuses (opcode {m.group(1)})"
     else:
         why = "it holds more than tensors and plain containers"
+    return _unsafe_text(path, why)
+
+
+def _unsafe_text(path: Path, why: str) -> str:
     return (
         f"{path.name} cannot be loaded safely: {why}. Loading it needs full unpickling, "
         "which can execute arbitrary code on this computer. Only if you trust where the file "
@@ -361,4 +707,34 @@ def _metadata(detection: Detection, meta: Mapping[str, Any] | None) -> ModelMeta
     if merged.get("input_size") is None:
         size = ARCHITECTURES[detection.arch].input_size
         merged["input_size"] = (size, size)
-    return ModelMetadata.from_dict(merged)
+    metadata = ModelMetadata.from_dict(merged)
+    _check_metadata_trigger(metadata)
+    return metadata
+
+
+def _check_metadata_trigger(meta: ModelMetadata) -> None:
+    """A trigger described in the metadata must rebuild and fit the model's input."""
+    trigger = (meta.attack or {}).get("trigger")
+    if not trigger:
+        return
+    from core.triggers import Trigger
+
+    try:
+        built = Trigger.from_dict(trigger)
+        built.apply(torch.zeros(1, meta.in_channels, *meta.input_size))
+    except Exception as e:  # DataError, and IndexError/TypeError from odd fields alike
+        raise CheckpointError(
+            f"The trigger in the model metadata is unusable: {_first_line(e) or type(e).__name__}"
+        ) from None
+
+
+def _check_trigger(trigger: Tensor | None, path: Path) -> None:
+    """The seed's 'trigger' entry: a C×s×s patch of finite numbers."""
+    if trigger is None:
+        return
+    if trigger.ndim != 3 or not 1 <= trigger.shape[1] <= MAX_INPUT_SIDE:
+        raise CheckpointError(
+            f"The 'trigger' of {path.name} is not a C×s×s patch (shape {tuple(trigger.shape)})."
+        )
+    if not trigger.is_floating_point() or not bool(torch.isfinite(trigger).all()):
+        raise CheckpointError(f"The 'trigger' of {path.name} is not finite floating point.")
