@@ -719,6 +719,17 @@ def _check_metadata_trigger(meta: ModelMetadata) -> None:
         return
     from core.triggers import Trigger
 
+    position = trigger.get("position") if isinstance(trigger, Mapping) else None
+    if position is not None and not isinstance(position, str):
+        if not (
+            isinstance(position, (list, tuple))
+            and len(position) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in position)
+        ):
+            raise CheckpointError(
+                f"The trigger in the model metadata is placed at {_short(position)}: a position "
+                "is a name (bottom-right, top-left, ...) or [y, x]."
+            )
     try:
         built = Trigger.from_dict(trigger)
         built.apply(torch.zeros(1, meta.in_channels, *meta.input_size))
