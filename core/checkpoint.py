@@ -438,6 +438,8 @@ def _jit_load(path: Path) -> tuple[dict[str, Tensor], Any]:
     try:
         module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     except Exception as e:  # torch raises bare RuntimeErrors of many kinds here
+        if _allocation_failed(e):
+            raise MemoryError from None
         raise CheckpointError(
             f"{path.name} is not a readable TorchScript archive: {_first_line(e)}"
         ) from None
@@ -484,9 +486,11 @@ def _read_pickle(path: Path, kind: str, trust_pickle: bool) -> Any:
     with path.open("rb") as f:
         try:
             return (pickle.Unpickler if trust_pickle else _PlainDataUnpickler)(f).load()
-        except RecursionError:
+        except (RecursionError, MemoryError):
             raise
         except Exception as e:
+            if _allocation_failed(e):
+                raise MemoryError from None
             raise CheckpointError(f"{path.name} cannot be unpickled: {_first_line(e)}") from None
 
 
@@ -509,7 +513,7 @@ def _torch_load(path: Path, trust_pickle: bool) -> Any:
         raise
     except Exception as e:  # torch.load raises KeyError, EOFError, RuntimeError... on other files
         text = _first_line(e)
-        if "can't allocate memory" in text or "bad_alloc" in text:
+        if _allocation_failed(e):
             raise MemoryError from None
         raise CheckpointError(
             f"{path.name} is a damaged PyTorch checkpoint (reading it failed with "
@@ -583,6 +587,12 @@ def _parse_meta_json(text: str | bytes, path: Path) -> dict:
         raise CheckpointError(f"The metadata in {path.name} is not a JSON object.")
     _check_depth(meta, path)
     return meta
+
+
+def _allocation_failed(e: BaseException) -> bool:
+    """torch reports a failed allocation (the child's memory limit) as a RuntimeError."""
+    text = str(e)
+    return "can't allocate memory" in text or "bad_alloc" in text or "out of memory" in text
 
 
 def _first_line(e: BaseException) -> str:
