@@ -324,6 +324,28 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     return info, tensors
 
 
+def zygote_warm_up() -> None:
+    """Parse one tiny file of each kind once in the zygote (core.isolation): torch.load and
+    safetensors import more modules on their first call, which every child would redo."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    tiny = {"w": torch.zeros(2)}
+    with tempfile.TemporaryDirectory() as folder:
+        for name, save in (
+            ("warm.pth", lambda p: torch.save(tiny, p)),
+            (
+                "warm_legacy.pth",
+                lambda p: torch.save(tiny, p, _use_new_zipfile_serialization=False),
+            ),
+            ("warm.safetensors", lambda p: save_file(tiny, str(p))),
+        ):
+            path = Path(folder) / name
+            save(path)
+            _parse_file(str(path), False, 2**20)
+
+
 LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."  # torch's legacy format starts so
 
 

@@ -319,8 +319,14 @@ def _zygote_main() -> None:
     sys.path[:] = json.loads(os.environ.pop("BNP_ZYGOTE_PATH"))
     sock = socket.socket(fileno=int(os.environ.pop("BNP_ZYGOTE_FD")))
     try:
-        for module in filter(None, os.environ.pop("BNP_ZYGOTE_PRELOAD", "").split(",")):
-            importlib.import_module(module)
+        for name in filter(None, os.environ.pop("BNP_ZYGOTE_PRELOAD", "").split(",")):
+            module = importlib.import_module(name)
+            # a module may exercise its code once here, so that lazy imports and first-call
+            # set-up happen in the zygote rather than again in every child
+            try:
+                getattr(module, "zygote_warm_up", lambda: None)()
+            except Exception:
+                pass  # only a speed-up
     except BaseException as e:  # report why instead of dying silently
         sock.sendall(b"E" + f"importing failed: {type(e).__name__}: {e}".encode()[:4000])
         return

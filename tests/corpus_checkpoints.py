@@ -188,6 +188,15 @@ def junk_pickle_head(folder: Path) -> Path:
     return path
 
 
+def junk_zip_with_data_pkl(folder: Path) -> Path:
+    """A zip laid out like torch.save's whose data.pkl is random bytes."""
+    path = folder / "junk_data_pkl.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", b"\x80\x02" + bytes(range(7, 250)) * 3)
+        z.writestr("archive/version", "3\n")
+    return path
+
+
 def junk_zip_without_data(folder: Path) -> Path:
     """A genuine zip archive of text files: not a checkpoint, not a pickle needing trust."""
     path = folder / "notes.zip.pth"
@@ -281,6 +290,7 @@ class Case:
 CASES = [
     Case("junk_pk", junk_pk, CheckpointError, r"is not a PyTorch checkpoint"),
     Case("junk_x80", junk_pickle_head, CheckpointError, r"is not a PyTorch checkpoint"),
+    Case("zip_junk_data_pkl", junk_zip_with_data_pkl, CheckpointError, r"pickle data is damaged"),
     Case("zip_without_data", junk_zip_without_data, CheckpointError, r"without the data\.pkl"),
     Case("symlink_loop", symlink_loop, CheckpointError, r"loop of symbolic links"),
     Case("plain_pickle", plain_pickle_state_dict, UnsafeCheckpointError, r"plain Python pickle"),

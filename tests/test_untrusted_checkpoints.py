@@ -85,6 +85,7 @@ def test_cli_exits_2_with_one_line(files, case, capsys):
     out = capsys.readouterr()
     line = _one_line(out.err)
     assert line.startswith("bnp: error: ")
+    assert re.search(case.message, line), line
     assert out.out == ""
 
 
