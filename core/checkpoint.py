@@ -231,7 +231,7 @@ def load_checkpoint(
     _check_path(path)
     parsed = run_isolated(
         "core.checkpoint:_parse_file",
-        str(path),
+        str(path.absolute()),  # the reader's working folder may differ from ours
         bool(trust_pickle),
         memory_limit or default_memory_limit(),
         what=f"Reading {path.name}",

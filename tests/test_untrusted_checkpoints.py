@@ -278,3 +278,11 @@ def _run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess
         cwd=ROOT,
         timeout=600,
     )
+
+
+def test_relative_path_after_chdir(tmp_path, monkeypatch):
+    load_checkpoint(corpus.torchscript_plain(tmp_path))  # the reader started in another folder
+    torch.save(corpus.tiny_state_dict(), tmp_path / "here.pth")
+    monkeypatch.chdir(tmp_path)
+    ckpt = load_checkpoint("here.pth")
+    assert ckpt.path == Path("here.pth") and ckpt.format == "state_dict"
