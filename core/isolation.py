@@ -116,7 +116,7 @@ def run_isolated(
     pid = None
     finished = False
     try:
-        conn.send_bytes(pickle.dumps((func, args, memory_limit)))
+        conn.send_bytes(pickle.dumps((func, args, memory_limit, 2 * timeout + 10)))
         deadline = time.monotonic() + timeout
         waiting = dict(conn=conn, deadline=deadline, cancel=cancel, what=what, error=error)
         waiting["timeout"] = timeout
@@ -133,6 +133,8 @@ def run_isolated(
             f"operating system stopped it for using more than {_gib(memory_limit)} of memory)."
         ) from None
     finally:
+        if pid is None and not finished:
+            pid = _late_pid(conn)  # stopped before the child said who it is
         conn.close()
         if pid is not None and not finished:
             _kill(pid)
@@ -208,6 +210,15 @@ def _child_error(header: dict, what: str, error, memory_limit: int) -> BnpError:
     if isinstance(cls, type) and issubclass(cls, BnpError):
         return cls(message)
     return error(f"{what} failed: {message}")
+
+
+def _late_pid(conn: Connection) -> int | None:
+    try:
+        if conn.poll(1.0):
+            return int(json.loads(conn.recv_bytes())["pid"])
+    except (OSError, EOFError, ValueError, KeyError, TypeError):
+        pass
+    return None
 
 
 def _kill(pid: int) -> None:
@@ -331,6 +342,11 @@ def _zygote_main() -> None:
         sock.sendall(b"E" + f"importing failed: {type(e).__name__}: {e}".encode()[:4000])
         return
     sock.sendall(b"R")
+    _serve(sock)
+    os._exit(0)  # at once: a normal shutdown with torch loaded can linger, keeping children
+
+
+def _serve(sock: socket.socket) -> None:
     while True:
         try:
             message, fds, _, _ = socket.recv_fds(sock, 16, 1)
@@ -342,12 +358,13 @@ def _zygote_main() -> None:
             os.close(fd)
         if not fds:
             continue
+        zygote = os.getpid()
         pid = os.fork()
         if pid == 0:
             sock.close()
             code = 0
             try:
-                _child_main(fds[0])
+                _child_main(fds[0], zygote)
             except BaseException:
                 code = 1
             finally:
@@ -355,16 +372,20 @@ def _zygote_main() -> None:
         os.close(fds[0])
 
 
-def _child_main(fd: int) -> None:
-    """One job: read the call, answer with our pid, run it under the memory limit, answer."""
+def _child_main(fd: int, zygote: int) -> None:
+    """One job: read the call, answer with our pid, run it under the limits, answer."""
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _die_with_parent()
+    if os.getppid() != zygote:
+        return  # the zygote (and so the app) went away before we could ask to die with it
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.dup2(devnull, 2)  # a trusted pickle's prints and torch's warnings stay out of the way
     conn = Connection(fd)
-    func, args, memory_limit = pickle.loads(conn.recv_bytes())  # from our own caller
+    func, args, memory_limit, cpu_seconds = pickle.loads(conn.recv_bytes())  # from our caller
     conn.send_bytes(json.dumps({"pid": os.getpid()}).encode())
     _limit_memory(memory_limit)
+    _limit_cpu(cpu_seconds)
     try:
         info, tensors = _resolve(func)(*args)
         specs, payloads = _tensor_payloads(tensors)
@@ -433,4 +454,34 @@ def _limit_memory(limit: int) -> None:
             soft = min(soft, hard)
         resource.setrlimit(which, (soft, hard))
     except (ValueError, OSError):
+        pass
+
+
+def _limit_cpu(seconds: float) -> None:
+    """A backstop should the caller vanish without killing us: CPU time beyond it kills."""
+    try:
+        import resource
+
+        limit = int(seconds) + 1
+        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        if hard != resource.RLIM_INFINITY:
+            limit = min(limit, hard)
+        resource.setrlimit(
+            resource.RLIMIT_CPU, (limit, limit if hard == resource.RLIM_INFINITY else hard)
+        )
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the zygote exits (it exits with the app)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
         pass
