@@ -241,10 +241,10 @@ def load_checkpoint(
         cancel=cancel,
     )
     info = parsed.info
-    fmt, names = str(info["format"]), list(info["names"])
-    tensors = list(parsed.tensors)
-    trigger = tensors.pop() if info.get("trigger") else None
-    state_dict = dict(zip(names, tensors, strict=True))
+    fmt, names, extra_names = str(info["format"]), list(info["names"]), list(info["extras"])
+    state_dict = dict(zip(names, parsed.tensors[: len(names)], strict=True))
+    extras = dict(zip(extra_names, parsed.tensors[len(names) :], strict=True))
+    trigger = extras.get("trigger")
     meta = _parse_meta_json(info["meta"], path) if info.get("meta") is not None else None
 
     detection = _detect(state_dict, arch, meta)
@@ -314,14 +314,14 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     else:
         raise CheckpointError(_not_a_checkpoint(path, kind))
     state_dict = _clean_state_dict(raw, path)
+    extras = {} if trigger is None else {"trigger": trigger}  # more tensors go here by name
     info = {
         "format": fmt,
         "names": list(state_dict),
+        "extras": list(extras),
         "meta": None if meta is None else _meta_to_json(meta, path),
-        "trigger": trigger is not None,
     }
-    tensors = list(state_dict.values()) + ([trigger] if trigger is not None else [])
-    return info, tensors
+    return info, list(state_dict.values()) + list(extras.values())
 
 
 def zygote_warm_up() -> None:
