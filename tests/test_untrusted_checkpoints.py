@@ -286,3 +286,55 @@ def test_relative_path_after_chdir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ckpt = load_checkpoint("here.pth")
     assert ckpt.path == Path("here.pth") and ckpt.format == "state_dict"
+
+
+def _grandchildren(pid: int) -> list[int]:
+    """Processes two levels below ``pid`` (the CLI → its zygote → the reader)."""
+    found = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        for child in children:
+            found += Path(f"/proc/{child}/task/{child}/children").read_text().split()
+    except OSError:
+        pass
+    return [int(p) for p in found]
+
+
+def test_ctrl_c_stops_the_command_line_during_a_hang(tmp_path):
+    path = corpus.hash_bomb_pickle(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core.cli", "info", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        readers: list[int] = []
+        give_up = time.monotonic() + 600  # a cap so that old code fails instead of hanging
+        while not readers and proc.poll() is None and time.monotonic() < give_up:
+            time.sleep(0.2)  # wait until the reader is hashing
+            readers = _grandchildren(proc.pid)
+        assert readers, proc.communicate()
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert _one_line(err) == "bnp: interrupted"
+    for pid in readers:  # the reader was killed, not left hashing
+        for _ in range(200):
+            if not Path(f"/proc/{pid}").exists() or "Z" in _state(pid):
+                break
+            time.sleep(0.05)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in _state(pid)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return "Z"
