@@ -111,6 +111,19 @@ def torchscript_plain(folder: Path) -> Path:
     return path
 
 
+def torchscript_truncated(folder: Path) -> Path:
+    """A genuine traced model whose first tensor record lost half its bytes."""
+    source = zipfile.ZipFile(torchscript_plain(folder))
+    path = folder / "ts_truncated.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        for info in source.infolist():
+            data = source.read(info.filename)
+            if info.filename.endswith("/data/0"):
+                data = data[: len(data) // 2]
+            z.writestr(info, data)
+    return path
+
+
 # ---- hangs --------------------------------------------------------------------------------
 
 
@@ -295,6 +308,7 @@ CASES = [
     Case("symlink_loop", symlink_loop, CheckpointError, r"loop of symbolic links"),
     Case("plain_pickle", plain_pickle_state_dict, UnsafeCheckpointError, r"plain Python pickle"),
     Case("torchscript_endless", torchscript_endless, UnsafeCheckpointError, r"__setstate__"),
+    Case("torchscript_truncated", torchscript_truncated, CheckpointError, r"holds \d+ bytes, not"),
     Case("zip_bomb", zip_bomb, CheckpointError, r"decompression bomb"),
     Case("input_size_4000", meta_input_size_huge, CheckpointError, r"input_size is 4000"),
     Case("input_size_0", meta_input_size_zero, CheckpointError, r"input_size is 0"),
