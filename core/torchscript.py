@@ -176,6 +176,8 @@ def read_torchscript(archive: zipfile.ZipFile, file_name: str) -> tuple[dict[str
         )
     try:
         root = _Unpickler(archive.read(data_pkl[0]), archive, prefix).load()
+    except CheckpointError as e:  # "its record … holds …": say whose
+        raise CheckpointError(f"{file_name} is a damaged TorchScript archive: {e}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError) as e:
         raise CheckpointError(f"{file_name}'s data.pkl is damaged: {e}") from None
     state_dict = _state_dict(root, params, file_name)
