@@ -312,7 +312,7 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
         obj = _read_pickle(path, kind, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
     else:
-        raise CheckpointError(_not_a_checkpoint(path, kind))
+        raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     state_dict = _clean_state_dict(raw, path)
     extras = {} if trigger is None else {"trigger": trigger}  # more tensors go here by name
     info = {
