@@ -1,12 +1,14 @@
-"""Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode."""
+"""Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode.
+
+Start-up paints a splash screen before anything imports torch (seconds on a busy machine), then
+loads the engine and the window behind it; `bnp-gui -h` imports neither Qt nor torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-import torch  # noqa: F401 - torch must be imported before the QApplication exists
 
 APP_NAME = "bnp-gui"
 ORG_NAME = "BNP Inspector"
@@ -75,9 +77,36 @@ def install_excepthook(window) -> None:
     sys.excepthook = hook
 
 
+def show_splash(app):
+    """A splash screen painted at once (before torch loads), or None without a screen."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtGui import QColor, QIcon
+    from PySide6.QtWidgets import QSplashScreen
+
+    pixmap = QIcon(str(Path(__file__).with_name("icon.svg"))).pixmap(360, 200)
+    if pixmap.isNull():
+        return None
+    pixmap.fill(QColor("#f4f4f4"))
+    splash = QSplashScreen(pixmap)
+    splash.showMessage(
+        "BNP Inspector\nloading the engine…", Qt.AlignmentFlag.AlignCenter, QColor("#303030")
+    )
+    splash.show()
+    splash.repaint()
+    app.processEvents()
+    return splash
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    splash = None
+    if not args.screenshot:  # paint something before pyqtgraph and torch load
+        from PySide6.QtWidgets import QApplication
+
+        splash = show_splash(QApplication.instance() or QApplication(sys.argv[:1]))
     app = make_application()
+    import torch  # noqa: F401 - the engine, loaded while the splash shows
+
     from bnp_gui.data_roles import guess_roles
     from bnp_gui.mainwindow import MainWindow
     from bnp_gui.screenshot import ScreenshotWhenReady
@@ -92,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         window.resize(w, h)
     window.show()
+    if splash is not None:
+        splash.finish(window)
     if args.demo:
         window.open_demo(analyze=True)
     else:
