@@ -38,21 +38,10 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
         "Images are converted to these channels (1→3 repeats, 3→1 takes BT.601 luma) and "
         "size (bilinear, antialiased), then normalised: (x − mean) / std.",
     )
-    g.add_argument("--input-size", type=_positive_int, nargs=2, metavar=("H", "W"))
+    g.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"))
     g.add_argument("--channels", type=int, choices=(1, 3))
     g.add_argument("--mean", type=float, nargs="+", help="per-channel mean (1 or C values)")
     g.add_argument("--std", type=float, nargs="+", help="per-channel std (1 or C values)")
-
-
-def _positive_int(text: str) -> int:
-    """argparse type: a whole number ≥ 1 (an input side, a channel count)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not a size: give a number ≥ 1")
-    return value
 
 
 def _input_overrides(args) -> dict:
