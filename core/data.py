@@ -955,9 +955,9 @@ def _pil_to_array(im: Any, path: Path) -> np.ndarray:
             "read without clipping: rescale it, or save it as an 8-bit image"
         )
     if mode in _GREY_8BIT:
-        return np.asarray(im.convert("L"), dtype=np.uint8)
+        return np.array(im.convert("L"), dtype=np.uint8)
     if mode in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa"):
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+        return np.array(im.convert("RGB"), dtype=np.uint8)
     raise DataError(f"{path}: images of mode {mode} cannot be converted faithfully: refused")
 
 
