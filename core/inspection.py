@@ -299,13 +299,18 @@ class Inspection:
         num_classes = self.ckpt.metadata.num_classes
         if target is not None:
             target = check_target(target, num_classes)
+        elif self.target is not None:
+            try:
+                target = check_target(self.target, num_classes)
+            except DataError as exc:
+                raise DataError(f"the checkpoint's metadata: {exc}") from None
         return evaluate(
             self.model,
             test,
             self.spec,
             mask=mask,
             trigger=trigger,
-            target=target if target is not None else self.target,
+            target=target,
             poisoned=poisoned,
             device=self.device,
             batch_size=batch_size_for(self.spec, batch_size),

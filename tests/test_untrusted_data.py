@@ -256,6 +256,15 @@ def test_target_outside_the_classes(target, inspection, data, capsys, model_path
     assert "not one of the model's 10 classes" in _one_line_error(capsys)
 
 
+def test_metadata_target_outside_the_classes(tmp_path, data, capsys):
+    path = corpus.metadata_checkpoint(tmp_path / "m.pth", target_label=999)
+    inspection = Inspection(load_checkpoint(path), device="cpu")
+    with pytest.raises(DataError, match="metadata: the target label 999 is not one of"):
+        inspection.evaluate(load_images(data))
+    assert main(["defend", str(path), "--method", "clp", "--test", str(data)]) == 2
+    assert "metadata: the target label 999" in _one_line_error(capsys)
+
+
 def test_labels_beyond_the_classes(inspection, tmp_path, model_path, capsys):
     folder = corpus.npy_folder(tmp_path / "twelve", n=24, classes=13)
     with pytest.raises(DataError, match="4 of 24 test labels are ≥ 10 \\(up to 12\\)"):
