@@ -190,7 +190,7 @@ def cmd_defend(args) -> int:
         if (trigger is None and poisoned is None) or target is None:
             missing = "--target LABEL" if target is None else "a trigger (--trigger FILE)"
             print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
-        attack = dict(trigger=trigger, target=target, poisoned=poisoned)
+        attack = dict(trigger=trigger, target=args.target, poisoned=poisoned)
         before = inspection.evaluate(test, **attack, progress=ProgressBar(label="before"))
         after = inspection.evaluate(test, mask=mask, **attack, progress=ProgressBar(label="after"))
         report.update(acc_before=before.acc, asr_before=before.asr)
