@@ -504,10 +504,26 @@ def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else."""
+_HASHABLE_KEYS = (str, bytes, int, float, bool, type(None))
+
+
+def _check_key(key: Any) -> Any:
+    # Hashing a tuple nested n deep whose parts repeat one memoised object costs 2^n: a few
+    # hundred bytes of pickle can hash for ever. CIFAR's dicts only have plain keys.
+    if not isinstance(key, _HASHABLE_KEYS):
+        raise pickle.UnpicklingError(
+            f"refusing a dict key of type {type(key).__name__}: only plain keys are expected"
+        )
+    return key
+
+
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else:
+    other classes, sets, and dict keys that are not plain values (hashing them can take for
+    ever). Pure Python, so that these checks run before anything is hashed."""
 
     _allowed = _allowed_numpy_globals()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -517,13 +533,46 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: only numpy arrays are expected"
             ) from None
 
+    def load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = _check_key(self.stack.pop())
+        self.stack[-1][key] = value
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[_check_key(items[i])] = items[i + 1]
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append({_check_key(items[i]): items[i + 1] for i in range(0, len(items), 2)})
+
+    def refuse_set(self) -> None:
+        raise pickle.UnpicklingError("refusing a set: CIFAR batches hold no sets")
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_opcode[0]] = refuse_set
+
 
 def _read_cifar_pickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path} is not a CIFAR batch (a pickled dict of arrays): {e}") from e
+    except OSError as e:
+        raise DataError(os_error_message(e, path)) from None
+    except RecursionError:
+        raise DataError(f"{path} is not a CIFAR batch: it nests objects too deeply") from None
+    except (MemoryError, OverflowError):
+        raise DataError(f"{path} is not a CIFAR batch: it declares impossibly large data") from None
+    except Exception as e:  # noqa: BLE001 - a malformed pickle raises almost anything
+        raise DataError(
+            f"{path} is not a CIFAR batch (a pickled dict of arrays): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'malformed'}"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR batch: expected a dict, found {type(obj).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
@@ -772,7 +821,11 @@ def _load_npy(d: Path, limit: int | None) -> ImageSet:
     names_file = d / "class_names.txt"
     class_names = None
     if names_file.is_file():
-        class_names = [s for s in names_file.read_text(encoding="utf-8").splitlines() if s]
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{names_file} is not UTF-8 text: one class name per line") from None
+        class_names = [s for s in text.splitlines() if s]
     return ImageSet(_images_from_array(data, d / "data.npy"), labels, class_names, str(d))
 
 

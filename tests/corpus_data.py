@@ -30,6 +30,8 @@ __all__ = [
     "idx_huge_dims",
     "png_bomb",
     "png_bomb_folder",
+    "cifar_hash_bomb",
+    "class_names_not_utf8",
     "npy_bad_header",
     "npy_pickle_file",
     "npy_object_array",
@@ -187,6 +189,29 @@ def float_tiff_out_of_range(path: Path) -> Path:
     return path
 
 
+# ---- CIFAR batches and class names ---------------------------------------------------------
+
+
+def cifar_hash_bomb(folder: Path, depth: int = 60) -> Path:
+    """A CIFAR folder whose data_batch_1 (under 600 bytes of safe pickle opcodes) is a dict
+    keyed by a tuple nested ``depth`` deep, each level holding the memoised level below twice:
+    hashing the key visits 2^depth tuples (an unpickler that hashes it never returns)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ops = bytearray(b"\x80\x02})q\x00")  # PROTO 2, EMPTY_DICT, EMPTY_TUPLE, BINPUT 0
+    for i in range(depth):  # BINGET i, BINGET i, TUPLE2, BINPUT i+1
+        ops += b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1])
+    ops += b"K\x00s."  # BININT1 0, SETITEM, STOP
+    (folder / "data_batch_1").write_bytes(bytes(ops))
+    return folder
+
+
+def class_names_not_utf8(folder: Path) -> Path:
+    """A valid npy folder whose class_names.txt is Latin-1, not UTF-8."""
+    npy_folder(folder)
+    (folder / "class_names.txt").write_bytes("café\nthé\n".encode("latin-1"))
+    return folder
+
+
 # ---- npy -----------------------------------------------------------------------------------
 
 
@@ -320,4 +345,7 @@ DATA_CASES = {
     "npy object array": (npy_object_array, r"Python objects .*refused"),
     "empty npy set": (npy_empty, r"holds no samples"),
     "symbolic-link loop": (symlink_loop, r"loop of symbolic links"),
+    "class_names.txt not UTF-8": (class_names_not_utf8, r"class_names.txt is not UTF-8"),
 }
+# Not in DATA_CASES because a reader without the defence never returns (test it in a child
+# process with a timeout): cifar_hash_bomb.

@@ -93,6 +93,17 @@ def test_gzip_bomb_refused_before_decompressing(tmp_path, monkeypatch):
     assert load_images(bomb, limit=100).images.shape == (100, 1, 28, 28)
 
 
+def test_cifar_hash_bomb_is_refused_at_once(tmp_path):
+    folder = corpus.cifar_hash_bomb(tmp_path / "cifar")
+    assert (folder / "data_batch_1").stat().st_size < 600
+    code = (
+        "import sys\nfrom core.data import load_images\nfrom core.errors import DataError\n"
+        f"try:\n    load_images({str(folder)!r})\nexcept DataError as e:\n    print(e)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120, **_text)
+    assert "refusing a dict key of type tuple" in result.stdout
+
+
 def test_unreadable_file_is_said_as_such(tmp_path, monkeypatch):
     folder = corpus.unreadable_folder(tmp_path / "locked")
     if os.geteuid() != 0:
