@@ -197,10 +197,10 @@ def cifar_hash_bomb(folder: Path, depth: int = 60) -> Path:
     keyed by a tuple nested ``depth`` deep, each level holding the memoised level below twice:
     hashing the key visits 2^depth tuples (an unpickler that hashes it never returns)."""
     folder.mkdir(parents=True, exist_ok=True)
-    ops = bytearray(b"\x80\x02})q\x00")  # PROTO 2, EMPTY_DICT, EMPTY_TUPLE, BINPUT 0
-    for i in range(depth):  # BINGET i, BINGET i, TUPLE2, BINPUT i+1
-        ops += b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1])
-    ops += b"K\x00s."  # BININT1 0, SETITEM, STOP
+    ops = bytearray(b"\x80\x02})q\x000")  # PROTO 2, EMPTY_DICT, EMPTY_TUPLE, BINPUT 0, POP
+    for i in range(depth):  # BINGET i, BINGET i, TUPLE2, BINPUT i+1, POP
+        ops += b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]) + b"0"
+    ops += b"h" + bytes([depth]) + b"K\x00s."  # BINGET depth, BININT1 0, SETITEM, STOP
     (folder / "data_batch_1").write_bytes(bytes(ops))
     return folder
 
