@@ -72,7 +72,7 @@ def cmd_info(args) -> int:
     from core.inspection import Inspection
 
     ckpt = _load(args)
-    inspection = Inspection(ckpt, device="cpu")
+    inspection = Inspection(ckpt, device="cpu", overrides=_input_overrides(args))
     for message in inspection.warnings:
         warn(message)
     meta = ckpt.metadata
@@ -244,6 +244,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, layers, neurons")
     _add_checkpoint_args(p)
+    _add_input_args(p)
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
