@@ -339,8 +339,9 @@ class Inspection:
         handle = module.register_forward_pre_hook(hook)
         try:
             with torch.inference_mode():
-                for start in range(0, len(images), 256):
-                    batch = images.images[start : start + 256]
+                step = batch_size_for(self.spec, 256)
+                for start in range(0, len(images), step):
+                    batch = images.images[start : start + step]
                     self.model(self.spec.prepare(batch, trigger).to(self.device))
         finally:
             handle.remove()
