@@ -78,19 +78,25 @@ def install_excepthook(window) -> None:
 
 
 def show_splash(app):
-    """A splash screen painted at once (before torch loads), or None without a screen."""
-    from PySide6.QtCore import Qt
-    from PySide6.QtGui import QColor, QIcon
+    """A splash screen (icon, name, 'loading the engine…') painted at once, before torch loads."""
+    from PySide6.QtCore import QRect, Qt
+    from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
     from PySide6.QtWidgets import QSplashScreen
 
-    pixmap = QIcon(str(Path(__file__).with_name("icon.svg"))).pixmap(360, 200)
-    if pixmap.isNull():
-        return None
+    pixmap = QPixmap(420, 160)
     pixmap.fill(QColor("#f4f4f4"))
+    painter = QPainter(pixmap)
+    QIcon(str(Path(__file__).with_name("icon.svg"))).paint(painter, QRect(24, 32, 96, 96))
+    painter.setPen(QColor("#303030"))
+    font = painter.font()
+    font.setPointSize(16)
+    painter.setFont(font)
+    painter.drawText(QRect(140, 40, 270, 40), Qt.AlignmentFlag.AlignLeft, "BNP Inspector")
+    font.setPointSize(10)
+    painter.setFont(font)
+    painter.drawText(QRect(140, 90, 270, 30), Qt.AlignmentFlag.AlignLeft, "loading the engine…")
+    painter.end()
     splash = QSplashScreen(pixmap)
-    splash.showMessage(
-        "BNP Inspector\nloading the engine…", Qt.AlignmentFlag.AlignCenter, QColor("#303030")
-    )
     splash.show()
     splash.repaint()
     app.processEvents()
