@@ -884,24 +884,44 @@ def save_images(images: ImageSet, folder: str | Path) -> Path:
 # ---- ImageFolder ----------------------------------------------------------------------------
 
 
+# Entries an ImageFolder walk may visit: pointing at a home folder or / must not walk the disk.
+MAX_FOLDER_ENTRIES = 2_000_000
+
+
+def _walk(d: Path, counter: list[int]):
+    """Every path under ``d`` (rglob), counted against MAX_FOLDER_ENTRIES."""
+    for f in d.rglob("*"):
+        counter[0] += 1
+        if counter[0] > MAX_FOLDER_ENTRIES:
+            raise DataError(
+                f"{d} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: give the folder "
+                "of one data set (one sub-folder of images per class)"
+            )
+        yield f
+
+
 def _class_dirs(d: Path) -> list[Path]:
     """Sorted sub-folders of ``d`` that hold image files (hidden folders ignored)."""
     dirs = sorted(
         (s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".")),
         key=lambda s: s.name,
     )
-    has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for s in dirs for f in s.rglob("*"))
+    counter = [0]
+    has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for s in dirs for f in _walk(s, counter))
     return dirs if has_images else []
 
 
-def _image_files(d: Path) -> list[Path]:
-    return sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+def _image_files(d: Path, counter: list[int]) -> list[Path]:
+    return sorted(
+        f for f in _walk(d, counter) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+    )
 
 
 def _load_image_folder(
     root: Path, class_dirs: list[Path], limit: int | None, size: tuple[int, int] | None
 ) -> ImageSet:
-    per_class = [_image_files(c) for c in class_dirs]
+    counter = [0]
+    per_class = [_image_files(c, counter) for c in class_dirs]
     order: list[tuple[int, Path]] = []
     if limit is None:
         order = [(k, f) for k, files in enumerate(per_class) for f in files]

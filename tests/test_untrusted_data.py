@@ -121,6 +121,15 @@ def test_unreadable_file_is_said_as_such(tmp_path, monkeypatch):
         load_images(folder)
 
 
+def test_huge_folder_tree_is_not_walked_to_the_end(tmp_path, monkeypatch):
+    for k in range(30):
+        (tmp_path / "tree" / f"d{k}").mkdir(parents=True)
+        (tmp_path / "tree" / f"d{k}" / "notes.txt").write_text("no images here")
+    monkeypatch.setattr(core.data, "MAX_FOLDER_ENTRIES", 20)
+    with pytest.raises(DataError, match="holds more than 20 files and folders"):
+        load_images(tmp_path / "tree")
+
+
 def test_sixteen_bit_png_is_not_clipped(tmp_path):
     images = load_images(corpus.png16_folder(tmp_path / "png16"))
     assert images.images.dtype == torch.float32
