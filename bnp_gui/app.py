@@ -1,12 +1,14 @@
-"""Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode."""
+"""Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode.
+
+Start-up paints a splash screen before anything imports torch (seconds on a busy machine), then
+loads the engine and the window behind it; `bnp-gui -h` imports neither Qt nor torch.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-
-import torch  # noqa: F401 - torch must be imported before the QApplication exists
 
 APP_NAME = "bnp-gui"
 ORG_NAME = "BNP Inspector"
@@ -75,9 +77,42 @@ def install_excepthook(window) -> None:
     sys.excepthook = hook
 
 
+def show_splash(app):
+    """A splash screen (icon, name, 'loading the engine…') painted at once, before torch loads."""
+    from PySide6.QtCore import QRect, Qt
+    from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
+    from PySide6.QtWidgets import QSplashScreen
+
+    pixmap = QPixmap(420, 160)
+    pixmap.fill(QColor("#f4f4f4"))
+    painter = QPainter(pixmap)
+    QIcon(str(Path(__file__).with_name("icon.svg"))).paint(painter, QRect(24, 32, 96, 96))
+    painter.setPen(QColor("#303030"))
+    font = painter.font()
+    font.setPointSize(16)
+    painter.setFont(font)
+    painter.drawText(QRect(140, 40, 270, 40), Qt.AlignmentFlag.AlignLeft, "BNP Inspector")
+    font.setPointSize(10)
+    painter.setFont(font)
+    painter.drawText(QRect(140, 90, 270, 30), Qt.AlignmentFlag.AlignLeft, "loading the engine…")
+    painter.end()
+    splash = QSplashScreen(pixmap)
+    splash.show()
+    splash.repaint()
+    app.processEvents()
+    return splash
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    splash = None
+    if not args.screenshot:  # paint something before pyqtgraph and torch load
+        from PySide6.QtWidgets import QApplication
+
+        splash = show_splash(QApplication.instance() or QApplication(sys.argv[:1]))
     app = make_application()
+    import torch  # noqa: F401 - the engine, loaded while the splash shows
+
     from bnp_gui.data_roles import guess_roles
     from bnp_gui.mainwindow import MainWindow
     from bnp_gui.screenshot import ScreenshotWhenReady
@@ -92,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         window.resize(w, h)
     window.show()
+    if splash is not None:
+        splash.finish(window)
     if args.demo:
         window.open_demo(analyze=True)
     else:

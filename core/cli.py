@@ -1,11 +1,15 @@
 """The `bnp` command line: info, defend, train, demo.
 
-Every user-facing failure is a `BnpError`, printed as one line on stderr with exit code 2.
+Every user-facing failure is a `BnpError`, printed as one line on stderr with exit code 2;
+warnings (a damaged model, NaN outputs on some samples) are printed as `bnp: warning: ...` lines
+and written into the report. Nothing heavy is imported before a command runs: `bnp -h` and
+`bnp <command> -h` answer without loading torch.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -59,11 +63,18 @@ def _load(args):
 # ---- bnp info ----------------------------------------------------------------------------
 
 
+def warn(message: str) -> None:
+    """A warning line on stderr (the report gets the same text)."""
+    print(f"bnp: warning: {message}", file=sys.stderr)
+
+
 def cmd_info(args) -> int:
     from core.inspection import Inspection
 
     ckpt = _load(args)
-    inspection = Inspection(ckpt, device="cpu")
+    inspection = Inspection(ckpt, device="cpu", overrides=_input_overrides(args))
+    for message in inspection.warnings:
+        warn(message)
     meta = ckpt.metadata
     print(f"file          {ckpt.path}")
     print(f"format        {ckpt.format}")
@@ -122,11 +133,27 @@ def _trigger_arg(args, inspection):
     return inspection.trigger
 
 
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
 def cmd_defend(args) -> int:
+    from core.checks import check_threshold
     from core.export import export_model, format_for_path, method_report, write_json
     from core.inspection import Inspection
     from core.progress import ProgressBar
 
+    check_threshold(args.threshold)
+    if args.out is not None and args.report is not None and _same_path(args.out, args.report):
+        raise BnpError(
+            f"--out and --report both name {args.out}: the report would replace the pruned "
+            "model; give two different files"
+        )
     if args.poisoned is not None and args.trigger is not None:
         raise BnpError("Measure the ASR with --trigger or with --poisoned, not both.")
     if args.poisoned is not None and args.test is None:
@@ -136,10 +163,10 @@ def cmd_defend(args) -> int:
     if args.method == "ep" and args.train is None:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
     ckpt = _load(args)
-    inspection = Inspection(ckpt, device=args.device)
-    overrides = _input_overrides(args)
-    if overrides:
-        inspection.set_spec(**overrides)
+    inspection = Inspection(ckpt, device=args.device, overrides=_input_overrides(args))
+    warnings = list(inspection.warnings)
+    for message in warnings:
+        warn(message)
     spec = inspection.spec
     print(
         f"{ckpt.metadata.arch} on {inspection.device_name}, input {spec.channels}×"
@@ -163,11 +190,15 @@ def cmd_defend(args) -> int:
         if (trigger is None and poisoned is None) or target is None:
             missing = "--target LABEL" if target is None else "a trigger (--trigger FILE)"
             print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
-        attack = dict(trigger=trigger, target=target, poisoned=poisoned)
+        attack = dict(trigger=trigger, target=args.target, poisoned=poisoned)
         before = inspection.evaluate(test, **attack, progress=ProgressBar(label="before"))
         after = inspection.evaluate(test, mask=mask, **attack, progress=ProgressBar(label="after"))
         report.update(acc_before=before.acc, asr_before=before.asr)
         report.update(acc_after=after.acc, asr_after=after.asr)
+        for message in dict.fromkeys(before.warnings + after.warnings):
+            warn(message)
+            warnings.append(message)
+    report["warnings"] = warnings
 
     print(TABLE_HEADER)
     print(_metrics_row("none", None, 0, before))
@@ -196,9 +227,16 @@ def cmd_defend(args) -> int:
 # ---- parser ------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from core import demo, train
+# Commands whose arguments live in their own module (imported, with torch, only when run)
+LAZY_COMMANDS = {
+    "train": ("core.train", "train a backdoored (or clean) classifier"),
+    "demo": ("core.demo", "run all three defenses on the bundled demo model"),
+}
 
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `bnp` parser. The arguments of `train` and `demo` are added only for ``command``
+    (all of them when None), so that `bnp -h` imports neither module."""
     parser = argparse.ArgumentParser(
         prog="bnp", description="Find and prune backdoor neurons with EP, BNP and CLP."
     )
@@ -206,9 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="what a checkpoint holds: architecture, layers, neurons")
     _add_checkpoint_args(p)
+    _add_input_args(p)
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("defend", help="score, prune and evaluate with one method")
+    p = sub.add_parser(
+        "defend",
+        help="score, prune and evaluate with one method",
+        description="Score neurons with one method, prune the flagged ones, and measure ACC/ASR. "
+        "Data each method needs: EP --train DIR, BNP --clean DIR, CLP none.",
+    )
     _add_checkpoint_args(p)
     p.add_argument("--method", choices=("ep", "bnp", "clp"), required=True)
     p.add_argument("--threshold", "-k", type=float, default=3.0, help="k (or u), default 3")
@@ -231,26 +275,51 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_args(p)
     p.set_defaults(func=cmd_defend)
 
-    for name, module, text in (
-        ("train", train, "train a backdoored (or clean) classifier"),
-        ("demo", demo, "run all three defenses on the bundled demo model"),
-    ):
+    for name, (module_name, text) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
-        module.add_arguments(p)
-        p.set_defaults(func=module.run)
+        if command is None or command == name:
+            module = importlib.import_module(module_name)
+            module.add_arguments(p)
+            p.set_defaults(func=module.run)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is not an option)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
+        args = build_parser(_command(argv) or "").parse_args(argv)
         return int(args.func(args) or 0)
     except BnpError as exc:
-        print(f"\nbnp: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     except KeyboardInterrupt:
         print("\nbnp: interrupted", file=sys.stderr)
         return 130
+    except MemoryError:
+        return _fail("out of memory: use fewer samples or a smaller input size")
+    except OSError as exc:  # a file the engine did not expect to fail (one line, not a trace)
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except Exception as exc:  # noqa: BLE001 - a bug: one line, the trace only when asked for
+        if os.environ.get("BNP_DEBUG"):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        print(
+            f"bnp: internal error ({type(exc).__name__}: {first}); this is a bug in bnp — "
+            "run again with BNP_DEBUG=1 for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _fail(message: str) -> int:
+    """Print one error line (any line breaks in the message joined) and return exit code 2."""
+    print(f"bnp: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ Readers (``load_images`` detects the format from what the folder holds):
   (an optional ``class_names.txt``, one name per line, names the classes).
 
 Images are kept as uint8 when the source is uint8 (a quarter of the memory), float32 otherwise.
+16-bit images become float32 in [0, 1] (value / 65535); float images (TIFF mode F) are read as
+they are when they lie in [0, 1] and refused otherwise, never clipped or truncated.
+
+Files are untrusted: sizes that headers declare are checked before anything is allocated or
+decompressed (``MAX_DATA_BYTES`` per data set, ``MAX_IMAGE_PIXELS`` per image file), and every
+read failure (permissions, symbolic-link loops, malformed headers) is a ``DataError`` that says
+what is wrong with which file.
 
 Conform rules (``InputSpec.prepare``), applied in this order:
 
@@ -28,10 +35,15 @@ other field values.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
+import math
+import os
 import pickle
 import re
+import warnings
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -87,6 +99,12 @@ CIFAR10_CLASSES = [
 ]
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 LUMA_BT601 = (0.299, 0.587, 0.114)
+
+# Bounds on what a data file may make us allocate (checked against the sizes headers declare,
+# before reading): BNP/EP need a few hundred samples, evaluation a few thousand.
+MAX_DATA_BYTES = int(os.environ.get("BNP_MAX_DATA_BYTES", 2 * 1024**3))
+MAX_IMAGE_PIXELS = 1 << 25  # one image file: 33.5 M pixels (e.g. 8192×4096)
+MAX_INPUT_SIDE = 1024  # model input side in pixels (ImageNet models take 224–600)
 
 _TRAIN_NAMES = ("train", "training")
 _TEST_NAMES = ("test", "t10k", "testing")
@@ -182,6 +200,40 @@ def conform_channels(images: Tensor, channels: int, luma: Sequence[float] = LUMA
 # InputSpec
 
 
+def _whole_number(value: Any, what: str) -> int:
+    """``value`` as an int, or a DataError naming ``what`` (floats must be whole)."""
+    if isinstance(value, bool):
+        raise DataError(f"{what} must be a whole number, not {value!r}")
+    try:
+        number = float(value) if not isinstance(value, int) else value
+    except (TypeError, ValueError):
+        raise DataError(f"{what} must be a whole number, not {value!r}") from None
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise DataError(f"{what} must be a whole number, not {value!r}")
+    return int(number)
+
+
+def check_input_size(size: Any) -> tuple[int, int]:
+    """(H, W) of a model input, each side 1..MAX_INPUT_SIDE pixels, else a DataError."""
+    if isinstance(size, (int, float)) and not isinstance(size, bool):
+        size = (size, size)
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise DataError(f"an input size needs two numbers (height, width), not {size!r}") from None
+    h = _whole_number(h, "the input height")
+    w = _whole_number(w, "the input width")
+    if h < 1 or w < 1:
+        raise DataError(f"input size {h}×{w} is empty: each side must be at least 1 pixel")
+    if h > MAX_INPUT_SIDE or w > MAX_INPUT_SIDE:
+        raise DataError(
+            f"input size {h}×{w} is larger than the {MAX_INPUT_SIDE}×{MAX_INPUT_SIDE} pixels "
+            "this tool feeds a model (image classifiers take 224–600); give the model's real "
+            "input size (--input-size H W on the command line)"
+        )
+    return h, w
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model takes: channels, H×W, optional normalisation; ``prepare`` conforms images."""
@@ -195,22 +247,38 @@ class InputSpec:
     antialias: bool = True
 
     def __post_init__(self) -> None:
-        size = self.size
-        if isinstance(size, int):
-            size = (size, size)
-        object.__setattr__(self, "size", (int(size[0]), int(size[1])))
+        channels = _whole_number(self.channels, "the number of input channels")
+        if not 1 <= channels <= 64:
+            raise DataError(f"a model input of {channels} channels is not an image (expected 1–64)")
+        object.__setattr__(self, "channels", channels)
+        object.__setattr__(self, "size", check_input_size(self.size))
         for name in ("mean", "std"):
             value = getattr(self, name)
             if value is None:
                 continue
-            value = tuple(float(v) for v in value)
-            if len(value) not in (1, self.channels):
+            try:
+                value = tuple(float(v) for v in value)
+            except (TypeError, ValueError):
                 raise DataError(
-                    f"InputSpec.{name} has {len(value)} values; expected 1 or {self.channels}"
+                    f"the normalisation {name} {value!r} is not a list of numbers"
+                ) from None
+            if len(value) not in (1, channels):
+                expected = "1 value" if channels == 1 else f"1 value or {channels}, one per channel"
+                raise DataError(
+                    f"the normalisation {name} has {len(value)} values, but the model takes "
+                    f"{channels}-channel images: give {expected}"
+                )
+            if not all(math.isfinite(v) for v in value):
+                raise DataError(
+                    f"the normalisation {name} {list(value)} is not finite: every input would "
+                    "become NaN; give finite numbers"
                 )
             object.__setattr__(self, name, value)
         if self.std is not None and any(s == 0 for s in self.std):
-            raise DataError("InputSpec.std must not contain 0")
+            raise DataError(
+                f"the normalisation std {list(self.std)} contains 0 (division by zero); "
+                "give the data's standard deviation, e.g. 0.25"
+            )
 
     def conform(self, images: Tensor) -> Tensor:
         """Float [0, 1] images with this spec's channels and size (steps 1–3, no trigger)."""
@@ -263,12 +331,54 @@ def load_images(
     ``limit``: read at most this many samples (the first ones; ImageFolder takes them
     round-robin over the classes so every class is represented).
     ``size``: (H, W) to resize ImageFolder images to when they differ in size.
+    Raises DataError (one line: which file, what is wrong) for anything that cannot be read.
     """
     p = Path(path).expanduser()
-    if not p.exists():
-        raise DataError(f"data path does not exist: {p}")
+    _check_path(p)
     if limit is not None and limit < 0:
         raise DataError(f"limit must be ≥ 0, got {limit}")
+    try:
+        images = _load_any(p, split, limit, size)
+    except OSError as e:
+        raise DataError(os_error_message(e, p)) from None
+    except MemoryError:
+        raise DataError(
+            f"not enough memory to read {p}: read fewer samples (a smaller folder)"
+        ) from None
+    if len(images) == 0 and limit != 0:
+        raise DataError(f"{images.source or p} holds no samples: give a folder with images")
+    return images
+
+
+def os_error_message(e: OSError, path: Path | None = None) -> str:
+    """One line for an OSError: which file, and the failure in words (permissions, loops…)."""
+    where = e.filename if e.filename is not None else path
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied reading {where}: check that you may read it"
+    if e.errno == errno.ELOOP:
+        return f"{where} is a loop of symbolic links: point the link at a real file or folder"
+    if e.errno == errno.ENOENT:
+        return f"{where} does not exist"
+    if e.errno == errno.EISDIR:
+        return f"{where} is a folder where a file was expected"
+    return f"cannot read {where}: {e.strerror or e}"
+
+
+def _check_path(p: Path) -> None:
+    """A DataError saying why ``p`` cannot be opened: missing, a broken link, a link loop."""
+    try:
+        os.stat(p)
+    except OSError as e:
+        if e.errno == errno.ENOENT and p.is_symlink():
+            raise DataError(
+                f"{p} is a symbolic link to {os.readlink(p)}, which does not exist"
+            ) from None
+        if e.errno == errno.ENOENT:
+            raise DataError(f"data path does not exist: {p}") from None
+        raise DataError(os_error_message(e, p)) from None
+
+
+def _load_any(p: Path, split: str | None, limit: int | None, size) -> ImageSet:
     if p.is_file():
         return _load_file(p, split=split, limit=limit)
 
@@ -276,7 +386,7 @@ def load_images(
     if split is not None and (p / split).is_dir() and not _is_cifar_dir(p):
         sub = p / split
         if _has_npy(sub) or _idx_pairs(sub) or _is_cifar_dir(sub) or _class_dirs(sub):
-            return load_images(sub, limit=limit, size=size)
+            return _load_any(sub, None, limit, size)
 
     if _is_cifar_dir(p):
         return _load_cifar(_cifar_dir(p), split, limit)
@@ -292,9 +402,12 @@ def load_images(
     # Folders of data sets (e.g. the defender's split: clean/, train_poisoned/, test/).
     subsets = sorted(d.name for d in p.iterdir() if d.is_dir() and (_has_npy(d) or _idx_pairs(d)))
     if subsets:
+        listed = ", ".join(f"{name}/" for name in subsets)
         raise DataError(
-            f"{p} holds several data sets ({', '.join(subsets)}); choose one with split=..."
+            f"{p} holds several data sets ({listed}): give the folder of the one you mean, "
+            f"e.g. {p / subsets[0]}"
         )
+    _refuse_unreadable_entries(p)
     found = sorted(x.name for x in p.iterdir())[:8]
     raise DataError(
         f"no image data recognised in {p}: expected cifar-10-batches-py/, (Fashion-)MNIST idx "
@@ -302,6 +415,29 @@ def load_images(
         "data.npy + labels.npy, or one sub-folder of images per class; found "
         + (", ".join(found) if found else "an empty folder")
     )
+
+
+def _refuse_unreadable_entries(p: Path) -> None:
+    """Data files that exist by name but cannot be opened (link loops, broken links) are said
+    as such instead of 'no image data recognised'."""
+    for name in ("data.npy", "labels.npy"):
+        entry = p / name
+        if entry.is_symlink() or entry.exists():
+            _check_path(entry)
+
+
+def _check_budget(nbytes: int, where: Path | str, what: str = "the images") -> None:
+    """Refuse to allocate more than MAX_DATA_BYTES for one data set."""
+    if nbytes > MAX_DATA_BYTES:
+        raise DataError(
+            f"{where}: {what} would take {_gigabytes(nbytes)} in memory, more than the "
+            f"{_gigabytes(MAX_DATA_BYTES)} limit; use a smaller subset (the defenses need a few "
+            "hundred to a few thousand samples) or raise BNP_MAX_DATA_BYTES"
+        )
+
+
+def _gigabytes(nbytes: int) -> str:
+    return f"{nbytes / 1e9:.3g} GB" if nbytes < 1e15 else f"{nbytes:.3g} bytes"
 
 
 def _load_file(p: Path, *, split: str | None, limit: int | None) -> ImageSet:
@@ -368,10 +504,26 @@ def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
     return allowed
 
 
-class _NumpyOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else."""
+_HASHABLE_KEYS = (str, bytes, int, float, bool, type(None))
+
+
+def _check_key(key: Any) -> Any:
+    # Hashing a tuple nested n deep whose parts repeat one memoised object costs 2^n: a few
+    # hundred bytes of pickle can hash for ever. CIFAR's dicts only have plain keys.
+    if not isinstance(key, _HASHABLE_KEYS):
+        raise pickle.UnpicklingError(
+            f"refusing a dict key of type {type(key).__name__}: only plain keys are expected"
+        )
+    return key
+
+
+class _NumpyOnlyUnpickler(pickle._Unpickler):
+    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else:
+    other classes, sets, and dict keys that are not plain values (hashing them can take for
+    ever). Pure Python, so that these checks run before anything is hashed."""
 
     _allowed = _allowed_numpy_globals()
+    dispatch = dict(pickle._Unpickler.dispatch)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
@@ -381,13 +533,46 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
                 f"refusing to load {module}.{name}: only numpy arrays are expected"
             ) from None
 
+    def load_setitem(self) -> None:
+        value = self.stack.pop()
+        key = _check_key(self.stack.pop())
+        self.stack[-1][key] = value
+
+    def load_setitems(self) -> None:
+        items = self.pop_mark()
+        target = self.stack[-1]
+        for i in range(0, len(items), 2):
+            target[_check_key(items[i])] = items[i + 1]
+
+    def load_dict(self) -> None:
+        items = self.pop_mark()
+        self.append({_check_key(items[i]): items[i + 1] for i in range(0, len(items), 2)})
+
+    def refuse_set(self) -> None:
+        raise pickle.UnpicklingError("refusing a set: CIFAR batches hold no sets")
+
+    dispatch[pickle.SETITEM[0]] = load_setitem
+    dispatch[pickle.SETITEMS[0]] = load_setitems
+    dispatch[pickle.DICT[0]] = load_dict
+    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
+        dispatch[_opcode[0]] = refuse_set
+
 
 def _read_cifar_pickle(path: Path) -> dict[str, Any]:
     try:
         with open(path, "rb") as fh:
             obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as e:
-        raise DataError(f"{path} is not a CIFAR batch (a pickled dict of arrays): {e}") from e
+    except OSError as e:
+        raise DataError(os_error_message(e, path)) from None
+    except RecursionError:
+        raise DataError(f"{path} is not a CIFAR batch: it nests objects too deeply") from None
+    except (MemoryError, OverflowError):
+        raise DataError(f"{path} is not a CIFAR batch: it declares impossibly large data") from None
+    except Exception as e:  # noqa: BLE001 - a malformed pickle raises almost anything
+        raise DataError(
+            f"{path} is not a CIFAR batch (a pickled dict of arrays): {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else 'malformed'}"
+        ) from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR batch: expected a dict, found {type(obj).__name__}")
     return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
@@ -476,28 +661,43 @@ def _idx_pairs(d: Path) -> dict[str, tuple[Path, Path]]:
     return {k: (v["images"], v["labels"]) for k, v in found.items() if len(v) == 2}
 
 
-def _read_idx(path: Path, limit: int | None) -> np.ndarray:
+def _read_idx(path: Path, limit: int | None, kind: str) -> np.ndarray:
+    """The first ``limit`` samples of an idx file, reading (or decompressing) only those bytes,
+    after checking the sizes its header declares."""
+    opener = gzip.open if path.name.endswith(".gz") else open
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = path.read_bytes()
-    except (OSError, EOFError) as e:
-        raise DataError(f"cannot read {path}: {e}") from e
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
-        raise DataError(f"{path} is not an idx file (bad magic number {raw[:4].hex()})")
-    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
-    total = int(np.prod(dims)) if dims else 0
-    if len(raw) < header + total * dtype.itemsize:
+        with opener(path, "rb") as fh:
+            head = fh.read(4)
+            if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES:
+                raise DataError(f"{path} is not an idx file (bad magic number {head.hex()})")
+            dtype, ndim = _IDX_DTYPES[head[2]], head[3]
+            allowed = (1,) if kind == "labels" else (3, 4)
+            if ndim not in allowed:
+                expected = "1 (N labels)" if kind == "labels" else "3 (N×H×W) or 4 (N×H×W×C)"
+                raise DataError(
+                    f"{path}: an idx {kind} file with {ndim} dimensions; expected {expected}"
+                )
+            raw_dims = fh.read(4 * ndim)
+            if len(raw_dims) < 4 * ndim:
+                raise DataError(f"{path} is truncated inside its header")
+            dims = [int.from_bytes(raw_dims[4 * i : 4 * i + 4], "big") for i in range(ndim)]
+            if any(d == 0 for d in dims[1:]):
+                raise DataError(f"{path}: its header declares an empty image shape {dims}")
+            n = dims[0] if limit is None else min(dims[0], limit)
+            per = math.prod(dims[1:])
+            _check_budget(n * per * dtype.itemsize, path, f"{n} × {dims[1:]} {kind}")
+            want = n * per * dtype.itemsize
+            data = fh.read(want)
+    except (OSError, EOFError, zlib.error) as e:
+        if isinstance(e, OSError) and e.errno is not None:
+            raise DataError(os_error_message(e, path)) from None
+        raise DataError(f"{path} is not a readable idx file: {e}") from None
+    if len(data) < want:
         raise DataError(
-            f"{path} is truncated: header says {dims}, file has {len(raw) - header} data bytes"
+            f"{path} is truncated: header says {dims}, file has {len(data)} of the "
+            f"{want} data bytes needed"
         )
-    n = dims[0] if limit is None else min(dims[0], limit)
-    per = int(np.prod(dims[1:])) if ndim > 1 else 1
-    arr = np.frombuffer(raw, dtype=dtype, count=n * per, offset=header)
+    arr = np.frombuffer(data, dtype=dtype, count=n * per)
     return arr.reshape(n, *dims[1:]).astype(dtype.newbyteorder("="), copy=True)
 
 
@@ -517,8 +717,8 @@ def _load_idx_dir(
             )
         prefix = matches[0]
     images_file, labels_file = pairs[prefix]
-    x = _read_idx(images_file, limit)
-    y = _read_idx(labels_file, limit)
+    x = _read_idx(images_file, limit, "images")
+    y = _read_idx(labels_file, limit, "labels")
     if x.ndim == 3:
         x = x[:, None]
     elif x.ndim == 4:  # N×H×W×C
@@ -541,16 +741,63 @@ def _has_npy(d: Path) -> bool:
     return (d / "data.npy").is_file() and (d / "labels.npy").is_file()
 
 
-def _load_npy(d: Path, limit: int | None) -> ImageSet:
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """A .npy file memory-mapped (nothing read yet), or a DataError saying what is wrong.
+
+    Never unpickles: a file holding Python objects is refused, and numpy's advice to load it
+    unsafely is not passed on.
+    """
+    _check_path(path)
     try:
-        data = np.load(d / "data.npy", allow_pickle=False, mmap_mode="r")
-        labels = np.load(d / "labels.npy", allow_pickle=False, mmap_mode="r")
-    except FileNotFoundError as e:
-        raise DataError(f"{d} needs both data.npy and labels.npy ({e.filename} is missing)") from e
-    except ValueError as e:  # object arrays need pickle: refused
-        raise DataError(f"cannot read the .npy files in {d} without pickle: {e}") from e
+        with open(path, "rb") as fh:
+            magic = fh.read(len(NPY_MAGIC))
+    except OSError as e:
+        raise DataError(os_error_message(e, path)) from None
+    if magic != NPY_MAGIC:
+        what = "an empty file" if not magic else f"it starts with {magic[:6]!r}"
+        raise DataError(
+            f"{path} is not a NumPy .npy array ({what}); save the array with numpy.save"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's note about Python 2 headers
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+    except OSError as e:
+        raise DataError(os_error_message(e, path)) from None
+    except Exception as e:  # noqa: BLE001 - numpy raises ValueError, SyntaxError, TokenError…
+        text = str(e)
+        if "object" in text.lower() or "pickle" in text.lower():
+            raise DataError(
+                f"{path} holds Python objects (dtype object), which only unpickling could read, "
+                "and unpickling can run code: refused; save the data as a numeric array "
+                "(uint8 or float32)"
+            ) from None
+        if "mmap length" in text or "greater than file size" in text:
+            raise DataError(
+                f"{path} is truncated: its header declares more data than the file holds"
+            ) from None
+        raise DataError(
+            f"{path} has a malformed .npy header ({type(e).__name__}); save the array again "
+            "with numpy.save"
+        ) from None
+    if isinstance(array, np.ndarray) and array.dtype.hasobject:
+        raise DataError(f"{path} holds Python objects (dtype object): refused")
+    return array
+
+
+def _load_npy(d: Path, limit: int | None) -> ImageSet:
+    data = open_npy(d / "data.npy")
+    labels = open_npy(d / "labels.npy")
+    if data.ndim == 0 or labels.ndim == 0:
+        raise DataError(f"{d}: data.npy and labels.npy must hold one entry per sample")
     if limit is not None:
         data, labels = data[:limit], labels[:limit]
+    # uint8 images stay as they are; other dtypes become float32 (4 bytes per value)
+    _check_budget(data.size * max(data.dtype.itemsize, 1 if data.dtype == np.uint8 else 4), d)
+    _check_budget(labels.size * 8, d / "labels.npy", "the labels")
     data, labels = np.array(data), np.array(labels)
     if data.ndim == 3:
         data = data[:, None]
@@ -574,7 +821,11 @@ def _load_npy(d: Path, limit: int | None) -> ImageSet:
     names_file = d / "class_names.txt"
     class_names = None
     if names_file.is_file():
-        class_names = [s for s in names_file.read_text(encoding="utf-8").splitlines() if s]
+        try:
+            text = names_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{names_file} is not UTF-8 text: one class name per line") from None
+        class_names = [s for s in text.splitlines() if s]
     return ImageSet(_images_from_array(data, d / "data.npy"), labels, class_names, str(d))
 
 
@@ -633,26 +884,44 @@ def save_images(images: ImageSet, folder: str | Path) -> Path:
 # ---- ImageFolder ----------------------------------------------------------------------------
 
 
+# Entries an ImageFolder walk may visit: pointing at a home folder or / must not walk the disk.
+MAX_FOLDER_ENTRIES = 2_000_000
+
+
+def _walk(d: Path, counter: list[int]):
+    """Every path under ``d`` (rglob), counted against MAX_FOLDER_ENTRIES."""
+    for f in d.rglob("*"):
+        counter[0] += 1
+        if counter[0] > MAX_FOLDER_ENTRIES:
+            raise DataError(
+                f"{d} holds more than {MAX_FOLDER_ENTRIES:,} files and folders: give the folder "
+                "of one data set (one sub-folder of images per class)"
+            )
+        yield f
+
+
 def _class_dirs(d: Path) -> list[Path]:
     """Sorted sub-folders of ``d`` that hold image files (hidden folders ignored)."""
     dirs = sorted(
         (s for s in d.iterdir() if s.is_dir() and not s.name.startswith(".")),
         key=lambda s: s.name,
     )
-    has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for s in dirs for f in s.rglob("*"))
+    counter = [0]
+    has_images = any(f.suffix.lower() in IMAGE_EXTENSIONS for s in dirs for f in _walk(s, counter))
     return dirs if has_images else []
 
 
-def _image_files(d: Path) -> list[Path]:
-    return sorted(f for f in d.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file())
+def _image_files(d: Path, counter: list[int]) -> list[Path]:
+    return sorted(
+        f for f in _walk(d, counter) if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+    )
 
 
 def _load_image_folder(
     root: Path, class_dirs: list[Path], limit: int | None, size: tuple[int, int] | None
 ) -> ImageSet:
-    from PIL import Image, UnidentifiedImageError
-
-    per_class = [_image_files(c) for c in class_dirs]
+    counter = [0]
+    per_class = [_image_files(c, counter) for c in class_dirs]
     order: list[tuple[int, Path]] = []
     if limit is None:
         order = [(k, f) for k, files in enumerate(per_class) for f in files]
@@ -665,30 +934,29 @@ def _load_image_folder(
     if not order:
         raise DataError(f"ImageFolder {root} has class folders but no image files")
 
-    pics = []
+    arrays, total = [], 0
     for _, f in order:
-        try:
-            with Image.open(f) as im:
-                im.load()
-                pics.append(im.copy())
-        except (OSError, UnidentifiedImageError) as e:
-            raise DataError(f"cannot read image {f}: {e}") from e
-    grey = all(im.mode in ("L", "1", "I;16", "I", "F") for im in pics)
-    mode = "L" if grey else "RGB"
-    pics = [im.convert(mode) if im.mode != mode else im for im in pics]
-    sizes = Counter((im.height, im.width) for im in pics)
+        a = read_image_array(f)
+        total += a.nbytes
+        _check_budget(total, root)
+        arrays.append(a)
+    grey = all(a.ndim == 2 for a in arrays)
+    as_float = any(a.dtype == np.float32 for a in arrays)
+    sizes = Counter(a.shape[:2] for a in arrays)
     if size is None and len(sizes) > 1:
         listed = ", ".join(f"{h}×{w} ({n})" for (h, w), n in sizes.most_common(4))
         raise DataError(
             f"images in {root} differ in size ({listed}); pass a size to resize them to one"
         )
     if size is not None:
-        h, w = size
-        pics = [
-            im if (im.height, im.width) == (h, w) else im.resize((w, h), Image.BILINEAR)
-            for im in pics
-        ]
-    arr = np.stack([np.asarray(im, dtype=np.uint8) for im in pics])
+        h, w = check_input_size(size)
+        _check_budget(len(arrays) * h * w * (1 if grey else 3) * (4 if as_float else 1), root)
+        arrays = [a if a.shape[:2] == (h, w) else _resize_array(a, h, w) for a in arrays]
+    if not grey:
+        arrays = [np.repeat(a[..., None], 3, axis=2) if a.ndim == 2 else a for a in arrays]
+    if as_float:
+        arrays = [a if a.dtype == np.float32 else a.astype(np.float32) / 255.0 for a in arrays]
+    arr = np.stack(arrays)
     arr = arr[:, None] if grey else arr.transpose(0, 3, 1, 2)
     labels = torch.tensor([k for k, _ in order], dtype=torch.int64)
     return ImageSet(
@@ -699,20 +967,101 @@ def _load_image_folder(
     )
 
 
+_GREY_8BIT = ("1", "L", "LA", "La")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def read_image_array(path: Path) -> np.ndarray:
+    """One image file as H×W (grey) or H×W×3 (colour): uint8, or float32 in [0, 1] for
+    16-bit and float images. Refuses images over MAX_IMAGE_PIXELS before decoding them, and
+    images whose values cannot be converted faithfully."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(path.read_bytes())) as im:
+                pixels = im.width * im.height
+                if pixels > MAX_IMAGE_PIXELS:
+                    raise DataError(_too_many_pixels(path, im.width, im.height))
+                im.load()
+                return _pil_to_array(im, path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise DataError(
+            f"{path} declares more than {MAX_IMAGE_PIXELS / 1e6:.1f} M pixels (a decompression "
+            "bomb?): refused"
+        ) from None
+    except OSError as e:
+        if e.errno is not None:
+            raise DataError(os_error_message(e, path)) from None
+        raise DataError(f"cannot read image {path}: {e}") from None
+    except (UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
+        raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def _too_many_pixels(path: Path, width: int, height: int) -> str:
+    return (
+        f"{path} is {width}×{height} pixels, more than the {MAX_IMAGE_PIXELS / 1e6:.1f} M "
+        "pixels an image may have here (a decompression bomb?): refused"
+    )
+
+
+def _pil_to_array(im: Any, path: Path) -> np.ndarray:
+    mode = im.mode
+    if mode in _SIXTEEN_BIT:
+        return np.asarray(im, dtype=np.float32) / 65535.0
+    if mode in ("I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise DataError(f"{path}: the image holds NaN or infinite values: refused")
+        if mode == "I" and lo >= 0 and hi <= 255:
+            return a.astype(np.uint8)
+        if mode == "I" and lo >= 0 and hi <= 65535:  # 16-bit values in a 32-bit image
+            return (a / 65535.0).astype(np.float32)
+        if mode == "F" and lo >= 0 and hi <= 1:
+            return a.astype(np.float32)
+        kind = "32-bit integer" if mode == "I" else "floating-point"
+        expected = "0..65535" if mode == "I" else "[0, 1]"
+        raise DataError(
+            f"{path} is a {kind} image with values in [{lo:g}, {hi:g}]; only {expected} can be "
+            "read without clipping: rescale it, or save it as an 8-bit image"
+        )
+    if mode in _GREY_8BIT:
+        return np.array(im.convert("L"), dtype=np.uint8)
+    if mode in ("RGB", "RGBA", "RGBX", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBa"):
+        return np.array(im.convert("RGB"), dtype=np.uint8)
+    raise DataError(f"{path}: images of mode {mode} cannot be converted faithfully: refused")
+
+
+def _resize_array(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of H×W or H×W×C, uint8 or float32 (each channel as its own image)."""
+    from PIL import Image
+
+    if a.dtype == np.uint8:
+        return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR), dtype=np.uint8)
+    channels = [a] if a.ndim == 2 else [a[..., c] for c in range(a.shape[2])]
+    out = [
+        np.asarray(Image.fromarray(c, "F").resize((w, h), Image.BILINEAR), dtype=np.float32)
+        for c in channels
+    ]
+    resized = out[0] if a.ndim == 2 else np.stack(out, axis=2)
+    return np.clip(resized, 0.0, 1.0)
+
+
 def _natural_key(s: str) -> list[Any]:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
 
 
 def image_to_tensor(path: str | Path) -> Tensor:
     """One image file (or a .npy array) as float32 C×H×W in [0, 1] (grey → 1 channel)."""
-    from PIL import Image, UnidentifiedImageError
-
     p = Path(path)
+    _check_path(p)
     if p.suffix.lower() == ".npy":
-        try:
-            a = np.load(p, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {p}: {e}") from e
+        a = open_npy(p)
+        if a.size * 4 > MAX_IMAGE_PIXELS * 12:
+            raise DataError(f"{p}: an array of shape {a.shape} is too large for one image")
+        a = np.array(a)
         if a.ndim == 2:
             a = a[None]
         elif a.ndim == 3 and a.shape[0] not in (1, 3) and a.shape[2] in (1, 3):
@@ -720,13 +1069,6 @@ def image_to_tensor(path: str | Path) -> Tensor:
         if a.ndim != 3:
             raise DataError(f"{p}: expected an H×W or C×H×W array, found shape {a.shape}")
         return to_float(_images_from_array(a[None], p))[0]
-    try:
-        with Image.open(io.BytesIO(p.read_bytes())) as im:
-            im.load()
-            grey = im.mode in ("L", "1", "I;16", "I", "F")
-            im = im.convert("L" if grey else "RGB")
-            arr = np.array(im, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise DataError(f"cannot read image {p}: {e}") from e
-    arr = arr[None] if grey else arr.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32) / 255.0
+    arr = read_image_array(p)
+    arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
+    return to_float(torch.from_numpy(np.ascontiguousarray(arr)))

@@ -7,14 +7,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.checkpoint import load_checkpoint
-from core.data import ImageSet, load_images
 from core.errors import BnpError
-from core.evaluation import Metrics
-from core.export import method_report, write_json
-from core.inspection import METHOD_NAMES, METHODS, Inspection
-from core.progress import ProgressBar
+
+if TYPE_CHECKING:  # imported where used, so that `bnp demo -h` does not load torch
+    from core.data import ImageSet
+    from core.evaluation import Metrics
+    from core.inspection import Inspection
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "resources" / "demo"
 DEMO_CHECKPOINT = "fmnist_resnet20_badnets.pth"
@@ -53,6 +53,10 @@ class DemoData:
 
 def load_demo(device: str | None = None, root: Path = DEMO_DIR) -> DemoData:
     """Load the demo checkpoint and its three data sets (statistics not collected yet)."""
+    from core.checkpoint import load_checkpoint
+    from core.data import load_images
+    from core.inspection import Inspection
+
     paths = demo_paths(root)
     inspection = Inspection(load_checkpoint(paths.checkpoint), device=device)
     return DemoData(
@@ -64,6 +68,10 @@ def run_demo(
     out: Path | None = None, device: str | None = None, threshold: float = 3.0, quiet=False
 ) -> dict:
     """Collect, score, prune and evaluate with EP, BNP and CLP; return the report."""
+    from core.export import method_report, write_json
+    from core.inspection import METHOD_NAMES, METHODS
+    from core.progress import ProgressBar
+
     started = time.monotonic()
     demo = load_demo(device)
     inspection = demo.inspection

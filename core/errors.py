@@ -23,3 +23,7 @@ class DataError(BnpError):
 
 class Cancelled(BnpError):
     """Long work stopped because the caller asked it to."""
+
+
+class MeaninglessResult(BnpError):
+    """The numbers asked for would be nonsense (non-finite outputs or pre-activations)."""

@@ -1,13 +1,19 @@
-"""ACC and ASR of a model, optionally with a prune mask applied non-destructively (SPEC §2)."""
+"""ACC and ASR of a model, optionally with a prune mask applied non-destructively (SPEC §2).
+
+Numbers that would be nonsense are refused (core.checks): a target outside the classes, labels
+the model cannot output, outputs that are NaN on every sample; outputs NaN on some samples come
+back as ``Metrics.warnings``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
+from core.checks import check_labels, check_outputs, check_target
 from core.data import ImageSet, InputSpec
 from core.errors import BnpError, Cancelled
 from core.masks import PruneMask
@@ -22,6 +28,7 @@ class Metrics:
     asr: float | None
     n_clean: int
     n_poison: int
+    warnings: list[str] = field(default_factory=list)  # e.g. NaN outputs on some samples
 
     def to_dict(self) -> dict:
         return {
@@ -29,6 +36,7 @@ class Metrics:
             "asr": self.asr,
             "n_clean": self.n_clean,
             "n_poison": self.n_poison,
+            "warnings": list(self.warnings),
         }
 
 
@@ -54,8 +62,12 @@ def predict(
     cancel: CancelCheck | None = None,
     done_before: int = 0,
     total: int | None = None,
+    nonfinite: list[int] | None = None,
 ) -> torch.Tensor:
-    """Predicted labels for a stack of raw images, with the mask applied if given."""
+    """Predicted labels for a stack of raw images, with the mask applied if given.
+
+    A sample whose outputs are not all finite is predicted as -1 (never right) and counted in
+    ``nonfinite[0]`` when a list is given."""
     device = torch.device(device)
     model.eval().to(device)
     params = mask.parameters(model) if mask is not None else {}
@@ -67,7 +79,11 @@ def predict(
                 raise Cancelled("Evaluation cancelled.")
             x = spec.prepare(images[start : start + batch_size], trigger).to(device)
             logits = functional_call(model, params, (x,)) if params else model(x)
-            out.append(logits.argmax(dim=1).cpu())
+            broken = ~torch.isfinite(logits).all(dim=1)
+            pred = logits.argmax(dim=1).masked_fill(broken, -1)
+            if nonfinite is not None:
+                nonfinite[0] += int(broken.sum())
+            out.append(pred.cpu())
             if progress is not None:
                 progress(done_before + start + len(x), total)
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
@@ -80,6 +96,13 @@ def attack_victims(poisoned: ImageSet, target: int) -> ImageSet:
     if bool(victims.any()):
         return poisoned.subset(torch.nonzero(victims).view(-1))
     return poisoned
+
+
+def output_classes(model: nn.Module, spec: InputSpec, device: str | torch.device = "cpu") -> int:
+    """How many classes the model outputs (one forward pass of a blank image)."""
+    with torch.inference_mode():
+        x = torch.zeros(1, spec.channels, *spec.size, device=device)
+        return int(model.eval().to(device)(x).shape[1])
 
 
 def evaluate(
@@ -96,27 +119,40 @@ def evaluate(
     limit: int | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    num_classes: int | None = None,
 ) -> Metrics:
     """ACC on `test`; ASR too when a target label is given with either a trigger (stamped on the
-    test samples of the other classes) or `poisoned` samples that already carry it."""
+    test samples of the other classes) or `poisoned` samples that already carry it.
+
+    Raises DataError for a target outside the classes or labels ≥ the classes, and
+    MeaninglessResult when the model's outputs are NaN/inf on every sample."""
     if trigger is not None and poisoned is not None:
         raise BnpError("Measure the ASR with a trigger or with poisoned samples, not both.")
     test = sample_subset(test, limit)
     if len(test) == 0:
         raise BnpError("The test set is empty.")
+    if num_classes is None:
+        num_classes = output_classes(model, spec, device)
+    check_labels(test.labels, num_classes, "test")
+    if target is not None:
+        target = check_target(target, num_classes)
     victims = None
     if target is not None and trigger is not None:
         victims = test.images[test.labels != target]
     elif target is not None and poisoned is not None:
+        check_labels(poisoned.labels, num_classes, "poisoned")
         victims = attack_victims(sample_subset(poisoned, limit), target).images
         if len(victims) == 0:
             raise BnpError("The set of poisoned samples is empty.")
     total = len(test) + (len(victims) if victims is not None else 0)
     common = dict(mask=mask, device=device, batch_size=batch_size, cancel=cancel, total=total)
-    pred = predict(model, test.images, spec, progress=progress, **common)
+    bad = [0]
+    pred = predict(model, test.images, spec, progress=progress, nonfinite=bad, **common)
+    warnings = check_outputs(bad[0], len(test), "test images")
     acc = 100.0 * (pred == test.labels).double().mean().item()
     asr, n_poison = None, 0
     if victims is not None and len(victims):
+        bad = [0]
         pred = predict(
             model,
             victims,
@@ -124,8 +160,10 @@ def evaluate(
             trigger=trigger,  # None for poisoned samples: they carry the trigger already
             progress=progress,
             done_before=len(test),
+            nonfinite=bad,
             **common,
         )
+        warnings += check_outputs(bad[0], len(victims), "triggered images")
         asr = 100.0 * (pred == target).double().mean().item()
         n_poison = len(victims)
-    return Metrics(acc, asr, len(test), n_poison)
+    return Metrics(acc, asr, len(test), n_poison, warnings)

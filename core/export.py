@@ -1,17 +1,26 @@
-"""Writing pruned models and reports: atomically, and never over the checkpoint they came from."""
+"""Writing pruned models and reports: atomically, and never over the checkpoint they came from.
+
+Every file is written to a hidden temporary file beside its destination (named with the
+writer's process id) and renamed over it only once complete, with the permissions the umask
+gives new files. A failed write removes its temporary file and says why in one line ("disk
+full", "read-only folder"); temporary files of writers that were killed are removed by the
+next export into the same folder (``remove_stale_temporaries``).
+"""
 
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata
@@ -28,8 +37,80 @@ def format_for_path(path: str | Path) -> str:
     return "safetensors" if str(path).endswith(".safetensors") else "seed"
 
 
+TMP_SUFFIX = ".tmp"
+_TMP_RE = re.compile(r"^\..+\.bnp(?P<pid>\d+)\.[^.]+\.tmp$")
+
+
+def current_umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it is racy)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that killed exports left in ``folder``; return them."""
+    removed = []
+    try:
+        entries = list(Path(folder).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = _TMP_RE.match(entry.name)
+        if m and not _pid_alive(int(m.group("pid"))):
+            try:
+                entry.unlink()
+                removed.append(entry)
+            except OSError:
+                pass
+    return removed
+
+
+def write_error_message(e: OSError, path: Path) -> str:
+    """One line for a failed write: disk full, read-only folder, permission…"""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        try:
+            free = f" ({shutil.disk_usage(path.parent).free / 1e6:.0f} MB free)"
+        except OSError:
+            free = ""
+        return (
+            f"disk full: {path} could not be written{free}; nothing was written — free some "
+            "space or choose another disk"
+        )
+    if e.errno == errno.EROFS:
+        return f"cannot write {path}: the folder {path.parent} is on a read-only disk"
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (
+            f"cannot write {path}: permission denied in {path.parent} (a read-only folder?); "
+            "choose another folder"
+        )
+    return f"cannot write {path}: {e.strerror or e}"
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None], *, source: Path | None = None):
-    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`."""
+    """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
+
+    On any failure the temporary file is removed and `path` is left as it was; OSErrors
+    (disk full, read-only folder) become one-line BnpErrors."""
     path = Path(path)
     if source is not None and _same_file(path, source):
         raise BnpError(f"Refusing to overwrite the input checkpoint {source}: choose another name.")
@@ -37,14 +118,63 @@ def atomic_write(path: str | Path, write: Callable[[Path], None], *, source: Pat
         raise BnpError(f"{path} is a folder: choose a file name.")
     if not path.parent.is_dir():
         raise BnpError(f"The folder {path.parent} does not exist.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale_temporaries(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{path.name}.bnp{os.getpid()}.", suffix=TMP_SUFFIX, dir=path.parent
+        )
+    except OSError as e:
+        raise BnpError(write_error_message(e, path)) from None
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise BnpError(write_error_message(e, path)) from None
         raise
+
+
+class _KeepWriteErrors:
+    """A binary file that remembers its write error: torch.save reports a failed write only as
+    'enforce fail … unexpected pos', losing the reason (e.g. a full disk)."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_torch(obj, tmp: Path) -> None:
+    """torch.save to ``tmp``, flushed to disk; a failed write raises its OSError."""
+    with open(tmp, "wb") as fh:
+        keeper = _KeepWriteErrors(fh)
+        try:
+            torch.save(obj, keeper)
+        except RuntimeError:
+            if keeper.error is not None:
+                raise keeper.error from None
+            raise
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _write_bytes(tmp: Path, data: bytes) -> None:
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -88,12 +218,14 @@ def export_model(
             obj = {"state_dict": state_dict, "trigger": trigger}
             if meta is not None:
                 obj["meta"] = meta
-            torch.save(obj, tmp)
+            save_torch(obj, tmp)
         elif fmt == "state_dict":
-            torch.save(state_dict, tmp)
+            save_torch(state_dict, tmp)
         else:
+            from safetensors.torch import save
+
             header = {SAFETENSORS_META_KEY: json.dumps(meta)} if meta is not None else None
-            save_file(state_dict, str(tmp), metadata=header)
+            _write_bytes(tmp, save(state_dict, metadata=header))
 
     path = Path(path)
     atomic_write(path, write, source=Path(source) if source else None)
@@ -117,7 +249,8 @@ def write_json(path: str | Path, report: dict, *, source: str | Path | None = No
     """Write a JSON report atomically."""
     text = json.dumps(json_ready(report), indent=2)
     path = Path(path)
-    atomic_write(path, lambda tmp: tmp.write_text(text), source=Path(source) if source else None)
+    data = text.encode("utf-8")
+    atomic_write(path, lambda tmp: _write_bytes(tmp, data), source=Path(source) if source else None)
     return path
 
 

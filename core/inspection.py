@@ -14,8 +14,9 @@ from typing import Literal
 import torch
 
 from core.checkpoint import LoadedCheckpoint
+from core.checks import check_statistics, check_target, check_threshold, model_warnings
 from core.data import ImageSet, InputSpec
-from core.errors import BnpError
+from core.errors import BnpError, DataError
 from core.evaluation import Metrics, evaluate, sample_subset
 from core.graph import NeuronLayer, neuron_graph
 from core.masks import Neuron, PruneMask
@@ -33,8 +34,8 @@ Scores = Mapping[str, Mapping[str, torch.Tensor]]  # method → layer → per-ne
 
 
 def method_flags(scores: Scores, method: str, k: float) -> dict[str, torch.Tensor]:
-    """Neurons one method flags at threshold k, from its scores."""
-    return outlier_flags(dict(scores[method]), k, DIRECTION[method])
+    """Neurons one method flags at threshold k (a finite number), from its scores."""
+    return outlier_flags(dict(scores[method]), check_threshold(k), DIRECTION[method])
 
 
 def build_mask(
@@ -86,6 +87,47 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
+# Pixels per batch above which batches shrink, so that a large input size cannot exhaust
+# memory: 256 images of 224×224 (12.8 M pixels).
+MAX_BATCH_PIXELS = 256 * 224 * 224
+
+
+def batch_size_for(spec: InputSpec, requested: int) -> int:
+    """``requested``, or fewer images per batch when the input is large (at least 1)."""
+    per_image = spec.size[0] * spec.size[1]
+    return max(1, min(requested, MAX_BATCH_PIXELS // per_image))
+
+
+def input_spec(ckpt: LoadedCheckpoint, overrides: Mapping | None = None) -> InputSpec:
+    """The model's input spec from the checkpoint's metadata with ``overrides`` applied
+    (channels, size, mean, std); DataError saying where a bad value came from."""
+    meta = ckpt.metadata
+    fields = {
+        "channels": meta.in_channels,
+        "size": tuple(meta.input_size),
+        "mean": tuple(meta.mean) if meta.mean else None,
+        "std": tuple(meta.std) if meta.std else None,
+    }
+    given = dict(overrides or {})
+    fields.update(given)
+    try:
+        spec = InputSpec(**fields)
+    except DataError as exc:
+        try:  # the given values alone (metadata left out): if they pass, the metadata is bad
+            InputSpec(**{"channels": fields["channels"], "size": (1, 1), **given})
+        except DataError:
+            raise exc from None
+        raise DataError(f"the checkpoint's metadata: {exc}") from None
+    if spec.channels != meta.in_channels:
+        raise DataError(
+            f"the model takes {meta.in_channels}-channel images (its first convolution has "
+            f"{meta.in_channels} input channel{'s' if meta.in_channels != 1 else ''}), so its "
+            f"input cannot be {spec.channels} channels; images are converted to the model's "
+            "channels automatically: drop the channel override"
+        )
+    return spec
+
+
 def checkpoint_trigger(ckpt: LoadedCheckpoint) -> Trigger | None:
     """The trigger the checkpoint itself carries (our metadata first, then the seed's patch)."""
     attack = ckpt.metadata.attack
@@ -99,16 +141,19 @@ def checkpoint_trigger(ckpt: LoadedCheckpoint) -> Trigger | None:
 class Inspection:
     """Scores, masks and metrics of one loaded checkpoint."""
 
-    def __init__(self, ckpt: LoadedCheckpoint, device: str | None = None):
+    def __init__(
+        self,
+        ckpt: LoadedCheckpoint,
+        device: str | None = None,
+        *,
+        overrides: Mapping | None = None,
+    ):
         self.ckpt = ckpt
         self.model = ckpt.model.eval()
         meta = ckpt.metadata
-        self.spec = InputSpec(
-            meta.in_channels,
-            tuple(meta.input_size),
-            tuple(meta.mean) if meta.mean else None,
-            tuple(meta.std) if meta.std else None,
-        )
+        self.spec = input_spec(ckpt, overrides)
+        # what makes this model's numbers meaningless (shown beside every result)
+        self.warnings: list[str] = model_warnings(self.model, self.spec)
         self.device = resolve_device(device)
         self.device_name = device_name(self.device)
         self.model.to(self.device)
@@ -136,7 +181,13 @@ class Inspection:
         batch_size: int = 256,
     ) -> None:
         """One statistics pass over each given data set (clean → BNP, training → EP)."""
-        sets = [(key, data) for key, data in (("clean", clean), ("train", train)) if data]
+        sets = [
+            (key, data) for key, data in (("clean", clean), ("train", train)) if data is not None
+        ]
+        for key, data in sets:
+            if len(data) == 0:
+                raise DataError(f"the {'clean' if key == 'clean' else 'training'} set is empty")
+        batch_size = batch_size_for(self.spec, batch_size)
         total = sum(len(data) for _, data in sets)
         offset = 0
         results = {}
@@ -156,6 +207,7 @@ class Inspection:
                 progress=report,
                 cancel=cancel,
             )
+            check_statistics(results[key], "clean" if key == "clean" else "training")
             offset += len(data)
         # only replace what was collected, and only once everything finished
         if "clean" in results:
@@ -215,7 +267,11 @@ class Inspection:
 
     def set_spec(self, **changes) -> InputSpec:
         """Override channels/size/normalisation of the input; collected statistics are dropped."""
-        self.spec = dataclasses.replace(self.spec, **changes)
+        spec = dataclasses.replace(self.spec, **changes)
+        if spec.channels != self.ckpt.metadata.in_channels:
+            input_spec(self.ckpt, {"channels": spec.channels})  # raises, saying why
+        self.spec = spec
+        self.warnings = model_warnings(self.model, self.spec)
         self.clean_stats = self.train_stats = None
         self._scores = {"clp": self.clp}
         return self.spec
@@ -240,19 +296,28 @@ class Inspection:
             if trigger != "checkpoint":
                 raise ValueError(f"trigger: a Trigger, None or 'checkpoint', not {trigger!r}")
             trigger = self.trigger if poisoned is None else None
+        num_classes = self.ckpt.metadata.num_classes
+        if target is not None:
+            target = check_target(target, num_classes)
+        elif self.target is not None:
+            try:
+                target = check_target(self.target, num_classes)
+            except DataError as exc:
+                raise DataError(f"the checkpoint's metadata: {exc}") from None
         return evaluate(
             self.model,
             test,
             self.spec,
             mask=mask,
             trigger=trigger,
-            target=target if target is not None else self.target,
+            target=target,
             poisoned=poisoned,
             device=self.device,
-            batch_size=batch_size,
+            batch_size=batch_size_for(self.spec, batch_size),
             limit=limit,
             progress=progress,
             cancel=cancel,
+            num_classes=num_classes,
         )
 
     def layer_activations(
@@ -274,8 +339,9 @@ class Inspection:
         handle = module.register_forward_pre_hook(hook)
         try:
             with torch.inference_mode():
-                for start in range(0, len(images), 256):
-                    batch = images.images[start : start + 256]
+                step = batch_size_for(self.spec, 256)
+                for start in range(0, len(images), step):
+                    batch = images.images[start : start + step]
                     self.model(self.spec.prepare(batch, trigger).to(self.device))
         finally:
             handle.remove()

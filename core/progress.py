@@ -1,10 +1,9 @@
-"""A text progress bar with ETA for the command line (the window has its own)."""
+"""Progress on the command line: the engine's ``progress(done, total)`` callbacks drawn by tqdm
+(the window has its own bar)."""
 
 from __future__ import annotations
 
-import math
 import sys
-import time
 from typing import TextIO
 
 
@@ -16,21 +15,38 @@ def format_duration(seconds: float) -> str:
 
 
 class ProgressBar:
-    """One line with ETA on stderr, redrawn on a terminal, a line per tenth in a log file.
+    """A tqdm bar on stderr with ETA, fed absolute counts.
 
-    `update(done, text)` for a known total; calling the bar as `bar(done, total)` fits the
-    engine's progress callbacks.
+    Calling the bar as ``bar(done, total)`` fits the engine's progress callbacks (it closes at
+    ``done == total``); ``update(done, text)`` for a known total; ``close()`` ends the line, and
+    a later ``update`` starts a new one (one line per training epoch).
     """
 
     def __init__(
-        self, total: int = 1, label: str = "", stream: TextIO | None = None, width: int = 28
+        self,
+        total: int = 1,
+        label: str = "",
+        stream: TextIO | None = None,
+        width: int | None = None,
     ) -> None:
         self.total, self.label, self.width = max(1, total), label, width
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self.start = time.monotonic()
-        self._last_draw = 0.0
-        self._last_tenth = -1
+        self._bar = None
+
+    def _open(self):
+        from tqdm import tqdm
+
+        tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._bar = tqdm(
+            total=self.total,
+            desc=self.label or None,
+            file=self.stream,
+            ncols=self.width,
+            dynamic_ncols=self.width is None and tty,
+            mininterval=0.2 if tty else 5.0,  # a log file gets a line every few seconds
+            leave=True,
+        )
+        return self._bar
 
     def __call__(self, done: int, total: int) -> None:
         self.total = max(1, total)
@@ -39,30 +55,16 @@ class ProgressBar:
             self.close()
 
     def update(self, done: int, text: str = "") -> None:
-        """Redraw at most 5 times a second (or once per tenth of the work in a log file)."""
-        now = time.monotonic()
-        tenth = 10 * done // self.total
-        if self.tty:
-            if now - self._last_draw < 0.2 and done < self.total:
-                return
-        elif tenth == self._last_tenth and done < self.total:
-            return
-        self._last_draw, self._last_tenth = now, tenth
-        elapsed = now - self.start
-        eta = elapsed / done * (self.total - done) if done else float("nan")
-        filled = int(self.width * done / self.total)
-        bar = "#" * filled + "." * (self.width - filled)
-        eta_text = format_duration(eta) if math.isfinite(eta) else "?"
-        label = f"{self.label} " if self.label else ""
-        line = (
-            f"{label}[{bar}] {100 * done / self.total:5.1f}% "
-            f"{format_duration(elapsed)}<{eta_text} {text}"
-        )
-        self.stream.write(("\r" + line + "\033[K") if self.tty else line + "\n")
-        self.stream.flush()
+        """Move the bar to ``done`` of the total, with ``text`` after it."""
+        bar = self._bar or self._open()
+        if bar.total != self.total:
+            bar.total = self.total
+        if text:
+            bar.set_postfix_str(text, refresh=False)
+        bar.update(max(0, done - bar.n))
 
     def close(self) -> None:
-        """End the line on a terminal."""
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        """End the line (a later update starts a new bar)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

@@ -209,4 +209,4 @@ def test_cli_input_overrides(seed_checkpoint, tmp_path, capsys):
     assert main([*args, "--input-size", "24", "24", "--mean", "0.5", "--std", "0.25"]) == 0
     assert "input 3×24×24, mean (0.5,) std (0.25,)" in capsys.readouterr().err
     assert main([*args, "--std", "0"]) == 2  # a clear error, not a traceback
-    assert "std must not contain 0" in capsys.readouterr().err
+    assert "std [0.0] contains 0" in capsys.readouterr().err

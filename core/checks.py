@@ -1,0 +1,166 @@
+"""Checks that keep nonsense from looking like a result.
+
+A model with a NaN weight, a BatchNorm whose running variance is ≤ 0, a normalisation that
+divides by almost nothing, a target label outside the classes, test labels the model cannot
+output, or a threshold that is not a number would each still give a clean-looking table (ACC 9 %,
+ASR 100 % or 0 %, "pruned" neurons). These checks turn them into errors (``BnpError``
+subclasses, one line each) or warnings (plain strings the command line prints on stderr and puts
+in its report, and the window shows as a banner):
+
+- ``model_warnings(model, spec)``: what is wrong with the weights or the input spec (warnings;
+  ``Inspection.warnings`` holds them for the loaded model);
+- ``check_outputs(bad, total, what)``: outputs NaN/inf on every sample → ``MeaninglessResult``,
+  on some → a warning (``Metrics.warnings``);
+- ``check_statistics(stats, role)``: non-finite pre-activations → ``MeaninglessResult``;
+- ``check_target(target, num_classes)``, ``check_labels(labels, num_classes, role)``:
+  ``DataError``;
+- ``check_threshold(k)``: not a finite number → ``BnpError``.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from core.errors import BnpError, DataError, MeaninglessResult
+
+if TYPE_CHECKING:
+    from core.data import InputSpec
+    from core.statistics import Statistics
+
+# A normalisation std below this multiplies inputs by more than 1000: almost surely broken.
+TINY_STD = 1e-3
+
+__all__ = [
+    "TINY_STD",
+    "model_warnings",
+    "check_outputs",
+    "check_statistics",
+    "check_target",
+    "check_labels",
+    "check_threshold",
+]
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def model_warnings(model: nn.Module, spec: InputSpec | None = None) -> list[str]:
+    """What in the weights or the input spec makes the model's outputs meaningless."""
+    warnings: list[str] = []
+    broken = [
+        name
+        for name, tensor in (*model.named_parameters(), *model.named_buffers())
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if broken:
+        warnings.append(
+            f"the weights hold NaN or infinite values ({_names(broken)}): the model's outputs "
+            "are not numbers, so ACC, ASR and scores are meaningless; the checkpoint is damaged"
+        )
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
+            bad = (module.running_var <= 0).nonzero().reshape(-1).tolist()
+            if bad:
+                channels = ", ".join(str(c) for c in bad[:5]) + (" …" if len(bad) > 5 else "")
+                warnings.append(
+                    f"BatchNorm {name} has running_var ≤ 0 in {len(bad)} of "
+                    f"{module.num_features} channels ({channels}): a variance cannot be ≤ 0, "
+                    "so the checkpoint is damaged; that layer's outputs and BNP/CLP scores are "
+                    "not meaningful"
+                )
+    if spec is not None and spec.std is not None:
+        tiny = [s for s in spec.std if abs(s) < TINY_STD]
+        if tiny:
+            warnings.append(
+                f"the normalisation std {list(spec.std)} multiplies inputs by more than "
+                f"{1 / TINY_STD:.0f}: check the metadata's std (or pass --std)"
+            )
+    return warnings
+
+
+def check_outputs(bad: int, total: int, what: str = "test images") -> list[str]:
+    """Outputs that are NaN/inf on every sample: MeaninglessResult; on some: one warning."""
+    if total and bad == total:
+        raise MeaninglessResult(
+            f"the model's outputs are NaN or infinite on all {total} {what}: its weights, its "
+            "BatchNorm statistics or the input normalisation are broken, so ACC/ASR would be "
+            "meaningless"
+        )
+    if bad:
+        return [
+            f"the model's outputs are NaN or infinite on {bad} of {total} {what} "
+            "(counted as wrong predictions)"
+        ]
+    return []
+
+
+def check_statistics(stats: Statistics, role: str) -> None:
+    """Pre-activations that are NaN/inf make every score of their layer meaningless."""
+    broken = [
+        name
+        for name, layer in stats.layers.items()
+        if not (bool(torch.isfinite(layer.mean).all()) and bool(torch.isfinite(layer.m2).all()))
+    ]
+    if broken:
+        raise MeaninglessResult(
+            f"the pre-activations of {_names(broken)} are NaN or infinite on the {role} "
+            "samples: the model's weights, BatchNorm statistics or the input normalisation "
+            "are broken, so no neuron can be scored"
+        )
+
+
+def _as_label(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, Real, torch.Tensor)):
+        raise DataError(f"{what} must be a whole number, not {value!r}")
+    number = float(value) if not isinstance(value, int) else value
+    if isinstance(number, float) and not (math.isfinite(number) and number.is_integer()):
+        raise DataError(f"{what} must be a whole number, not {value!r}")
+    return int(number)
+
+
+def check_target(target: Any, num_classes: int) -> int:
+    """The attack's target label as an int in 0..num_classes-1, else a DataError."""
+    label = _as_label(target, "the target label")
+    if not 0 <= label < num_classes:
+        shown = f"{label:.3g}" if abs(label) > 1e6 else str(label)
+        raise DataError(
+            f"the target label {shown} is not one of the model's {num_classes} classes "
+            f"(0–{num_classes - 1}); an ASR against it would read 0 % and hide a backdoor: "
+            "give the label the attack aims at"
+        )
+    return label
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, role: str) -> None:
+    """Labels the model cannot output would count as wrong (ACC 0 % silently): DataError."""
+    if labels.numel() == 0:
+        return
+    top = int(labels.max())
+    if top >= num_classes:
+        beyond = int((labels >= num_classes).sum())
+        raise DataError(
+            f"{beyond} of {labels.numel()} {role} labels are ≥ {num_classes} (up to {top}), "
+            f"but the model has {num_classes} classes (0–{num_classes - 1}): give the data "
+            "set the model was trained on"
+        )
+
+
+def check_threshold(k: Any) -> float:
+    """A threshold k (or u) as a finite float, else a BnpError (−inf prunes all, NaN none)."""
+    try:
+        value = float(k)
+    except (TypeError, ValueError):
+        raise BnpError(f"the threshold must be a number, not {k!r}") from None
+    if not math.isfinite(value):
+        raise BnpError(
+            f"the threshold must be a finite number, not {value} (−inf would prune every "
+            "neuron, NaN none): give e.g. 3"
+        )
+    return value
