@@ -337,7 +337,7 @@ class MainWindow(QMainWindow):
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:
-        if task == "collect":
+        if task in ("collect", "export"):
             self.progress_bar.setVisible(running)
             self.cancel_button.setVisible(running)
             self.eta_label.setVisible(running)
@@ -347,11 +347,11 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _progress(self, task: str, done: int, total: int, eta: float) -> None:
-        if task != "collect":
+        if task not in ("collect", "export"):
             return
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat("%v / %m samples")
+        self.progress_bar.setFormat("%v / %m samples" if task == "collect" else "export %p%")
         self.eta_label.setText(f"ETA {format_duration(eta)}" if eta >= 0 else "")
 
     def _checkpoint_changed(self) -> None:
@@ -511,16 +511,20 @@ class MainWindow(QMainWindow):
                 self.export_to(folder, fmt)
 
     def export_to(self, folder: str, fmt: str = "seed") -> None:
-        """Render the plots here (main thread), then write model and reports in a worker."""
+        """Measure and write model and reports in a worker, then render the figures here."""
         try:
-            out = Path(folder).expanduser()
-            out.mkdir(parents=True, exist_ok=True)
-            self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
-            self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))
+            Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             self.show_message("error", f"Cannot write to {folder}: {exc.strerror or exc}")
             return
-        self.session.export(folder, fmt=fmt)
+        self.session.export(folder, fmt=fmt, render=self.render_figures)
+
+    def render_figures(self, folder: str) -> None:
+        """heatmap.png without the selection square, tradeoff.png with its curve complete."""
+        out = Path(folder).expanduser()
+        with self.heatmap.without_selection():
+            self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
+        self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))
 
     @staticmethod
     def save_plot_png(plot: pg.PlotWidget, path: str) -> None:

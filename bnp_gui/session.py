@@ -245,11 +245,11 @@ class Session(QObject):
             self.analyze()
 
     def set_data(self, roles: DataRoles) -> None:
-        """Read the data folders of each role on a worker thread."""
-        self.roles = roles
+        """Read the data folders of each role on a worker thread; ``roles`` becomes the data
+        in use only once every folder was read (a failed Open Data leaves the previous data)."""
 
         def load(job: Job):
-            return load_roles(roles, cancel=job.cancelled)
+            return roles, load_roles(roles, cancel=job.cancelled)
 
         self.message.emit("info", "Reading data…")
         self.runner.start(
@@ -260,7 +260,9 @@ class Session(QObject):
             uses_engine=False,
         )
 
-    def _data_loaded(self, sets: dict) -> None:
+    def _data_loaded(self, loaded: tuple) -> None:
+        roles, sets = loaded
+        self.roles = roles
         for lane in ("collect", "preview", "curve", "neuron"):
             self.runner.cancel(lane)  # they were computing with the previous data
         self.data = sets
@@ -378,7 +380,9 @@ class Session(QObject):
         )
 
     def cancel_analysis(self) -> None:
+        """Esc / Cancel: stop the analysis or the export in progress."""
         self.runner.cancel("collect")
+        self.runner.cancel("export")
 
     def _report_progress(self, task: str, done: int, total: int) -> None:
         start = self._progress_start.get(task, time.monotonic())
@@ -621,48 +625,83 @@ class Session(QObject):
         self.curve_changed.emit()
 
     # ------------------------------------------------------------------ export
-    def export(self, folder: str, *, fmt: str = "seed", extra_files=None) -> None:
-        """Write the pruned model and the JSON report into ``folder`` (worker thread)."""
+    def export(self, folder: str, *, fmt: str = "seed", render=None) -> None:
+        """Measure the current mask on the full set and write model + reports (worker thread);
+        then ``render(folder)`` draws the figures on the main thread, with the curve complete."""
         inspection = self.inspection
         if inspection is None:
             self.message.emit("error", "Nothing to export: open a checkpoint first.")
             return
         from bnp_gui.report import export_session
 
-        snapshot = self.snapshot()
+        plan = self.export_plan(folder, fmt)
+        self._preview_timer.stop()
+        for lane in ("preview", "curve"):  # stale work must not delay the export
+            self.runner.cancel(lane, notify=False)
 
         def run(job: Job):
-            return export_session(inspection, snapshot, folder, fmt=fmt)
+            return export_session(inspection, plan, job)
 
+        self._progress_start["export"] = time.monotonic()
+        self.message.emit("info", "Exporting: measuring the exported mask on the full set…")
         self.runner.start(
             "export",
             run,
-            done=lambda path: self._exported(str(path)),
+            done=lambda result: self._exported(result, render),
             error=functools.partial(self._report_error, "Export failed"),
+            progress=lambda done, total: self._report_progress("export", done, total),
+            cancelled=lambda: self.message.emit("info", "Export cancelled."),
         )
 
-    def _exported(self, path: str) -> None:
-        self.message.emit("info", f"Exported to {path}.")
-        self.exported.emit(path)
+    def export_plan(self, folder: str, fmt: str):
+        """A snapshot of the decisions, data and numbers the export job works from."""
+        from bnp_gui.report import ExportPlan, spec_overrides
 
-    def snapshot(self) -> dict:
-        """The decisions and numbers of this session, for reports (plain Python values)."""
-        preview = self.preview
-        return {
-            "checkpoint": self.checkpoint_path,
-            "data": dataclasses.asdict(self.roles),
-            "trigger": self.trigger.describe() if self.trigger is not None else None,
-            "methods": self.mask_methods(),
-            "thresholds": dict(self.thresholds),
-            "combine": self.combine,
-            "force_prune": sorted(self.force_prune),
-            "keep": sorted(self.keep),
-            "pruned": self.total_pruned(),
-            "per_layer": self.layer_counts(),
-            "before": preview.before.to_dict() if preview and preview.before else None,
-            "after": preview.after.to_dict() if preview and preview.after else None,
-            "preview_stage": preview.stage if preview else None,
-        }
+        test = self.eval_set()
+        method = self.view_method if self.available(self.view_method) else None
+        have = {k for k, _ in self.curves.get(method, [])} if method else set()
+        return ExportPlan(
+            folder=folder,
+            fmt=fmt,
+            checkpoint=self.checkpoint_path,
+            roles={r: p for r, p in dataclasses.asdict(self.roles).items() if p},
+            eval_role=("test" if "test" in self.data else "clean") if test is not None else None,
+            test=test,
+            trigger=self.trigger,
+            trigger_error=self.trigger_error,
+            scores={m: dict(v) for m, v in self.scores.items()},
+            channels=dict(self.layers),
+            methods=self.mask_methods(),
+            thresholds=dict(self.thresholds),
+            enabled=dict(self.enabled),
+            combine=self.combine,
+            force_prune=sorted(self.force_prune),
+            keep=sorted(self.keep),
+            view_method=self.view_method,
+            baseline=self.baseline.get(None),
+            curve_method=method,
+            curve_ks=tuple(k for k in CURVE_KS if k not in have) if test is not None else (),
+            curve_subset=CURVE_SUBSET,
+            spec_overrides=spec_overrides(self.inspection),
+        )
+
+    def _exported(self, result, render=None) -> None:
+        if result.before is not None:
+            self.baseline[None] = result.before  # measured on the full set
+        for point in result.curve:
+            self._curve_point(point)
+        folder = str(result.model.parent)
+        if render is not None:
+            try:
+                render(folder)
+            except OSError as exc:
+                self._report_error(f"Cannot write the figures into {folder}", exc)
+        self.message.emit("info", f"Exported to {result.model}.")
+        self.exported.emit(str(result.model))
+        if self.preview_pending or self.preview is None or self.preview.stage != "full":
+            self.request_preview(immediate=True)  # the export cancelled it
+        else:
+            self._start_curve()
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
