@@ -8,8 +8,9 @@ from pathlib import Path
 import pyqtgraph as pg
 import pyqtgraph.exporters
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -24,7 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bnp_gui.analyst_tools import AnalystTools
 from bnp_gui.data_roles import DataRoles, guess_roles
+from bnp_gui.decisions import PAPER_DEFAULTS, apply
 from bnp_gui.demo import demo_files
 from bnp_gui.dialogs.architecture import ArchitectureDialog
 from bnp_gui.dialogs.export import ExportDialog
@@ -51,6 +54,11 @@ BANNER_STYLE = {
     "warning": "background:#fff3cd; color:#664d03; border:1px solid #ffe69c;",
     "info": "background:#cfe2ff; color:#052c65; border:1px solid #9ec5fe;",
 }
+BANNER_STYLE_DARK = {  # the same levels for a dark palette (Bootstrap's dark-mode colours)
+    "error": "background:#2c0b0e; color:#ea868f; border:1px solid #842029;",
+    "warning": "background:#332701; color:#ffda6a; border:1px solid #997404;",
+    "info": "background:#031633; color:#6ea8fe; border:1px solid #084298;",
+}
 
 
 class MessageBanner(QFrame):
@@ -61,7 +69,7 @@ class MessageBanner(QFrame):
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        close = QToolButton()
+        close = self.close_button = QToolButton()
         close.setText("✕")
         close.setAutoRaise(True)
         close.setToolTip("Dismiss")
@@ -71,14 +79,33 @@ class MessageBanner(QFrame):
         layout.addWidget(self.label, 1)
         layout.addWidget(close, 0, Qt.AlignTop)
         self.level = ""
+        self.dark = False
         self.hide()
 
     def show_message(self, level: str, text: str) -> None:
         self.level = level
-        self.setStyleSheet(f"MessageBanner {{{BANNER_STYLE[level]} border-radius:4px}}")
-        self.label.setStyleSheet(BANNER_STYLE[level].split(" border")[0])
+        self.dark = self._palette_is_dark()
+        style = (BANNER_STYLE_DARK if self.dark else BANNER_STYLE)[level]
+        self.setStyleSheet(f"MessageBanner {{{style} border-radius:4px}}")
+        colours = style.split(" border")[0]
+        self.label.setStyleSheet(colours)
+        self.close_button.setStyleSheet(f"QToolButton {{{colours} border:none}}")
         self.label.setText(text)
         self.show()
+
+    @staticmethod
+    def _palette_is_dark() -> bool:
+        return QApplication.palette().color(QPalette.Window).lightness() < 128
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        # follow a light/dark switch (our own style sheets send palette changes too)
+        if (
+            event.type() == QEvent.PaletteChange
+            and self.level
+            and self._palette_is_dark() != self.dark
+        ):
+            self.show_message(self.level, self.label.text())
+        super().changeEvent(event)
 
     def text(self) -> str:
         return self.label.text() if self.isVisible() else ""
@@ -143,6 +170,7 @@ class MainWindow(QMainWindow):
         self._make_status_bar()
         self._make_actions()
         self._make_menus()
+        self.tools = AnalystTools(self)  # docks, undo, session files, presentation, CSV
 
         s.message.connect(self.show_message)
         s.busy_changed.connect(self._busy_changed)
@@ -405,6 +433,8 @@ class MainWindow(QMainWindow):
             return
         self.session.auto_analyze = analyze
         self.session.trigger_source = type(self.session.trigger_source)()
+        apply(self.session, PAPER_DEFAULTS)  # the README's numbers, whatever was saved
+        self.session.view_method = "bnp"
         self.open_checkpoint(checkpoint)
         self.session.set_data(roles)
 

@@ -319,6 +319,11 @@ class HeatmapPanel(QWidget):
     def _mouse_clicked(self, event) -> None:
         neuron = self._neuron_at(event.scenePos())
         if neuron is None:
+            if event.button() == Qt.RightButton:
+                menu = QMenu(self)
+                menu.setAttribute(Qt.WA_DeleteOnClose)
+                menu.addAction("Export figure (PNG, SVG, clipboard)…", self.export_figure)
+                menu.popup(QCursor.pos())
             return
         if event.button() == Qt.LeftButton:
             self.session.select_neuron(neuron)
@@ -341,10 +346,20 @@ class HeatmapPanel(QWidget):
             action.setChecked(current == state)
             action.setData(state or "auto")
         menu.triggered.connect(self._override_chosen)
+        menu.addSeparator()
+        export = menu.addAction("Export figure (PNG, SVG, clipboard)…")
+        export.setData("export")
         return menu
+
+    def export_figure(self) -> None:
+        """pyqtgraph's export dialog for the heatmap (PNG, SVG, copy to the clipboard)."""
+        self.plot.scene().showExportDialog()
 
     def _override_chosen(self, action) -> None:
         state = action.data()
+        if state == "export":
+            self.export_figure()
+            return
         if self.session.selected is not None:
             self.session.set_override(self.session.selected, None if state == "auto" else state)
 
