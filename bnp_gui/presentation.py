@@ -13,7 +13,8 @@ from PySide6.QtWidgets import QApplication
 SCALE = 1.6
 NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
-EXAMPLE_SIDE = 120
+EXAMPLE_SIDE = 100
+PANE_SCALE = 1.3
 
 
 class PresentationMode:
@@ -41,6 +42,7 @@ class PresentationMode:
                 "font": w.font(),
                 "numbers": {key: label.font() for key, label in w.preview.labels.items()},
                 "table": w.thresholds.table.isVisible(),
+                "details": w.bottom_split.isVisible(),
                 "docks": {name: dock.isVisible() for name, dock in t.docks.items()},
                 "ticks": [
                     {
@@ -59,6 +61,7 @@ class PresentationMode:
                 f.setBold(True)
                 label.setFont(f)
             w.thresholds.table.hide()
+            w.bottom_split.hide()  # distribution and neuron plot: the heatmap takes the room
             t.docks["table"].hide()
             t.docks["model"].show()
             t.docks["examples"].show()
@@ -66,9 +69,11 @@ class PresentationMode:
             tick.setPointSizeF(base.pointSizeF() * 1.3)
             for p in self._plots():
                 for n in ("left", "bottom"):
+                    if p is w.heatmap.plot and n == "left":
+                        continue  # one layer name per row: they must not overlap
                     p.getPlotItem().getAxis(n).setStyle(tickFont=tick)
             self._saved["pane_width"] = t.model_pane.maximumWidth()
-            t.model_pane.setMaximumWidth(int(t.model_pane.maximumWidth() * SCALE))
+            t.model_pane.setMaximumWidth(int(t.model_pane.maximumWidth() * PANE_SCALE))
             t.model_pane.trigger_image.setFixedSize(TRIGGER_SIDE, TRIGGER_SIDE)
             t.examples.set_side(EXAMPLE_SIDE)
         else:
@@ -77,6 +82,7 @@ class PresentationMode:
             for key, font in saved["numbers"].items():
                 w.preview.labels[key].setFont(font)
             w.thresholds.table.setVisible(saved["table"])
+            w.bottom_split.setVisible(saved["details"])
             for name, visible in saved["docks"].items():
                 t.docks[name].setVisible(visible)
             for p, fonts in zip(self._plots(), saved["ticks"], strict=False):

@@ -18,6 +18,7 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
+from bnp_gui.neuron_values import LayerValueCache
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
@@ -119,6 +120,10 @@ class Session(QObject):
         self.display_mask = PruneMask()
         self.selected: Neuron | None = None
         self.activations: NeuronActivations | None = None
+        self._layer_values = LayerValueCache()  # the neuron plot's data, a layer at a time
+        for changed in (self.checkpoint_changed, self.data_changed, self.trigger_changed):
+            changed.connect(self._layer_values.clear)
+        self.scores_changed.connect(self._layer_values.clear)  # also after new input settings
         self.baseline: dict[int | None, Any] = {}  # subset size (None: all) → unpruned Metrics
         self.preview: PreviewResult | None = None
         self.preview_pending = False
@@ -476,35 +481,51 @@ class Session(QObject):
             self._start_activations()
 
     def _start_activations(self) -> None:
+        """The selected neuron's plot data: from the layer cache at once, else one layer pass
+        on a worker (the trade-off curve steps aside and resumes afterwards)."""
+        from bnp_gui.neuron_values import compute_layer_values
+
         inspection, neuron = self.inspection, self.selected
         samples = self.data.get("clean") or self.data.get("test")
         if inspection is None or neuron is None or samples is None:
             return
         trigger = self.trigger
         layer, channel = neuron
+        key = LayerValueCache.key(inspection, samples, trigger, layer)
+        cached = self._layer_values.get(key)
+        if cached is not None:
+            self.runner.cancel("neuron", notify=False)
+            self._activations_ready(self._neuron_activations(inspection, neuron, cached))
+            return
 
         def activations(job: Job):
-            clean = inspection.layer_activations(samples, layer, channel, limit=256)
-            triggered = None
-            if trigger is not None and trigger.trigger is not None:
-                victims = samples.subset(samples.labels != trigger.target)
-                if len(victims):
-                    triggered = inspection.layer_activations(
-                        victims, layer, channel, trigger=trigger.trigger, limit=256
-                    )
-            elif trigger is not None and trigger.poisoned is not None:
-                triggered = inspection.layer_activations(
-                    trigger.poisoned, layer, channel, limit=256
-                )
-            mean, var = inspection.running_stats(layer, channel)
-            return NeuronActivations(layer, channel, clean, triggered, mean, var)
+            values = compute_layer_values(inspection, samples, trigger, layer, job.cancelled)
+            return key, neuron, values
 
+        def ready(result) -> None:
+            key, neuron, values = result
+            self._layer_values.put(key, values)
+            if self.selected == neuron:
+                self._activations_ready(self._neuron_activations(inspection, neuron, values))
+            elif self.selected is not None:
+                self._start_activations()
+            self._start_curve()  # it stepped aside for the click
+
+        if self.runner.is_running("curve"):
+            self.runner.cancel("curve", notify=False)
         self.runner.start(
             "neuron",
             activations,
-            done=self._activations_ready,
+            done=ready,
             error=functools.partial(self._report_error, "Cannot plot the neuron"),
         )
+
+    @staticmethod
+    def _neuron_activations(inspection, neuron: Neuron, values) -> NeuronActivations:
+        layer, channel = neuron
+        mean, var = inspection.running_stats(layer, channel)
+        triggered = values.triggered[channel] if values.triggered is not None else None
+        return NeuronActivations(layer, channel, values.clean[channel], triggered, mean, var)
 
     def _activations_ready(self, result: NeuronActivations) -> None:
         if self.selected != (result.layer, result.channel):

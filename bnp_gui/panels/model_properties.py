@@ -30,7 +30,7 @@ class ModelPropertiesPanel(QWidget):
         self.hint.setWordWrap(True)
         self.fields: dict[str, QLabel] = {}
         form = QFormLayout()
-        form.setLabelAlignment(Qt.AlignRight)
+        form.setRowWrapPolicy(QFormLayout.WrapAllRows)  # values get the pane's full width
         for key, title in (
             ("file", "File"),
             ("arch", "Architecture"),

@@ -168,7 +168,7 @@ class PreviewPanel(QWidget):
         self.asr_curve.setData([k for k, _ in asr], [a for _, a in asr])
         name = METHOD_NAMES[s.view_method]
         self.plot.getPlotItem().setTitle(
-            f"If only {name} pruned: ACC / ASR versus its k ({CURVE_SUBSET} test samples)",
+            f"{name} alone: ACC / ASR versus k ({CURVE_SUBSET} samples)",
             size="9pt",
         )
         self._update_k_line()

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
@@ -84,7 +85,7 @@ def test_marks_are_readable_on_every_colour(window):
 def test_trade_off_curve_says_what_it_measures(qtbot, window, tiny_model):
     open_model(qtbot, window, tiny_model[0])
     title = window.preview.plot.getPlotItem().titleLabel.text
-    assert "only CLP" in title and "test samples" in title
+    assert "CLP alone" in title and "samples" in title
 
 
 def test_neuron_table_sorts_filters_and_follows_the_selection(qtbot, window, tiny_model):
@@ -364,3 +365,27 @@ def test_banner_follows_a_dark_palette(qtbot, window):
     window.show_message("warning", "light")
     assert "#fff3cd" in window.banner.styleSheet()
     assert QColor("#664d03").name() in window.banner.close_button.styleSheet()
+
+
+def test_a_click_does_not_wait_behind_the_curve_and_a_layer_is_computed_once(
+    qtbot, window, tiny_model
+):
+    s = analysed(qtbot, window, tiny_model)
+    wait_full_preview(qtbot, s)
+    qtbot.waitUntil(lambda: not s.is_busy("curve"), timeout=LONG)
+    s.curves.clear()
+    s._start_curve()
+    assert s.is_busy("curve")
+    layer = s.layers[4][0]
+    s.select_neuron((layer, 2))
+    assert not s.is_busy("curve")  # it steps aside for the click ...
+    qtbot.waitUntil(lambda: s.activations is not None, timeout=LONG)
+    qtbot.waitUntil(lambda: s.is_busy("curve") or len(s.curves.get(s.view_method, [])) > 0)
+    # ... and resumes. The next channel of the same layer needs no model run at all:
+    s.select_neuron((layer, 3))
+    assert s.activations is not None and s.activations.channel == 3
+    assert not s.is_busy("neuron")
+    lanes = ("curve", "preview", "examples", "neuron")
+    qtbot.waitUntil(lambda: not any(s.is_busy(lane) for lane in lanes), timeout=LONG)
+    expected = s.inspection.layer_activations(s.data["clean"], layer, 3, limit=128)
+    assert torch.allclose(s.activations.clean, expected, atol=1e-5)
