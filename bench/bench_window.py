@@ -86,8 +86,35 @@ def main() -> int:
         wait_until(lambda: s.is_busy("curve"))
         busy.append(click(n))
 
+    # the engine side alone, side by side (robust to the machine's load): the old path ran two
+    # full forward passes of 256 images per click; the new one a pass stopped at the layer,
+    # 128 images each, for the whole layer
+    from bnp_gui.neuron_values import compute_layer_values
+
     wait_until(full_preview)
     wait_until(lambda: not s.is_busy("curve") and not s.is_busy("examples"))
+    insp, samples, trig = s.inspection, s.data["clean"], s.trigger
+    old_t, new_t = [], []
+    for layer in (layers[2], layers[len(layers) // 2], layers[-1]):
+        victims = samples.subset(samples.labels != trig.target)
+        with torch.no_grad():
+            t0 = time.monotonic()
+            insp.layer_activations(samples, layer, 0, limit=256)
+            insp.layer_activations(victims, layer, 0, trigger=trig.trigger, limit=256)
+            old_t.append(time.monotonic() - t0)
+            t0 = time.monotonic()
+            compute_layer_values(insp, samples, trig, layer)
+            new_t.append(time.monotonic() - t0)
+    ratios = [o / n for o, n in zip(old_t, new_t, strict=True)]
+    print(
+        "engine, one click (early, middle, last layer): before "
+        + ", ".join(f"{t:.2f}" for t in old_t)
+        + " s; now "
+        + ", ".join(f"{t:.2f}" for t in new_t)
+        + " s; speed-up "
+        + ", ".join(f"{r:.1f}×" for r in ratios)
+    )
+
     exports = []
     with tempfile.TemporaryDirectory() as folder:
         for i in range(2):

@@ -10,6 +10,7 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
+from bnp_gui.class_names import class_names, label_text
 from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.report import plural
 from bnp_gui.session import CURVE_KS, CURVE_SUBSET, Session
@@ -153,7 +154,8 @@ class PreviewPanel(QWidget):
         if s.inspection is not None and s.trigger is None and s.trigger_error:
             status += f"<br><i>No ASR: {s.trigger_error}</i>"
         elif s.trigger is not None:
-            status += f"<br>ASR trigger: {s.trigger.describe()}"
+            target = label_text(class_names(s), s.trigger.target)
+            status += f"<br>ASR trigger: {s.trigger.source.describe()}, target {target}"
         self.status.setText(status)
 
     def _update_k_line(self) -> None:
