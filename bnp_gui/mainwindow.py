@@ -344,7 +344,7 @@ class MainWindow(QMainWindow):
         loaded = s.inspection is not None
         collecting = s.is_busy("collect")
         self.analyze_action.setEnabled(loaded and bool(s.data) and not collecting)
-        self.cancel_action.setEnabled(collecting)
+        self.cancel_action.setEnabled(collecting or s.is_busy("export"))
         self.export_action.setEnabled(loaded)
         self.trigger_action.setEnabled(True)
         self.spec_action.setEnabled(loaded)

@@ -13,7 +13,7 @@ from PySide6.QtWidgets import QApplication
 SCALE = 1.6
 NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
-EXAMPLE_SIDE = 100
+EXAMPLE_SIDE = 88
 PANE_SCALE = 1.3
 
 
@@ -43,6 +43,7 @@ class PresentationMode:
                 "numbers": {key: label.font() for key, label in w.preview.labels.items()},
                 "table": w.thresholds.table.isVisible(),
                 "details": w.bottom_split.isVisible(),
+                "right": w.right.sizes(),
                 "docks": {name: dock.isVisible() for name, dock in t.docks.items()},
                 "ticks": [
                     {
@@ -62,6 +63,9 @@ class PresentationMode:
                 label.setFont(f)
             w.thresholds.table.hide()
             w.bottom_split.hide()  # distribution and neuron plot: the heatmap takes the room
+            total = sum(w.right.sizes())
+            w.right.setSizes([int(total * 0.3), total - int(total * 0.3)])  # numbers + curve
+            t.model_pane.set_compact(True)
             t.docks["table"].hide()
             t.docks["model"].show()
             t.docks["examples"].show()
@@ -83,6 +87,8 @@ class PresentationMode:
                 w.preview.labels[key].setFont(font)
             w.thresholds.table.setVisible(saved["table"])
             w.bottom_split.setVisible(saved["details"])
+            w.right.setSizes(saved["right"])
+            t.model_pane.set_compact(False)
             for name, visible in saved["docks"].items():
                 t.docks[name].setVisible(visible)
             for p, fonts in zip(self._plots(), saved["ticks"], strict=False):

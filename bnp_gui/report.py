@@ -106,6 +106,40 @@ class ExportResult:
     curve: list = dataclasses.field(default_factory=list)  # (method, k, Metrics)
 
 
+def plan_export(session, folder: str, fmt: str) -> ExportPlan:
+    """A snapshot of a Session's decisions, data and numbers for the export job."""
+    from bnp_gui.session import CURVE_KS, CURVE_SUBSET
+
+    s = session
+    test = s.eval_set()
+    method = s.view_method if s.available(s.view_method) else None
+    have = {k for k, _ in s.curves.get(method, [])} if method else set()
+    return ExportPlan(
+        folder=folder,
+        fmt=fmt,
+        checkpoint=s.checkpoint_path,
+        roles={r: p for r, p in dataclasses.asdict(s.roles).items() if p},
+        eval_role=("test" if "test" in s.data else "clean") if test is not None else None,
+        test=test,
+        trigger=s.trigger,
+        trigger_error=s.trigger_error,
+        scores={m: dict(v) for m, v in s.scores.items()},
+        channels=dict(s.layers),
+        methods=s.mask_methods(),
+        thresholds=dict(s.thresholds),
+        enabled=dict(s.enabled),
+        combine=s.combine,
+        force_prune=sorted(s.force_prune),
+        keep=sorted(s.keep),
+        view_method=s.view_method,
+        baseline=s.baseline.get(None),
+        curve_method=method,
+        curve_ks=tuple(k for k in CURVE_KS if k not in have) if test is not None else (),
+        curve_subset=CURVE_SUBSET,
+        spec_overrides=spec_overrides(s.inspection),
+    )
+
+
 def spec_overrides(inspection) -> dict:
     """Input settings that differ from the checkpoint's metadata (``--input-size`` …)."""
     meta = inspection.ckpt.metadata

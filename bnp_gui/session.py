@@ -653,9 +653,9 @@ class Session(QObject):
         if inspection is None:
             self.message.emit("error", "Nothing to export: open a checkpoint first.")
             return
-        from bnp_gui.report import export_session
+        from bnp_gui.report import export_session, plan_export
 
-        plan = self.export_plan(folder, fmt)
+        plan = plan_export(self, folder, fmt)
         self._preview_timer.stop()
         for lane in ("preview", "curve"):  # stale work must not delay the export
             self.runner.cancel(lane, notify=False)
@@ -672,38 +672,6 @@ class Session(QObject):
             error=functools.partial(self._report_error, "Export failed"),
             progress=lambda done, total: self._report_progress("export", done, total),
             cancelled=lambda: self.message.emit("info", "Export cancelled."),
-        )
-
-    def export_plan(self, folder: str, fmt: str):
-        """A snapshot of the decisions, data and numbers the export job works from."""
-        from bnp_gui.report import ExportPlan, spec_overrides
-
-        test = self.eval_set()
-        method = self.view_method if self.available(self.view_method) else None
-        have = {k for k, _ in self.curves.get(method, [])} if method else set()
-        return ExportPlan(
-            folder=folder,
-            fmt=fmt,
-            checkpoint=self.checkpoint_path,
-            roles={r: p for r, p in dataclasses.asdict(self.roles).items() if p},
-            eval_role=("test" if "test" in self.data else "clean") if test is not None else None,
-            test=test,
-            trigger=self.trigger,
-            trigger_error=self.trigger_error,
-            scores={m: dict(v) for m, v in self.scores.items()},
-            channels=dict(self.layers),
-            methods=self.mask_methods(),
-            thresholds=dict(self.thresholds),
-            enabled=dict(self.enabled),
-            combine=self.combine,
-            force_prune=sorted(self.force_prune),
-            keep=sorted(self.keep),
-            view_method=self.view_method,
-            baseline=self.baseline.get(None),
-            curve_method=method,
-            curve_ks=tuple(k for k in CURVE_KS if k not in have) if test is not None else (),
-            curve_subset=CURVE_SUBSET,
-            spec_overrides=spec_overrides(self.inspection),
         )
 
     def _exported(self, result, render=None) -> None:

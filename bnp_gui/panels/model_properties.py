@@ -51,6 +51,7 @@ class ModelPropertiesPanel(QWidget):
         self.trigger_image.setAlignment(Qt.AlignCenter)
         self.trigger_image.setToolTip("The trigger that measures the ASR (pixels enlarged)")
         form.addRow("Trigger image:", self.trigger_image)
+        self.form_layout = form
         self.form = QWidget()
         self.form.setLayout(form)
         self.setMaximumWidth(MAX_WIDTH)
@@ -62,6 +63,11 @@ class ModelPropertiesPanel(QWidget):
         for signal in (session.checkpoint_changed, session.trigger_changed, session.data_changed):
             signal.connect(self.refresh)
         self.refresh()
+
+    def set_compact(self, compact: bool) -> None:
+        """Presentation mode: only attack, target, trigger (what an audience needs)."""
+        for row, key in enumerate(self.fields):
+            self.form_layout.setRowVisible(row, not compact or key in ("attack", "target"))
 
     def text(self, key: str) -> str:
         return self.fields[key].text()
