@@ -1,7 +1,8 @@
 """Presentation mode: the window readable across a room.
 
 Larger fonts everywhere (plot ticks included), the ACC/ASR numbers very large, the model pane
-with an enlarged trigger and the example strip shown, the tables hidden. Toggling back restores
+(attack, target, enlarged trigger) and the example strip shown; the tables, the score
+distribution, the neuron plot and the trade-off curve hidden. Toggling back restores
 exactly what was there.
 """
 
@@ -44,6 +45,7 @@ class PresentationMode:
                 "table": w.thresholds.table.isVisible(),
                 "details": w.bottom_split.isVisible(),
                 "right": w.right.sizes(),
+                "curve": w.preview.plot.isVisible(),
                 "docks": {name: dock.isVisible() for name, dock in t.docks.items()},
                 "ticks": [
                     {
@@ -66,6 +68,7 @@ class PresentationMode:
             total = sum(w.right.sizes())
             w.right.setSizes([int(total * 0.3), total - int(total * 0.3)])  # numbers + curve
             t.model_pane.set_compact(True)
+            w.preview.plot.hide()  # the numbers tell the story; the curve is for analysts
             t.docks["table"].hide()
             t.docks["model"].show()
             t.docks["examples"].show()
@@ -89,6 +92,7 @@ class PresentationMode:
             w.bottom_split.setVisible(saved["details"])
             w.right.setSizes(saved["right"])
             t.model_pane.set_compact(False)
+            w.preview.plot.setVisible(saved["curve"])
             for name, visible in saved["docks"].items():
                 t.docks[name].setVisible(visible)
             for p, fonts in zip(self._plots(), saved["ticks"], strict=False):
