@@ -38,10 +38,11 @@ from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
+from bnp_gui.panels.neuron_table import write_csv
 from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
-from bnp_gui.report import CURVE_PNG, HEATMAP_PNG
+from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session
 from core.errors import BnpError
 from core.inspection import METHOD_NAMES, METHODS
@@ -550,8 +551,10 @@ class MainWindow(QMainWindow):
         self.session.export(folder, fmt=fmt, render=self.render_figures)
 
     def render_figures(self, folder: str) -> None:
-        """heatmap.png without the selection square, tradeoff.png with its curve complete."""
+        """heatmap.png without the selection square, tradeoff.png with its curve complete,
+        neuron_scores.csv with every neuron's scores and decision."""
         out = Path(folder).expanduser()
+        write_csv(self.session, out / SCORES_CSV)
         with self.heatmap.without_selection():
             self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
         self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))

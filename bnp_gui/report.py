@@ -401,7 +401,9 @@ exported as <code>{e(report["model"])}</code> ({e(report["format"])} format).</p
 <h2>Heatmap</h2><img src="{HEATMAP_PNG}" style="max-width:100%" alt="neuron heatmap">
 <h2>ACC / ASR versus threshold</h2>
 <img src="{CURVE_PNG}" style="max-width:60%" alt="ACC and ASR versus threshold k">
-<h2>Pruned neurons per layer</h2><table><tr><th>layer</th><th>pruned</th></tr>{layers}</table>
+<h2>Pruned neurons per layer</h2>
+<p>Every neuron's scores, z-scores, flags and decision: <a href="{SCORES_CSV}">{SCORES_CSV}</a>.</p>
+<table><tr><th>layer</th><th>pruned</th></tr>{layers}</table>
 <h2>Provenance</h2>
 <p>Written {e(prov["created_utc"])} by {e(prov["program"])}.<br>
 sha256 of the input checkpoint: <code>{e(prov["checkpoint_sha256"])}</code><br>

@@ -43,7 +43,7 @@ class ExportDialog(QDialog):
             "Measures exactly this mask on the full test set (a progress bar shows it; Esc "
             "cancels), then writes the pruned model, report.json (the keys of bnp defend "
             "--report, the decisions, sha256 of input and output, the reproducing command), "
-            "report.html, heatmap.png and tradeoff.png."
+            "report.html, heatmap.png, tradeoff.png and neuron_scores.csv."
         )
         note.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)

@@ -48,7 +48,7 @@ def test_open_collect_threshold_export_reload(qtbot, window, demo, tmp_path):
         window.export_to(str(out), "seed")
     model = Path(blocker.args[0])
     assert model.is_file()
-    for name in (REPORT_JSON, REPORT_HTML, "heatmap.png", "tradeoff.png"):
+    for name in (REPORT_JSON, REPORT_HTML, "heatmap.png", "tradeoff.png", "neuron_scores.csv"):
         assert (out / name).is_file(), name
     report = json.loads((out / REPORT_JSON).read_text())
     assert report["pruned"] == second.pruned
