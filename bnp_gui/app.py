@@ -27,6 +27,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--screenshot", metavar="FILE.png", help="render the analysed window to FILE and exit"
     )
     parser.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    parser.add_argument(
+        "--presentation", action="store_true", help="start in presentation mode (F11)"
+    )
+    parser.add_argument("--dark", action="store_true", help="use a dark palette")
     return parser.parse_args(argv)
 
 
@@ -117,7 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     from bnp_gui.mainwindow import MainWindow
     from bnp_gui.screenshot import ScreenshotWhenReady
 
+    if args.dark:
+        from bnp_gui.palette import dark_palette
+
+        app.setStyle("Fusion")  # the platform style may ignore a palette
+        app.setPalette(dark_palette())
     window = MainWindow(persist=not args.screenshot, interactive=not args.screenshot)
+    if args.presentation:
+        window.tools.presentation_action.setChecked(True)
+        window.tools.presentation.set(True)
     install_excepthook(window)
     if args.screenshot:
         try:

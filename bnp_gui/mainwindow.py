@@ -8,8 +8,9 @@ from pathlib import Path
 import pyqtgraph as pg
 import pyqtgraph.exporters
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence
+from PySide6.QtGui import QAction, QKeySequence, QPalette
 from PySide6.QtWidgets import (
+    QApplication,
     QFileDialog,
     QFrame,
     QHBoxLayout,
@@ -24,7 +25,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from bnp_gui.analyst_tools import AnalystTools
 from bnp_gui.data_roles import DataRoles, guess_roles
+from bnp_gui.decisions import PAPER_DEFAULTS, apply
 from bnp_gui.demo import demo_files
 from bnp_gui.dialogs.architecture import ArchitectureDialog
 from bnp_gui.dialogs.export import ExportDialog
@@ -35,10 +38,11 @@ from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
+from bnp_gui.panels.neuron_table import write_csv
 from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
-from bnp_gui.report import CURVE_PNG, HEATMAP_PNG
+from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session
 from core.errors import BnpError
 from core.inspection import METHOD_NAMES, METHODS
@@ -51,6 +55,11 @@ BANNER_STYLE = {
     "warning": "background:#fff3cd; color:#664d03; border:1px solid #ffe69c;",
     "info": "background:#cfe2ff; color:#052c65; border:1px solid #9ec5fe;",
 }
+BANNER_STYLE_DARK = {  # the same levels for a dark palette (Bootstrap's dark-mode colours)
+    "error": "background:#2c0b0e; color:#ea868f; border:1px solid #842029;",
+    "warning": "background:#332701; color:#ffda6a; border:1px solid #997404;",
+    "info": "background:#031633; color:#6ea8fe; border:1px solid #084298;",
+}
 
 
 class MessageBanner(QFrame):
@@ -61,7 +70,7 @@ class MessageBanner(QFrame):
         self.label = QLabel()
         self.label.setWordWrap(True)
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        close = QToolButton()
+        close = self.close_button = QToolButton()
         close.setText("✕")
         close.setAutoRaise(True)
         close.setToolTip("Dismiss")
@@ -71,14 +80,33 @@ class MessageBanner(QFrame):
         layout.addWidget(self.label, 1)
         layout.addWidget(close, 0, Qt.AlignTop)
         self.level = ""
+        self.dark = False
         self.hide()
 
     def show_message(self, level: str, text: str) -> None:
         self.level = level
-        self.setStyleSheet(f"MessageBanner {{{BANNER_STYLE[level]} border-radius:4px}}")
-        self.label.setStyleSheet(BANNER_STYLE[level].split(" border")[0])
+        self.dark = self._palette_is_dark()
+        style = (BANNER_STYLE_DARK if self.dark else BANNER_STYLE)[level]
+        self.setStyleSheet(f"MessageBanner {{{style} border-radius:4px}}")
+        colours = style.split(" border")[0]
+        self.label.setStyleSheet(colours)
+        self.close_button.setStyleSheet(f"QToolButton {{{colours} border:none}}")
         self.label.setText(text)
         self.show()
+
+    @staticmethod
+    def _palette_is_dark() -> bool:
+        return QApplication.palette().color(QPalette.Window).lightness() < 128
+
+    def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        # follow a light/dark switch (our own style sheets send palette changes too)
+        if (
+            event.type() == QEvent.PaletteChange
+            and self.level
+            and self._palette_is_dark() != self.dark
+        ):
+            self.show_message(self.level, self.label.text())
+        super().changeEvent(event)
 
     def text(self) -> str:
         return self.label.text() if self.isVisible() else ""
@@ -143,6 +171,7 @@ class MainWindow(QMainWindow):
         self._make_status_bar()
         self._make_actions()
         self._make_menus()
+        self.tools = AnalystTools(self)  # docks, undo, session files, presentation, CSV
 
         s.message.connect(self.show_message)
         s.busy_changed.connect(self._busy_changed)
@@ -316,7 +345,7 @@ class MainWindow(QMainWindow):
         loaded = s.inspection is not None
         collecting = s.is_busy("collect")
         self.analyze_action.setEnabled(loaded and bool(s.data) and not collecting)
-        self.cancel_action.setEnabled(collecting)
+        self.cancel_action.setEnabled(collecting or s.is_busy("export"))
         self.export_action.setEnabled(loaded)
         self.trigger_action.setEnabled(True)
         self.spec_action.setEnabled(loaded)
@@ -337,7 +366,7 @@ class MainWindow(QMainWindow):
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:
-        if task == "collect":
+        if task in ("collect", "export"):
             self.progress_bar.setVisible(running)
             self.cancel_button.setVisible(running)
             self.eta_label.setVisible(running)
@@ -347,11 +376,11 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _progress(self, task: str, done: int, total: int, eta: float) -> None:
-        if task != "collect":
+        if task not in ("collect", "export"):
             return
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat("%v / %m samples")
+        self.progress_bar.setFormat("%v / %m samples" if task == "collect" else "export %p%")
         self.eta_label.setText(f"ETA {format_duration(eta)}" if eta >= 0 else "")
 
     def _checkpoint_changed(self) -> None:
@@ -405,6 +434,8 @@ class MainWindow(QMainWindow):
             return
         self.session.auto_analyze = analyze
         self.session.trigger_source = type(self.session.trigger_source)()
+        apply(self.session, PAPER_DEFAULTS)  # the README's numbers, whatever was saved
+        self.session.view_method = "bnp"
         self.open_checkpoint(checkpoint)
         self.session.set_data(roles)
 
@@ -511,16 +542,22 @@ class MainWindow(QMainWindow):
                 self.export_to(folder, fmt)
 
     def export_to(self, folder: str, fmt: str = "seed") -> None:
-        """Render the plots here (main thread), then write model and reports in a worker."""
+        """Measure and write model and reports in a worker, then render the figures here."""
         try:
-            out = Path(folder).expanduser()
-            out.mkdir(parents=True, exist_ok=True)
-            self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
-            self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))
+            Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             self.show_message("error", f"Cannot write to {folder}: {exc.strerror or exc}")
             return
-        self.session.export(folder, fmt=fmt)
+        self.session.export(folder, fmt=fmt, render=self.render_figures)
+
+    def render_figures(self, folder: str) -> None:
+        """heatmap.png without the selection square, tradeoff.png with its curve complete,
+        neuron_scores.csv with every neuron's scores and decision."""
+        out = Path(folder).expanduser()
+        write_csv(self.session, out / SCORES_CSV)
+        with self.heatmap.without_selection():
+            self.save_plot_png(self.heatmap.plot, str(out / HEATMAP_PNG))
+        self.save_plot_png(self.preview.plot, str(out / CURVE_PNG))
 
     @staticmethod
     def save_plot_png(plot: pg.PlotWidget, path: str) -> None:

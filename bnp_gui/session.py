@@ -18,6 +18,7 @@ import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
+from bnp_gui.neuron_values import LayerValueCache
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
@@ -119,6 +120,10 @@ class Session(QObject):
         self.display_mask = PruneMask()
         self.selected: Neuron | None = None
         self.activations: NeuronActivations | None = None
+        self._layer_values = LayerValueCache()  # the neuron plot's data, a layer at a time
+        for changed in (self.checkpoint_changed, self.data_changed, self.trigger_changed):
+            changed.connect(self._layer_values.clear)
+        self.scores_changed.connect(self._layer_values.clear)  # also after new input settings
         self.baseline: dict[int | None, Any] = {}  # subset size (None: all) → unpruned Metrics
         self.preview: PreviewResult | None = None
         self.preview_pending = False
@@ -245,11 +250,11 @@ class Session(QObject):
             self.analyze()
 
     def set_data(self, roles: DataRoles) -> None:
-        """Read the data folders of each role on a worker thread."""
-        self.roles = roles
+        """Read the data folders of each role on a worker thread; ``roles`` becomes the data
+        in use only once every folder was read (a failed Open Data leaves the previous data)."""
 
         def load(job: Job):
-            return load_roles(roles, cancel=job.cancelled)
+            return roles, load_roles(roles, cancel=job.cancelled)
 
         self.message.emit("info", "Reading data…")
         self.runner.start(
@@ -260,7 +265,9 @@ class Session(QObject):
             uses_engine=False,
         )
 
-    def _data_loaded(self, sets: dict) -> None:
+    def _data_loaded(self, loaded: tuple) -> None:
+        roles, sets = loaded
+        self.roles = roles
         for lane in ("collect", "preview", "curve", "neuron"):
             self.runner.cancel(lane)  # they were computing with the previous data
         self.data = sets
@@ -378,7 +385,9 @@ class Session(QObject):
         )
 
     def cancel_analysis(self) -> None:
+        """Esc / Cancel: stop the analysis or the export in progress."""
         self.runner.cancel("collect")
+        self.runner.cancel("export")
 
     def _report_progress(self, task: str, done: int, total: int) -> None:
         start = self._progress_start.get(task, time.monotonic())
@@ -472,35 +481,51 @@ class Session(QObject):
             self._start_activations()
 
     def _start_activations(self) -> None:
+        """The selected neuron's plot data: from the layer cache at once, else one layer pass
+        on a worker (the trade-off curve steps aside and resumes afterwards)."""
+        from bnp_gui.neuron_values import compute_layer_values
+
         inspection, neuron = self.inspection, self.selected
         samples = self.data.get("clean") or self.data.get("test")
         if inspection is None or neuron is None or samples is None:
             return
         trigger = self.trigger
         layer, channel = neuron
+        key = LayerValueCache.key(inspection, samples, trigger, layer)
+        cached = self._layer_values.get(key)
+        if cached is not None:
+            self.runner.cancel("neuron", notify=False)
+            self._activations_ready(self._neuron_activations(inspection, neuron, cached))
+            return
 
         def activations(job: Job):
-            clean = inspection.layer_activations(samples, layer, channel, limit=256)
-            triggered = None
-            if trigger is not None and trigger.trigger is not None:
-                victims = samples.subset(samples.labels != trigger.target)
-                if len(victims):
-                    triggered = inspection.layer_activations(
-                        victims, layer, channel, trigger=trigger.trigger, limit=256
-                    )
-            elif trigger is not None and trigger.poisoned is not None:
-                triggered = inspection.layer_activations(
-                    trigger.poisoned, layer, channel, limit=256
-                )
-            mean, var = inspection.running_stats(layer, channel)
-            return NeuronActivations(layer, channel, clean, triggered, mean, var)
+            values = compute_layer_values(inspection, samples, trigger, layer, job.cancelled)
+            return key, neuron, values
 
+        def ready(result) -> None:
+            key, neuron, values = result
+            self._layer_values.put(key, values)
+            if self.selected == neuron:
+                self._activations_ready(self._neuron_activations(inspection, neuron, values))
+            elif self.selected is not None:
+                self._start_activations()
+            self._start_curve()  # it stepped aside for the click
+
+        if self.runner.is_running("curve"):
+            self.runner.cancel("curve", notify=False)
         self.runner.start(
             "neuron",
             activations,
-            done=self._activations_ready,
+            done=ready,
             error=functools.partial(self._report_error, "Cannot plot the neuron"),
         )
+
+    @staticmethod
+    def _neuron_activations(inspection, neuron: Neuron, values) -> NeuronActivations:
+        layer, channel = neuron
+        mean, var = inspection.running_stats(layer, channel)
+        triggered = values.triggered[channel] if values.triggered is not None else None
+        return NeuronActivations(layer, channel, values.clean[channel], triggered, mean, var)
 
     def _activations_ready(self, result: NeuronActivations) -> None:
         if self.selected != (result.layer, result.channel):
@@ -621,48 +646,51 @@ class Session(QObject):
         self.curve_changed.emit()
 
     # ------------------------------------------------------------------ export
-    def export(self, folder: str, *, fmt: str = "seed", extra_files=None) -> None:
-        """Write the pruned model and the JSON report into ``folder`` (worker thread)."""
+    def export(self, folder: str, *, fmt: str = "seed", render=None) -> None:
+        """Measure the current mask on the full set and write model + reports (worker thread);
+        then ``render(folder)`` draws the figures on the main thread, with the curve complete."""
         inspection = self.inspection
         if inspection is None:
             self.message.emit("error", "Nothing to export: open a checkpoint first.")
             return
-        from bnp_gui.report import export_session
+        from bnp_gui.report import export_session, plan_export
 
-        snapshot = self.snapshot()
+        plan = plan_export(self, folder, fmt)
+        self._preview_timer.stop()
+        for lane in ("preview", "curve"):  # stale work must not delay the export
+            self.runner.cancel(lane, notify=False)
 
         def run(job: Job):
-            return export_session(inspection, snapshot, folder, fmt=fmt)
+            return export_session(inspection, plan, job)
 
+        self._progress_start["export"] = time.monotonic()
+        self.message.emit("info", "Exporting: measuring the exported mask on the full set…")
         self.runner.start(
             "export",
             run,
-            done=lambda path: self._exported(str(path)),
+            done=lambda result: self._exported(result, render),
             error=functools.partial(self._report_error, "Export failed"),
+            progress=lambda done, total: self._report_progress("export", done, total),
+            cancelled=lambda: self.message.emit("info", "Export cancelled."),
         )
 
-    def _exported(self, path: str) -> None:
-        self.message.emit("info", f"Exported to {path}.")
-        self.exported.emit(path)
-
-    def snapshot(self) -> dict:
-        """The decisions and numbers of this session, for reports (plain Python values)."""
-        preview = self.preview
-        return {
-            "checkpoint": self.checkpoint_path,
-            "data": dataclasses.asdict(self.roles),
-            "trigger": self.trigger.describe() if self.trigger is not None else None,
-            "methods": self.mask_methods(),
-            "thresholds": dict(self.thresholds),
-            "combine": self.combine,
-            "force_prune": sorted(self.force_prune),
-            "keep": sorted(self.keep),
-            "pruned": self.total_pruned(),
-            "per_layer": self.layer_counts(),
-            "before": preview.before.to_dict() if preview and preview.before else None,
-            "after": preview.after.to_dict() if preview and preview.after else None,
-            "preview_stage": preview.stage if preview else None,
-        }
+    def _exported(self, result, render=None) -> None:
+        if result.before is not None:
+            self.baseline[None] = result.before  # measured on the full set
+        for point in result.curve:
+            self._curve_point(point)
+        folder = str(result.model.parent)
+        if render is not None:
+            try:
+                render(folder)
+            except OSError as exc:
+                self._report_error(f"Cannot write the figures into {folder}", exc)
+        self.message.emit("info", f"Exported to {result.model}.")
+        self.exported.emit(str(result.model))
+        if self.preview_pending or self.preview is None or self.preview.stage != "full":
+            self.request_preview(immediate=True)  # the export cancelled it
+        else:
+            self._start_curve()
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:

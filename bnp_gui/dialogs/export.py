@@ -40,8 +40,10 @@ class ExportDialog(QDialog):
         form.addRow("Folder:", row)
         form.addRow("Model format:", self.format)
         note = QLabel(
-            "Writes the pruned model, report.json (thresholds, pruned neurons, ACC/ASR), "
-            "heatmap.png and report.html."
+            "Measures exactly this mask on the full test set (a progress bar shows it; Esc "
+            "cancels), then writes the pruned model, report.json (the keys of bnp defend "
+            "--report, the decisions, sha256 of input and output, the reproducing command), "
+            "report.html, heatmap.png, tradeoff.png and neuron_scores.csv."
         )
         note.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.Save | QDialogButtonBox.Cancel)

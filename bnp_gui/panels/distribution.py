@@ -137,11 +137,21 @@ class DistributionPanel(QWidget):
         self._updating = True
         self.line.setValue(value)
         self.line.label.setFormat(f"k = {k:.2f}")
+        self._place_label(value)
         self._updating = False
         flagged = self.session.flags.get(method, {}).get(self.current_layer())
         n = int(flagged.sum()) if flagged is not None else 0
         side = ">" if DIRECTION[method] == "high" else "<"
         self.info.setText(f"{n} of {len(s)} flagged ({side} {value:.4g})")
+
+    def _place_label(self, value: float) -> None:
+        """The k label on the side of the line with room, never over the y axis."""
+        (x0, x1), _ = self.plot.getPlotItem().getViewBox().viewRange()
+        left_half = value < x0 + 0.5 * (x1 - x0)
+        anchors = [(0, 0), (0, 0)] if left_half else [(1, 0), (1, 0)]
+        if self.line.label.anchors != anchors:
+            self.line.label.anchors = anchors
+            self.line.label.updatePosition()
 
     def _line_dragged(self) -> None:
         if self._updating:

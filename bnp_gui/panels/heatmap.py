@@ -8,11 +8,12 @@ a click selects the neuron.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import QPointF, Qt, Signal
+from PySide6.QtCore import QEvent, QPointF, Qt, Signal
 from PySide6.QtGui import QCursor, QFont, QFontMetrics
 from PySide6.QtWidgets import (
     QComboBox,
@@ -82,22 +83,33 @@ class HeatmapPanel(QWidget):
             width=12,
         )
         self.colorbar.setImageItem(self.image, insert_in=item)
+        # Marks readable on every colour of the map: black strokes over a white halo.
+        # ✕ = flagged by the viewed method, ● = pruned by the current mask (the two differ in
+        # intersection mode, with other methods enabled, and with manual overrides).
+        self.flag_halo = pg.ScatterPlotItem(
+            symbol="x", size=9, pen=pg.mkPen("#ffffff", width=3.5), brush=None, pxMode=True
+        )
         self.flag_marks = pg.ScatterPlotItem(
-            symbol="x", size=7, pen=pg.mkPen("#00c8ff", width=1.5), brush=None, pxMode=True
+            symbol="x", size=9, pen=pg.mkPen("#000000", width=1.5), brush=None, pxMode=True
         )
         self.mask_marks = pg.ScatterPlotItem(
-            symbol="o", size=5, pen=None, brush=pg.mkBrush("#00c8ff"), pxMode=True
+            symbol="o",
+            size=6,
+            pen=pg.mkPen("#000000", width=1.5),
+            brush=pg.mkBrush("#ffffff"),
+            pxMode=True,
         )
         self.prune_marks = pg.ScatterPlotItem(
-            symbol="s", size=9, pen=pg.mkPen("#ff2020", width=2), brush=None, pxMode=True
+            symbol="s", size=11, pen=pg.mkPen("#d00000", width=2.5), brush=None, pxMode=True
         )
         self.keep_marks = pg.ScatterPlotItem(
-            symbol="o", size=9, pen=pg.mkPen("#20d020", width=2), brush=None, pxMode=True
+            symbol="o", size=11, pen=pg.mkPen("#00a000", width=2.5), brush=None, pxMode=True
         )
         self.selection_mark = pg.ScatterPlotItem(
-            symbol="s", size=13, pen=pg.mkPen("#ffffff", width=2), brush=None, pxMode=True
+            symbol="s", size=14, pen=pg.mkPen("#ff00ff", width=2), brush=None, pxMode=True
         )
         for marks in (
+            self.flag_halo,
             self.flag_marks,
             self.mask_marks,
             self.prune_marks,
@@ -107,22 +119,19 @@ class HeatmapPanel(QWidget):
             item.addItem(marks)
         self.plot.scene().sigMouseMoved.connect(self._mouse_moved)
         self.plot.scene().sigMouseClicked.connect(self._mouse_clicked)
+        self.plot.installEventFilter(self)  # arrow keys move the selection
+        self.plot.setFocusPolicy(Qt.StrongFocus)
 
         top = QHBoxLayout()
         top.addWidget(QLabel("Scores:"))
         top.addWidget(self.method_box)
-        legend = QLabel(
-            "<span style='color:#00c8ff'>✕</span> flagged &nbsp; "
-            "<span style='color:#00c8ff'>●</span> pruned via another method &nbsp; "
-            "<span style='color:#ff2020'>□</span> force-pruned &nbsp; "
-            "<span style='color:#20d020'>○</span> kept"
+        self.legend = QLabel()
+        self.legend.setToolTip(
+            "Click a neuron to plot its pre-activations; arrow keys move the selection; "
+            "right-click (or P / K / A) to force-prune, keep, or leave it to the thresholds."
         )
-        legend.setToolTip(
-            "Click a neuron to plot its pre-activations; right-click (or P / K / A) to "
-            "force-prune, keep, or leave it to the thresholds. Grey: no score."
-        )
-        top.addWidget(legend)
-        top.addStretch(1)
+        self.legend.setWordWrap(True)
+        top.addWidget(self.legend, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
@@ -185,23 +194,71 @@ class HeatmapPanel(QWidget):
     def _update_marks(self) -> None:
         s = self.session
         grid = self.grid
+        self._update_legend()
         if grid is None:
             return
         flags = s.flags.get(s.view_method, {})
-        flagged = true_channels(flags)
-        self.flag_marks.setData(pos=grid.cells(flagged))
-        others = {
-            layer: [
-                c
-                for c in chans
-                if c not in set(flagged.get(layer, ())) and (layer, c) not in s.force_prune
-            ]
-            for layer, chans in s.display_mask.neurons().items()
-        }
-        self.mask_marks.setData(pos=grid.cells(others))
+        flagged = grid.cells(true_channels(flags))
+        self.flag_halo.setData(pos=flagged)
+        self.flag_marks.setData(pos=flagged)
+        self.mask_marks.setData(pos=grid.cells(s.display_mask.neurons()))
         self.prune_marks.setData(pos=grid.cells(_by_layer(s.force_prune)))
         self.keep_marks.setData(pos=grid.cells(_by_layer(s.keep)))
         self._update_selection()
+
+    def _update_legend(self) -> None:
+        """What each mark means right now, with the counts the marks show."""
+        s = self.session
+        method = s.view_method
+        flags = s.flags.get(method, {})
+        n_flagged = int(sum(int(f.sum()) for f in flags.values()))
+        used = [METHOD_NAMES[m] for m in s.mask_methods()]
+        rule = (" ∪ " if s.combine == "union" else " ∩ ").join(used) or "no method"
+        pruned = s.total_pruned()
+        self.legend.setText(
+            f"<b>✕</b> flagged by {METHOD_NAMES[method]} at k = {s.thresholds[method]:g} "
+            f"({n_flagged}) &nbsp; <b>●</b> pruned by the mask: {rule}"
+            + (", with overrides" if s.force_prune or s.keep else "")
+            + f" ({pruned}) &nbsp; <span style='color:#d00000'><b>□</b></span> force-pruned "
+            "&nbsp; <span style='color:#00a000'><b>○</b></span> kept &nbsp; "
+            "<span style='background:#969696;color:#000'>&nbsp;grey&nbsp;</span> no score"
+        )
+
+    @contextlib.contextmanager
+    def without_selection(self):
+        """For figure export: the selection square hidden while the picture is taken."""
+        visible = self.selection_mark.isVisible()
+        self.selection_mark.setVisible(False)
+        try:
+            yield
+        finally:
+            self.selection_mark.setVisible(visible)
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if obj is self.plot and event.type() == QEvent.KeyPress:
+            step = {
+                Qt.Key_Left: (0, -1),
+                Qt.Key_Right: (0, 1),
+                Qt.Key_Up: (-1, 0),
+                Qt.Key_Down: (1, 0),
+            }.get(event.key())
+            if step is not None:
+                self.move_selection(*step)
+                return True
+        return super().eventFilter(obj, event)
+
+    def move_selection(self, d_row: int, d_col: int) -> None:
+        """Arrow keys: the next channel (left/right) or the same channel one layer up/down."""
+        grid, sel = self.grid, self.session.selected
+        if grid is None or not grid.layers:
+            return
+        if sel is None or grid.cell_of(*sel) is None:
+            self.session.select_neuron((grid.layers[0], 0))
+            return
+        row, col = grid.cell_of(*sel)
+        row = min(max(row + d_row, 0), len(grid.layers) - 1)
+        col = min(max(col + d_col, 0), grid.widths[row] - 1)
+        self.session.select_neuron((grid.layers[row], col))
 
     def _update_selection(self) -> None:
         sel = self.session.selected
@@ -240,11 +297,12 @@ class HeatmapPanel(QWidget):
         flagged = bool(s.flags.get(method, {}).get(layer, np.zeros(0, bool))[ch : ch + 1].any())
         parts = [f"{layer} · channel {ch}", value]
         if flagged:
-            parts.append("flagged")
+            parts.append(f"flagged by {name}")
+        pruned = layer in s.display_mask.gamma and bool(s.display_mask.gamma[layer][ch])
         if s.override(neuron):
             parts.append({"prune": "force-pruned", "keep": "kept"}[s.override(neuron)])
-        elif neuron[0] in s.display_mask.gamma and bool(s.display_mask.gamma[layer][ch]):
-            parts.append("pruned")
+        else:
+            parts.append("pruned" if pruned else "not pruned")
         return " — ".join(parts)
 
     def _mouse_moved(self, scene_pos: QPointF) -> None:
@@ -261,6 +319,11 @@ class HeatmapPanel(QWidget):
     def _mouse_clicked(self, event) -> None:
         neuron = self._neuron_at(event.scenePos())
         if neuron is None:
+            if event.button() == Qt.RightButton:
+                menu = QMenu(self)
+                menu.setAttribute(Qt.WA_DeleteOnClose)
+                menu.addAction("Export figure (PNG, SVG, clipboard)…", self.export_figure)
+                menu.popup(QCursor.pos())
             return
         if event.button() == Qt.LeftButton:
             self.session.select_neuron(neuron)
@@ -283,10 +346,20 @@ class HeatmapPanel(QWidget):
             action.setChecked(current == state)
             action.setData(state or "auto")
         menu.triggered.connect(self._override_chosen)
+        menu.addSeparator()
+        export = menu.addAction("Export figure (PNG, SVG, clipboard)…")
+        export.setData("export")
         return menu
+
+    def export_figure(self) -> None:
+        """pyqtgraph's export dialog for the heatmap (PNG, SVG, copy to the clipboard)."""
+        self.plot.scene().showExportDialog()
 
     def _override_chosen(self, action) -> None:
         state = action.data()
+        if state == "export":
+            self.export_figure()
+            return
         if self.session.selected is not None:
             self.session.set_override(self.session.selected, None if state == "auto" else state)
 

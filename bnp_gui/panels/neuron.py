@@ -62,7 +62,7 @@ class NeuronPanel(QWidget):
         buttons = QHBoxLayout()
         buttons.addWidget(QLabel("Decision:"))
         for state, text, tip in (
-            (None, "&Automatic", "Prune this neuron only if the thresholds flag it (A)"),
+            (None, "Auto&matic", "Prune this neuron only if the thresholds flag it (A)"),
             ("prune", "Force &prune", "Prune this neuron whatever the thresholds say (P)"),
             ("keep", "&Keep", "Never prune this neuron (K)"),
         ):

@@ -30,6 +30,7 @@ def style_plot(plot: pg.PlotWidget, foreground: QColor, background: QColor) -> N
 
 
 def style_axis(axis: pg.AxisItem, foreground: QColor) -> None:
+    axis.enableAutoSIPrefix(False)  # "(x0.001)" for scores around 0.2 reads as an error
     axis.setPen(foreground)
     axis.setTextPen(foreground)
     axis.labelStyle = {**axis.labelStyle, "color": foreground.name()}

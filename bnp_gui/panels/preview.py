@@ -10,8 +10,10 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
+from bnp_gui.class_names import class_names, label_text
 from bnp_gui.panels.plot_style import style_plot
-from bnp_gui.session import CURVE_KS, Session
+from bnp_gui.report import plural
+from bnp_gui.session import CURVE_KS, CURVE_SUBSET, Session
 from core.inspection import METHOD_NAMES
 
 ACC_COLOUR = (40, 150, 70)
@@ -92,8 +94,9 @@ class PreviewPanel(QWidget):
         self.k_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888", width=1))
         item.addItem(self.k_line)
         self.plot.setToolTip(
-            "ACC and ASR when only the shown method prunes, versus its threshold k "
-            "(fast subset). The grey line is the current k."
+            "ACC and ASR when only the shown method prunes, versus its threshold k, on a "
+            "fixed subset of the test set. It is not the combined mask: the numbers above are. "
+            "The grey line is the method's current k."
         )
 
         layout = QVBoxLayout(self)
@@ -125,8 +128,10 @@ class PreviewPanel(QWidget):
             for label in self.labels.values():
                 label.setText("–")
         else:
-            self.labels[("ACC", "before")].setText(_fmt(p.before.acc))
-            self.labels[("ASR", "before")].setText(_fmt(p.before.asr))
+            # "before" is the unpruned model: once measured on the full set it stays fixed
+            before = s.baseline.get(None) or p.before
+            self.labels[("ACC", "before")].setText(_fmt(before.acc))
+            self.labels[("ASR", "before")].setText(_fmt(before.asr))
             self.labels[("ACC", "after")].setText(_fmt(p.after.acc))
             self.labels[("ASR", "after")].setText(_fmt(p.after.asr))
         if s.inspection is None:
@@ -141,13 +146,16 @@ class PreviewPanel(QWidget):
                 if p.stage == "subset"
                 else f"full test set: {p.after.n_clean} clean, {p.after.n_poison} triggered"
             )
-            status = f"{p.pruned} neurons pruned — {where} (computed in {p.elapsed:.1f} s)"
+            status = (
+                f"{plural(p.pruned, 'neuron')} pruned — {where} (computed in {p.elapsed:.1f} s)"
+            )
             if s.preview_pending and p.stage == "full":
                 status += " — updating…"
         if s.inspection is not None and s.trigger is None and s.trigger_error:
             status += f"<br><i>No ASR: {s.trigger_error}</i>"
         elif s.trigger is not None:
-            status += f"<br>ASR trigger: {s.trigger.describe()}"
+            target = label_text(class_names(s), s.trigger.target)
+            status += f"<br>ASR trigger: {s.trigger.source.describe()}, target {target}"
         self.status.setText(status)
 
     def _update_k_line(self) -> None:
@@ -160,7 +168,9 @@ class PreviewPanel(QWidget):
         self.acc_curve.setData(ks, [m.acc for _, m in points])
         asr = [(k, m.asr) for k, m in points if m.asr is not None]
         self.asr_curve.setData([k for k, _ in asr], [a for _, a in asr])
+        name = METHOD_NAMES[s.view_method]
         self.plot.getPlotItem().setTitle(
-            f"ACC / ASR versus {METHOD_NAMES[s.view_method]} threshold", size="9pt"
+            f"{name} alone: ACC / ASR versus k ({CURVE_SUBSET} samples)",
+            size="9pt",
         )
         self._update_k_line()
