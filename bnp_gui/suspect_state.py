@@ -28,6 +28,7 @@ class SuspectState(QObject):
     estimate_changed = Signal()
     suggestion_changed = Signal()
     highlight_changed = Signal()
+    curve_changed = Signal()  # estimated ASR versus the viewed method's threshold
 
     def __init__(self, session) -> None:
         super().__init__(session)
@@ -41,6 +42,7 @@ class SuspectState(QObject):
         self.highlight: torch.Tensor | None = None  # N bool: the selected neuron's high mode
         self.acc_budget = 2.0
         self.error = ""
+        self.curves: dict[str, list[tuple[float, float]]] = {}  # method → [(k, est. ASR %)]
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(ESTIMATE_DEBOUNCE_MS)
@@ -50,6 +52,7 @@ class SuspectState(QObject):
         session.analysis_finished.connect(self.analyse)
         session.mask_changed.connect(self.request_estimate)
         session.selection_changed.connect(self._update_highlight)
+        session.view_changed.connect(self._start_curve)
 
     # ------------------------------------------------------------------ queries
     @property
@@ -77,8 +80,9 @@ class SuspectState(QObject):
 
     # ------------------------------------------------------------------ analysis
     def clear(self) -> None:
-        for lane in ("suspects", "estimate", "suggest"):
+        for lane in ("suspects", "estimate", "suggest", "estimate_curve"):
             self.session.runner.cancel(lane, notify=False)
+        self.curves = {}
         self.analysis = self.probe = self.estimate = self.estimate_before = None
         self.suggestion = None
         self.highlight = None
@@ -87,6 +91,7 @@ class SuspectState(QObject):
         self.estimate_changed.emit()
         self.suggestion_changed.emit()
         self.highlight_changed.emit()
+        self.curve_changed.emit()
 
     def analyse(self) -> None:
         """Score the suspect samples (after an analysis that collected their statistics)."""
@@ -123,6 +128,8 @@ class SuspectState(QObject):
         self.changed.emit()
         self.suggestion_changed.emit()
         self.request_estimate()
+        self.curves = {}
+        self._start_curve()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         from bnp_gui.session import describe_error
@@ -140,6 +147,8 @@ class SuspectState(QObject):
         self.estimate_before = None
         self.changed.emit()
         self.request_estimate(immediate=True)
+        self.curves = {}
+        self._start_curve()
 
     # ------------------------------------------------------------------ highlight
     def _update_highlight(self) -> None:
@@ -199,6 +208,40 @@ class SuspectState(QObject):
         self.estimate = after
         self.estimate_pruned = pruned
         self.estimate_changed.emit()
+
+    # ------------------------------------------------------------------ curve
+    def _start_curve(self) -> None:
+        """Estimated ASR of the viewed method alone at each threshold of the preview's curve."""
+        from bnp_gui.session import CURVE_KS
+
+        s = self.session
+        analysis, probe, method = self.analysis, self.probe, s.view_method
+        if analysis is None or probe is None or analysis.target is None:
+            return
+        if method not in s.scores or method in self.curves:
+            self.curve_changed.emit()
+            return
+        scores, channels = {method: s.scores[method]}, dict(s.layers)
+        clean = s.data.get("clean")
+        labels = clean.labels if clean is not None else None
+
+        def run(job):
+            from core.inspection import build_mask
+            from core.suspects import estimate_asr
+
+            points = []
+            for k in CURVE_KS:
+                mask = build_mask(scores, {method: k}, "union", (), (), channels)
+                e = estimate_asr(probe, analysis, mask, labels, job.cancelled)
+                points.append((k, e.percent))
+            return method, points
+
+        s.runner.start("estimate_curve", run, done=self._curve_ready, error=lambda exc: None)
+
+    def _curve_ready(self, result) -> None:
+        method, points = result
+        self.curves[method] = [(k, p) for k, p in points if p is not None]
+        self.curve_changed.emit()
 
     # ------------------------------------------------------------------ suggest
     def suggest(self) -> None:

@@ -90,6 +90,7 @@ class PreviewPanel(QWidget):
             symbolBrush=ASR_COLOUR,
             name="ASR",
         )
+        self._add_estimate_curve(item)
         self.k_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888", width=1))
         item.addItem(self.k_line)
         self.plot.setToolTip(
@@ -131,6 +132,18 @@ class PreviewPanel(QWidget):
         state = self.session.suspects
         state.estimate_changed.connect(self._update_estimate)
         state.changed.connect(self._update_estimate)
+
+    def _add_estimate_curve(self, item) -> None:
+        """Estimated ASR versus threshold (dashed), from the suspected samples."""
+        pen = pg.mkPen(ASR_COLOUR, width=2, style=Qt.DashLine)
+        self.est_curve = item.plot([], [], pen=pen, name="ASR (est.)")
+        state = self.session.suspects
+        state.curve_changed.connect(self._update_estimate_curve)
+        self.session.view_changed.connect(self._update_estimate_curve)
+
+    def _update_estimate_curve(self) -> None:
+        points = self.session.suspects.curves.get(self.session.view_method, [])
+        self.est_curve.setData([k for k, _ in points], [p for _, p in points])
 
     def _update_estimate(self) -> None:
         state = self.session.suspects

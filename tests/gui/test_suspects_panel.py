@@ -114,3 +114,14 @@ def test_suggest_sets_the_thresholds_and_says_why(qtbot, window, demo):
         assert suggestion.repairs and suggestion.pruned > 0
         qtbot.waitUntil(lambda: state.estimate_pruned == suggestion.pruned, timeout=LONG)
         assert state.estimate.percent <= 5
+
+
+def test_threshold_curve_gets_the_estimated_asr(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    if s.suspects.analysis.target is None:
+        return  # no backdoor evidence: no estimate to draw
+    qtbot.waitUntil(lambda: s.view_method in s.suspects.curves, timeout=LONG)
+    xs, ys = window.preview.est_curve.getData()
+    assert len(xs) == len(s.suspects.curves[s.view_method]) > 0
+    assert all(0 <= y <= 100 for y in ys)
+    assert max(ys) > min(ys)  # pruning more lowers the estimated ASR
