@@ -14,6 +14,7 @@ from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDoubleSpinBox,
+    QFileDialog,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -89,6 +90,12 @@ class SuspectsPanel(QWidget):
         self.mark_poisoned = QPushButton("Mark poisoned")
         self.mark_clean = QPushButton("Mark clean")
         self.unmark = QPushButton("Unmark")
+        self.export_button = QPushButton("Export list…")
+        self.export_button.setToolTip(
+            "Write every suspect sample, most suspicious first, with its score and whether it "
+            "is believed poisoned (CSV or JSON) — to remove them and retrain"
+        )
+        self.export_button.clicked.connect(self._export_clicked)
         for button, value in (
             (self.mark_poisoned, True),
             (self.mark_clean, False),
@@ -108,6 +115,7 @@ class SuspectsPanel(QWidget):
         for button in (self.mark_poisoned, self.mark_clean, self.unmark):
             marks.addWidget(button)
         marks.addStretch(1)
+        marks.addWidget(self.export_button)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
@@ -141,7 +149,7 @@ class SuspectsPanel(QWidget):
         self.gallery.clear()
         self.trust.setText(state.error or state.trust())
         enabled = a is not None
-        for button in (self.mark_poisoned, self.mark_clean, self.unmark):
+        for button in (self.mark_poisoned, self.mark_clean, self.unmark, self.export_button):
             button.setEnabled(enabled)
         self.suggest_button.setEnabled(enabled and not self.session.is_busy("suggest"))
         train = state.train
@@ -192,6 +200,29 @@ class SuspectsPanel(QWidget):
         indices = self.selected_indices()
         if indices:
             self.state.mark(indices, self.sender().property("mark"))
+
+    def _export_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export suspect samples", "suspects.csv", "CSV (*.csv);;JSON (*.json)"
+        )
+        if path:
+            self.export_list(path)
+
+    def export_list(self, path: str) -> None:
+        """Write the suspect list (the analyst's marks applied) as CSV or JSON."""
+        state = self.state
+        if state.analysis is None:
+            return
+        from core.errors import BnpError
+        from core.repair import write_suspects
+
+        train = state.train
+        try:
+            write_suspects(path, state.analysis.records(train.files if train else None))
+        except (BnpError, OSError) as exc:
+            self.session.message.emit("error", f"Cannot export the suspect list: {exc}")
+            return
+        self.session.message.emit("info", f"Suspect list written to {path}.")
 
     def _budget_changed(self, value: float) -> None:
         self.state.acc_budget = float(value)

@@ -125,3 +125,20 @@ def test_threshold_curve_gets_the_estimated_asr(qtbot, window, demo):
     assert len(xs) == len(s.suspects.curves[s.view_method]) > 0
     assert all(0 <= y <= 100 for y in ys)
     assert max(ys) > min(ys)  # pruning more lowers the estimated ASR
+
+
+def test_suspect_list_exports_with_marks(qtbot, window, demo, tmp_path):
+    import csv
+
+    s = _analysed(qtbot, window, demo)
+    panel = window.suspects
+    panel.gallery.item(0).setSelected(True)
+    first = int(panel.gallery.item(0).data(Qt.UserRole))
+    panel.mark_clean.click()
+    panel.export_list(str(tmp_path / "s.csv"))
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == len(s.suspects.analysis)
+    assert rows[-1]["poisoned"] == "False"  # the sample marked clean is listed last
+    assert rows[-1]["file"] == (s.data["train"].files or {first: str(first)})[first]
+    panel.export_list(str(tmp_path / "bad.txt"))
+    assert "Cannot export" in window.banner.text()
