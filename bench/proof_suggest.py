@@ -132,7 +132,8 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
         )
     acc, asr = real(s.mask)
     rows.append(
-        f"| {label} | **suggested: {describe(s.methods, s.combine)}** | {s.pruned} | "
+        f"| {label} | **suggested{'' if s.repairs else ' (says: no repair)'}: "
+        f"{describe(s.methods, s.combine)}** | {s.pruned} | "
         f"{acc:.2f} | {asr:.2f} | {est(s.mask)} |"
     )
     best = oracle(inspection, sample_subset(test, 1000), acc0) if asr0 > 5 else None
