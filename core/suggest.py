@@ -309,9 +309,9 @@ def suggest(
         fallback = _consider_fallback(search, fallback, config, ks, mask_of)
     if fallback is None:
         why = (
-            f"No configuration repairs within the budget: every pruning that lowers the "
-            f"estimated ASR costs more than {acc_budget:g} points of clean accuracy; "
-            f"nothing pruned (estimated ASR stays {none_estimate.percent:.1f} %)."
+            f"No configuration repairs within the budget: every candidate pruning costs more "
+            f"than {acc_budget:g} points of clean accuracy; nothing pruned (estimated ASR "
+            f"stays {none_estimate.percent:.1f} %)."
         )
         return Suggestion(
             {}, "union", 0, search.acc_before, search.acc_before, none_estimate, False, why,
@@ -332,9 +332,14 @@ def suggest(
 def _consider_fallback(search: _Search, fallback, config, ks, mask_of):
     """Keep the lowest estimated ASR among masks within the budget: per configuration, the
     smallest k whose clean accuracy stays within it (bisection)."""
-    lo, hi = -1, len(ks) - 1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
+    hi = len(ks) - 1  # the largest k that prunes anything
+    while hi >= 0 and mask_of(config, ks[hi])[1].count() == 0:
+        hi -= 1
+    if hi < 0:
+        return fallback
+    lo = -1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
     chosen, mask = mask_of(config, ks[hi])
-    if mask.count() == 0 or not search.within_budget(search.accuracy(mask)):
+    if not search.within_budget(search.accuracy(mask)):
         return fallback
     while hi - lo > 1:
         mid = (lo + hi) // 2
