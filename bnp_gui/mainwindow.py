@@ -41,6 +41,7 @@ from bnp_gui.panels.neuron import NeuronPanel
 from bnp_gui.panels.neuron_table import write_csv
 from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
+from bnp_gui.panels.suspects import SuspectsPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session
@@ -139,11 +140,13 @@ class MainWindow(QMainWindow):
         self.neuron = NeuronPanel(s)
         self.thresholds = ThresholdPanel(s)
         self.preview = PreviewPanel(s)
+        self.suspects = SuspectsPanel(s)
 
         # left: heatmap over (distribution | neuron); right: thresholds over preview
         bottom = QSplitter(Qt.Horizontal)
         bottom.addWidget(self._boxed("Score distribution", self.distribution))
         bottom.addWidget(self._boxed("Selected neuron", self.neuron))
+        bottom.addWidget(self._boxed("Suspect samples", self.suspects))
         self.left = QSplitter(Qt.Vertical)
         self.left.addWidget(self._boxed("Neurons", self.heatmap))
         self.left.addWidget(bottom)
@@ -212,6 +215,7 @@ class MainWindow(QMainWindow):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the analysis (Esc)")
         self.cancel_button.clicked.connect(self.session.cancel_analysis)
+        self.cancel_button.clicked.connect(self.session.suspects.cancel)
         self.cancel_button.hide()
         bar.addPermanentWidget(self.eta_label)
         bar.addPermanentWidget(self.progress_bar)
@@ -262,6 +266,13 @@ class MainWindow(QMainWindow):
         self.cancel_action = self._action(
             "&Cancel Analysis", self.session.cancel_analysis, "Esc", "Stop the analysis (Esc)"
         )
+        self.suggest_action = self._action(
+            "&Suggest Thresholds",
+            self.session.suspects.suggest,
+            "Ctrl+G",
+            "Set the thresholds to the smallest pruning whose estimated ASR is low within the "
+            "accuracy budget, found from the suspect samples (Ctrl+G)",
+        )
         self.trigger_action = self._action(
             "&Trigger Source…", self.trigger_dialog, None, "Choose the trigger used for ASR"
         )
@@ -306,6 +317,7 @@ class MainWindow(QMainWindow):
             self.open_action,
             self.open_data_action,
             self.analyze_action,
+            self.suggest_action,
             self.export_action,
         ):
             toolbar.addAction(action)
@@ -325,7 +337,7 @@ class MainWindow(QMainWindow):
         file_menu.addSeparator()
         file_menu.addAction(self.quit_action)
         analysis = menu.addMenu("&Analysis")
-        for action in (self.analyze_action, self.cancel_action):
+        for action in (self.analyze_action, self.cancel_action, self.suggest_action):
             analysis.addAction(action)
         analysis.addSeparator()
         analysis.addAction(self.trigger_action)
@@ -366,7 +378,7 @@ class MainWindow(QMainWindow):
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:
-        if task in ("collect", "export"):
+        if task in ("collect", "export", "suggest"):
             self.progress_bar.setVisible(running)
             self.cancel_button.setVisible(running)
             self.eta_label.setVisible(running)
@@ -376,11 +388,12 @@ class MainWindow(QMainWindow):
         self._update_actions()
 
     def _progress(self, task: str, done: int, total: int, eta: float) -> None:
-        if task not in ("collect", "export"):
+        if task not in ("collect", "export", "suggest"):
             return
         self.progress_bar.setRange(0, max(total, 1))
         self.progress_bar.setValue(done)
-        self.progress_bar.setFormat("%v / %m samples" if task == "collect" else "export %p%")
+        formats = {"collect": "%v / %m samples", "export": "export %p%", "suggest": "suggest %p%"}
+        self.progress_bar.setFormat(formats[task])
         self.eta_label.setText(f"ETA {format_duration(eta)}" if eta >= 0 else "")
 
     def _checkpoint_changed(self) -> None:

@@ -19,6 +19,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
 from bnp_gui.neuron_values import LayerValueCache
+from bnp_gui.suspect_state import SuspectState
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
@@ -135,6 +136,7 @@ class Session(QObject):
         self._preview_timer.setSingleShot(True)
         self._preview_timer.setInterval(PREVIEW_DEBOUNCE_MS)
         self._preview_timer.timeout.connect(self._start_preview)
+        self.suspects = SuspectState(self)  # suspect samples, target, estimate, suggestion
 
     # ------------------------------------------------------------------ queries
     @property

@@ -147,6 +147,7 @@ def cmd_defend(args) -> int:
     from core.export import export_model, format_for_path, method_report, write_json
     from core.inspection import Inspection
     from core.progress import ProgressBar
+    from core.repair import check_acc_budget, run_repair, write_suspects
 
     check_threshold(args.threshold)
     if args.out is not None and args.report is not None and _same_path(args.out, args.report):
@@ -154,6 +155,19 @@ def cmd_defend(args) -> int:
             f"--out and --report both name {args.out}: the report would replace the pruned "
             "model; give two different files"
         )
+    acc_budget = check_acc_budget(args.acc_budget)
+    if args.auto and args.method is not None:
+        raise BnpError("--auto chooses the methods itself: drop --method (or drop --auto).")
+    if not args.auto and args.method is None:
+        raise BnpError("Choose --method ep|bnp|clp, or --auto to let bnp choose.")
+    if args.auto and args.train is None:
+        raise BnpError(
+            "--auto needs the suspect samples: pass the suspect training set with --train DIR."
+        )
+    if args.auto and args.clean is None:
+        raise BnpError("--auto checks the clean accuracy it costs: pass --clean DIR.")
+    if args.suspects is not None and args.train is None:
+        raise BnpError("Suspect samples need the suspect training set: pass --train DIR.")
     if args.poisoned is not None and args.trigger is not None:
         raise BnpError("Measure the ASR with --trigger or with --poisoned, not both.")
     if args.poisoned is not None and args.test is None:
@@ -174,23 +188,57 @@ def cmd_defend(args) -> int:
         + (f", mean {spec.mean} std {spec.std}" if spec.mean else ""),
         file=sys.stderr,
     )
-    clean = _load_data(args.clean, "clean") if args.method == "bnp" else None
-    train = _load_data(args.train, "training") if args.method == "ep" else None
+    # suspect samples (--train) are scored against the clean samples' statistics
+    use_clean = args.method == "bnp" or args.train is not None
+    clean = _load_data(args.clean, "clean") if use_clean else None
+    train = _load_data(args.train, "training")
     test = _load_data(args.test, "test")
     if clean is not None or train is not None:
         inspection.collect(clean, train, progress=ProgressBar(label="statistics"))
-    mask = inspection.mask({args.method: args.threshold})
-    report = method_report(inspection, args.method, args.threshold, mask)
+    repair = None
+    if train is not None:
+        repair = run_repair(
+            inspection,
+            train,
+            clean,
+            auto=args.auto,
+            acc_budget=acc_budget,
+            progress=ProgressBar(label="suggest") if args.auto else None,
+            warn=lambda message: print(f"bnp: warning: {message}", file=sys.stderr),
+        )
+        print(f"target estimate: {repair.analysis.reason}", file=sys.stderr)
+    if args.auto:
+        suggestion = repair.suggestion
+        mask = suggestion.mask
+        report = {"method": "auto", "flagged": mask.neurons(), "pruned": mask.count()}
+        print(f"suggestion: {suggestion.why}", file=sys.stderr)
+    else:
+        mask = inspection.mask({args.method: args.threshold})
+        report = method_report(inspection, args.method, args.threshold, mask)
+    if repair is not None:
+        report.update(repair.report(mask))
+        print(report["estimate"]["describe"], file=sys.stderr)
+        if args.suspects is not None:
+            write_suspects(args.suspects, report["suspect_samples"])
+            print(f"suspect list written to {args.suspects}", file=sys.stderr)
 
     before = after = None
     if test is not None:
         poisoned = _load_data(args.poisoned, "poisoned")
         trigger = None if poisoned is not None else _trigger_arg(args, inspection)
-        target = args.target if args.target is not None else inspection.target
+        # the real ASR: --target, else the inferred target, else the checkpoint's
+        target, source = args.target, "--target"
+        if target is None and repair is not None and repair.target is not None:
+            target, source = repair.target, "inferred from the suspect samples"
+        if target is None:
+            target, source = inspection.target, "checkpoint metadata"
+        if target is not None:
+            print(f"real ASR measured for target {target} ({source})", file=sys.stderr)
+        report["asr_target"] = {"label": target, "source": source if target is not None else None}
         if (trigger is None and poisoned is None) or target is None:
             missing = "--target LABEL" if target is None else "a trigger (--trigger FILE)"
             print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
-        attack = dict(trigger=trigger, target=args.target, poisoned=poisoned)
+        attack = dict(trigger=trigger, target=target, poisoned=poisoned)
         before = inspection.evaluate(test, **attack, progress=ProgressBar(label="before"))
         after = inspection.evaluate(test, mask=mask, **attack, progress=ProgressBar(label="after"))
         report.update(acc_before=before.acc, asr_before=before.asr)
@@ -202,7 +250,10 @@ def cmd_defend(args) -> int:
 
     print(TABLE_HEADER)
     print(_metrics_row("none", None, 0, before))
-    print(_metrics_row(args.method, args.threshold, mask.count(), after))
+    if args.auto:
+        print(_metrics_row("auto", None, mask.count(), after))
+    else:
+        print(_metrics_row(args.method, args.threshold, mask.count(), after))
     for layer, channels in mask.neurons().items():
         print(f"  {layer}: {channels}")
 
@@ -249,12 +300,31 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "defend",
-        help="score, prune and evaluate with one method",
-        description="Score neurons with one method, prune the flagged ones, and measure ACC/ASR. "
+        help="score, prune and evaluate with one method, or let --auto choose",
+        description="Score neurons with one method (or let --auto choose methods and thresholds "
+        "from the suspect samples), prune the flagged ones, and measure ACC/ASR. "
         "Data each method needs: EP --train DIR, BNP --clean DIR, CLP none.",
     )
     _add_checkpoint_args(p)
-    p.add_argument("--method", choices=("ep", "bnp", "clp"), required=True)
+    p.add_argument("--method", choices=("ep", "bnp", "clp"), help="one method (or --auto)")
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="choose methods, thresholds and union/intersection from the suspect samples "
+        "(--train) and the clean samples (--clean), without the trigger",
+    )
+    p.add_argument(
+        "--acc-budget",
+        type=float,
+        metavar="POINTS",
+        help="--auto: clean accuracy the repair may cost, in points (default 2)",
+    )
+    p.add_argument(
+        "--suspects",
+        type=Path,
+        metavar="FILE",
+        help="write the suspect samples, most suspicious first, to FILE (.csv or .json)",
+    )
     p.add_argument("--threshold", "-k", type=float, default=3.0, help="k (or u), default 3")
     p.add_argument("--clean", type=Path, help="clean labelled samples (BNP statistics)")
     p.add_argument("--train", type=Path, help="samples of the suspect training set (EP)")

@@ -122,6 +122,7 @@ class ImageSet:
     labels: Tensor
     class_names: list[str] | None = None
     source: str = ""
+    files: list[str] | None = None  # per-sample file, relative to the source (ImageFolder)
 
     def __post_init__(self) -> None:
         if self.images.dim() != 4:
@@ -160,13 +161,17 @@ class ImageSet:
         """The samples at ``index`` (indices, boolean mask or slice), as a new ImageSet."""
         if isinstance(index, slice):
             images, labels = self.images[index], self.labels[index]
+            idx = index
         else:
             idx = torch.as_tensor(np.asarray(index) if not isinstance(index, Tensor) else index)
             if idx.dtype == torch.bool:
                 idx = idx.nonzero().reshape(-1)
             idx = idx.to(torch.int64).reshape(-1)
             images, labels = self.images[idx], self.labels[idx]
-        return ImageSet(images, labels, self.class_names, self.source)
+        files = None
+        if self.files is not None:
+            files = [self.files[i] for i in torch.arange(len(self.files))[idx].tolist()]
+        return ImageSet(images, labels, self.class_names, self.source, files)
 
     def float_images(self) -> Tensor:
         """The images as float32 in [0, 1] (a copy when stored as uint8)."""
@@ -964,6 +969,7 @@ def _load_image_folder(
         labels,
         [c.name for c in class_dirs],
         str(root),
+        [f.relative_to(root).as_posix() for _, f in order],
     )
 
 

@@ -60,6 +60,7 @@ class PreviewPanel(QWidget):
                 self.labels[(metric, stage)] = label
         grid.setColumnStretch(1, 1)
         grid.setColumnStretch(2, 1)
+        self._add_estimate_row(grid, 3)
         self.status = QLabel(" ")
         self.status.setWordWrap(True)
 
@@ -91,6 +92,7 @@ class PreviewPanel(QWidget):
             symbolBrush=ASR_COLOUR,
             name="ASR",
         )
+        self._add_estimate_curve(item)
         self.k_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888", width=1))
         item.addItem(self.k_line)
         self.plot.setToolTip(
@@ -114,6 +116,47 @@ class PreviewPanel(QWidget):
         session.trigger_changed.connect(self._update_numbers)
         self._update_numbers()
         self._update_curve()
+
+    def _add_estimate_row(self, grid: QGridLayout, row: int) -> None:
+        """ASR estimated from the suspected samples (no trigger needed), marked as an estimate."""
+        tip = (
+            "Estimated ASR: share of the suspected poisoned training samples still classified "
+            "as the inferred target — an estimate from the suspect set, not a measurement"
+        )
+        name = QLabel("<b>ASR</b> <i>(est.)</i>")
+        name.setToolTip(tip)
+        grid.addWidget(name, row, 0)
+        for col, stage in enumerate(("before", "after"), start=1):
+            label = QLabel("–")
+            label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            label.setToolTip(tip)
+            grid.addWidget(label, row, col)
+            self.labels[("ASR est.", stage)] = label
+        state = self.session.suspects
+        state.estimate_changed.connect(self._update_estimate)
+        state.changed.connect(self._update_estimate)
+
+    def _add_estimate_curve(self, item) -> None:
+        """Estimated ASR versus threshold (dashed), from the suspected samples."""
+        pen = pg.mkPen(ASR_COLOUR, width=2, style=Qt.DashLine)
+        self.est_curve = item.plot([], [], pen=pen, name="ASR (est.)")
+        state = self.session.suspects
+        state.curve_changed.connect(self._update_estimate_curve)
+        self.session.view_changed.connect(self._update_estimate_curve)
+
+    def _update_estimate_curve(self) -> None:
+        points = self.session.suspects.curves.get(self.session.view_method, [])
+        self.est_curve.setData([k for k, _ in points], [p for _, p in points])
+
+    def _update_estimate(self) -> None:
+        state = self.session.suspects
+        for stage, e in (("before", state.estimate_before), ("after", state.estimate)):
+            label = self.labels[("ASR est.", stage)]
+            if state.analysis is None or e is None or e.percent is None:
+                label.setText("–")
+            else:
+                label.setText(f"≈{e.percent:.1f} %")
+                label.setToolTip(f"{e.describe()}; 95 % interval {e.low:.0f}–{e.high:.0f} %")
 
     def apply_palette(self, foreground, background) -> None:
         style_plot(self.plot, foreground, background)

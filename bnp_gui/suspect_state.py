@@ -1,0 +1,312 @@
+"""The window's side of repair without knowing the attack: suspect samples, the target, the
+label-free ASR estimate of the current mask, the analyst's marks and the suggestion.
+
+One QObject attached to the Session (``session.suspects``). Everything is computed by
+``core.suspects`` / ``core.suggest`` on the session's worker lanes ("suspects", "estimate",
+"suggest"); this object keeps the results, announces them with ``changed``, and turns a
+suggestion into thresholds through the session's ordinary intents.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import torch
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from core.inspection import METHODS
+
+ESTIMATE_DEBOUNCE_MS = 150
+
+
+class SuspectState(QObject):
+    """Suspects, target, estimate and suggestion of the session's current analysis."""
+
+    changed = Signal()  # analysis, marks or target
+    estimate_changed = Signal()
+    suggestion_changed = Signal()
+    highlight_changed = Signal()
+    curve_changed = Signal()  # estimated ASR versus the viewed method's threshold
+
+    def __init__(self, session) -> None:
+        super().__init__(session)
+        self.session = session
+        self.analysis = None  # core.suspects.SuspectAnalysis
+        self.probe = None  # core.suspects.MaskProbe over the suspect and clean samples
+        self.estimate = None  # AsrEstimate of the current mask
+        self.estimate_before = None  # AsrEstimate with nothing pruned
+        self.estimate_pruned = -1  # neurons pruned by the mask the estimate belongs to
+        self.suggestion = None  # core.suggest.Suggestion
+        self.highlight: torch.Tensor | None = None  # N bool: the selected neuron's high mode
+        self.acc_budget = 2.0
+        self.error = ""
+        self.curves: dict[str, list[tuple[float, float]]] = {}  # method → [(k, est. ASR %)]
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(ESTIMATE_DEBOUNCE_MS)
+        self._timer.timeout.connect(self._start_estimate)
+        session.checkpoint_changed.connect(self.clear)
+        session.data_changed.connect(self.clear)
+        session.analysis_finished.connect(self.analyse)
+        session.mask_changed.connect(self.request_estimate)
+        session.selection_changed.connect(self._update_highlight)
+        session.view_changed.connect(self._start_curve)
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def train(self):
+        return self.session.data.get("train")
+
+    def trust(self) -> str:
+        """The trust to place in the numbers, in words."""
+        a = self.analysis
+        if a is None:
+            return "No suspect samples analysed (needs the suspect training set)."
+        if a.target is None:
+            return f"No backdoor evidence: {a.reason}"
+        return (
+            f"Target {a.target} (confidence {a.confidence:.2f}); ASR estimates come from "
+            f"{a.n_suspected} suspected samples — an estimate, not a measurement."
+        )
+
+    def file_of(self, index: int) -> str:
+        """The sample's file (relative to the training folder), else its index."""
+        train = self.train
+        if train is not None and train.files is not None:
+            return train.files[index]
+        return f"sample {index}"
+
+    # ------------------------------------------------------------------ analysis
+    def clear(self) -> None:
+        for lane in ("suspects", "estimate", "suggest", "estimate_curve"):
+            self.session.runner.cancel(lane, notify=False)
+        self.curves = {}
+        self.analysis = self.probe = self.estimate = self.estimate_before = None
+        self.suggestion = None
+        self.highlight = None
+        self.error = ""
+        self.changed.emit()
+        self.estimate_changed.emit()
+        self.suggestion_changed.emit()
+        self.highlight_changed.emit()
+        self.curve_changed.emit()
+
+    def analyse(self) -> None:
+        """Score the suspect samples (after an analysis that collected their statistics)."""
+        s = self.session
+        inspection, train, clean = s.inspection, self.train, s.data.get("clean")
+        if inspection is None or train is None or inspection.train_stats is None:
+            self.clear()
+            return
+
+        def run(job):
+            from core.suspects import analyse_suspects, make_probe
+
+            probe = make_probe(inspection, train, clean)
+            analysis = analyse_suspects(
+                inspection, train, clean, probe=probe, progress=job.progress, cancel=job.cancelled
+            )
+            return analysis, probe
+
+        s.runner.start(
+            "suspects",
+            run,
+            done=self._analysed,
+            error=functools.partial(self._failed, "Suspect samples"),
+        )
+
+    def _analysed(self, result) -> None:
+        self.analysis, self.probe = result
+        self.error = ""
+        self.suggestion = None
+        self.estimate_before = None
+        for warning in self.analysis.warnings:
+            self.session.message.emit("warning", warning)
+        self._update_highlight()
+        self.changed.emit()
+        self.suggestion_changed.emit()
+        self.request_estimate()
+        self.curves = {}
+        self._start_curve()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        from bnp_gui.session import describe_error
+
+        self.error = f"{what}: {describe_error(exc)}"
+        self.session.message.emit("error", self.error)
+        self.changed.emit()
+
+    # ------------------------------------------------------------------ marks
+    def mark(self, indices, poisoned: bool | None) -> None:
+        """The analyst says these samples are poisoned (True), clean (False), or unmarks."""
+        if self.analysis is None:
+            return
+        self.analysis = self.analysis.with_marks({int(i): poisoned for i in indices})
+        self.estimate_before = None
+        self.changed.emit()
+        self.request_estimate(immediate=True)
+        self.curves = {}
+        self._start_curve()
+
+    # ------------------------------------------------------------------ highlight
+    def _update_highlight(self) -> None:
+        """The samples in the selected neuron's high mode (maxima above every clean one)."""
+        s = self.session
+        inspection, neuron = s.inspection, s.selected
+        highlight = None
+        if self.analysis is not None and neuron is not None and inspection is not None:
+            stats = inspection.train_stats
+            if stats is not None and neuron[0] in stats.layers:
+                from core.suspects import high_mode
+
+                highlight = high_mode(stats, inspection.clean_stats, *neuron)
+        self.highlight = highlight
+        self.highlight_changed.emit()
+
+    # ------------------------------------------------------------------ estimate
+    def request_estimate(self, immediate: bool = False) -> None:
+        if self.analysis is None or self.probe is None:
+            return
+        if immediate:
+            self._timer.stop()
+            self._start_estimate()
+        else:
+            self._timer.start()
+
+    def _start_estimate(self) -> None:
+        s = self.session
+        analysis, probe = self.analysis, self.probe
+        if analysis is None or probe is None or s.runner.is_running("collect"):
+            return
+        mask = s.display_mask
+        clean = s.data.get("clean")
+        labels = clean.labels if clean is not None else None
+        need_before = self.estimate_before is None
+
+        def run(job):
+            from core.suspects import estimate_asr
+
+            before = (
+                estimate_asr(probe, analysis, None, labels, job.cancelled) if need_before else None
+            )
+            after = estimate_asr(probe, analysis, mask, labels, job.cancelled)
+            return before, after, mask.count()
+
+        s.runner.start(
+            "estimate",
+            run,
+            done=self._estimated,
+            error=functools.partial(self._failed, "ASR estimate"),
+        )
+
+    def _estimated(self, result) -> None:
+        before, after, pruned = result
+        if before is not None:
+            self.estimate_before = before
+        self.estimate = after
+        self.estimate_pruned = pruned
+        self.estimate_changed.emit()
+
+    # ------------------------------------------------------------------ curve
+    def _start_curve(self) -> None:
+        """Estimated ASR of the viewed method alone at each threshold of the preview's curve."""
+        from bnp_gui.session import CURVE_KS
+
+        s = self.session
+        analysis, probe, method = self.analysis, self.probe, s.view_method
+        if analysis is None or probe is None or analysis.target is None:
+            return
+        if method not in s.scores or method in self.curves:
+            self.curve_changed.emit()
+            return
+        scores, channels = {method: s.scores[method]}, dict(s.layers)
+        clean = s.data.get("clean")
+        labels = clean.labels if clean is not None else None
+
+        def run(job):
+            from core.inspection import build_mask
+            from core.suspects import estimate_asr
+
+            points = []
+            for k in CURVE_KS:
+                mask = build_mask(scores, {method: k}, "union", (), (), channels)
+                e = estimate_asr(probe, analysis, mask, labels, job.cancelled)
+                points.append((k, e.percent))
+            return method, points
+
+        s.runner.start("estimate_curve", run, done=self._curve_ready, error=lambda exc: None)
+
+    def _curve_ready(self, result) -> None:
+        method, points = result
+        self.curves[method] = [(k, p) for k, p in points if p is not None]
+        self.curve_changed.emit()
+
+    # ------------------------------------------------------------------ suggest
+    def suggest(self) -> None:
+        """Find the suggested configuration on a worker, then set the thresholds to it."""
+        s = self.session
+        if s.inspection is None:
+            s.message.emit("error", "Open a checkpoint first (File › Open).")
+            return
+        if self.analysis is None or self.probe is None:
+            s.message.emit(
+                "error",
+                "Suggest needs the suspect training set and clean samples, analysed: choose "
+                "them with File › Open Data, then Analyze.",
+            )
+            return
+        clean = s.data.get("clean")
+        if clean is None:
+            s.message.emit("error", "Suggest checks the clean accuracy: choose clean samples.")
+            return
+        inspection, analysis, probe, train = s.inspection, self.analysis, self.probe, self.train
+        budget = self.acc_budget
+        s._progress_start["suggest"] = time.monotonic()
+
+        def run(job):
+            from core.suggest import suggest
+
+            return suggest(
+                inspection,
+                analysis,
+                train,
+                clean,
+                acc_budget=budget,
+                probe=probe,
+                progress=job.progress,
+                cancel=job.cancelled,
+            )
+
+        s.message.emit("info", "Looking for the smallest pruning that repairs…")
+        s.runner.start(
+            "suggest",
+            run,
+            done=self._suggested,
+            error=functools.partial(self._failed, "Suggest failed"),
+            progress=lambda done, total: s._report_progress("suggest", done, total),
+            cancelled=lambda: s.message.emit("info", "Suggest cancelled."),
+        )
+
+    def cancel(self) -> None:
+        self.session.runner.cancel("suggest")
+
+    def _suggested(self, suggestion: Any) -> None:
+        self.suggestion = suggestion
+        self.apply(suggestion)
+        self.suggestion_changed.emit()
+        level = "info" if suggestion.repairs else "warning"
+        self.session.message.emit(level, f"Suggestion: {suggestion.why}")
+
+    def apply(self, suggestion) -> None:
+        """Set the session's methods, thresholds and combination to the suggestion's."""
+        s = self.session
+        if suggestion.methods:
+            s.set_combine(suggestion.combine)
+        for method in METHODS:
+            if method in suggestion.methods:
+                s.thresholds[method] = float(suggestion.methods[method])
+            s.enabled[method] = method in suggestion.methods
+        s._recompute_flags()
+        s.request_preview()

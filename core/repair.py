@@ -1,0 +1,134 @@
+"""Repair without knowing the attack, as the command line runs it (`bnp defend --auto`).
+
+One call after the statistics pass: suspect samples and the target (`core.suspects`), the
+suggested configuration (`core.suggest`) when asked for, the label-free ASR estimate of any
+mask, and the report fields `suspect_samples`, `target_estimate`, `suggestion`,
+`estimated_asr`. Also writes the suspect list (data cleansing) as CSV or JSON.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.data import ImageSet
+from core.errors import BnpError
+from core.masks import PruneMask
+from core.statistics import CancelCheck, Progress
+from core.suggest import ACC_BUDGET, Suggestion, suggest
+from core.suspects import (
+    AsrEstimate,
+    MaskProbe,
+    SuspectAnalysis,
+    analyse_suspects,
+    estimate_asr,
+    make_probe,
+)
+
+
+def check_acc_budget(value: float | None) -> float:
+    """The accuracy budget in points: a finite number ≥ 0 (default 2)."""
+    if value is None:
+        return ACC_BUDGET
+    if not isinstance(value, (int, float)) or math.isnan(value) or math.isinf(value):
+        raise BnpError(f"--acc-budget must be a finite number of points ≥ 0, got {value}.")
+    if value < 0:
+        raise BnpError(f"--acc-budget must be ≥ 0 points of clean accuracy, got {value:g}.")
+    return float(value)
+
+
+@dataclass
+class Repair:
+    """Suspects, target, (suggestion) and the probe that evaluates masks on them."""
+
+    analysis: SuspectAnalysis
+    probe: MaskProbe
+    train: ImageSet
+    clean: ImageSet | None
+    suggestion: Suggestion | None = None
+
+    @property
+    def target(self) -> int | None:
+        return self.analysis.target
+
+    def estimate(self, mask: PruneMask | None) -> AsrEstimate:
+        """Estimated ASR of `mask` from the suspected samples (never the real trigger)."""
+        labels = self.clean.labels if self.clean is not None else None
+        return estimate_asr(self.probe, self.analysis, mask, labels)
+
+    def report(self, mask: PruneMask | None) -> dict:
+        """The report fields: suspect samples, target estimate, estimated ASR (before/after),
+        and the suggestion when there is one."""
+        before = self.estimate(None)
+        after = (
+            self.suggestion.estimate
+            if self.suggestion is not None and mask is self.suggestion.mask
+            else self.estimate(mask)
+        )
+        fields = {
+            "target_estimate": self.analysis.target_dict(),
+            "estimated_asr": after.percent,
+            "estimated_asr_before": before.percent,
+            "estimate": after.to_dict() | {"describe": after.describe()},
+            "suspect_samples": self.analysis.records(self.train.files),
+        }
+        if self.suggestion is not None:
+            fields["suggestion"] = self.suggestion.to_dict()
+        return fields
+
+
+def run_repair(
+    inspection,
+    train: ImageSet,
+    clean: ImageSet | None,
+    *,
+    auto: bool = False,
+    acc_budget: float = ACC_BUDGET,
+    progress: Progress | None = None,
+    cancel: CancelCheck | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> Repair:
+    """Analyse the suspect samples (statistics collected) and, with `auto`, suggest."""
+    probe = make_probe(inspection, train, clean)
+    analysis = analyse_suspects(inspection, train, clean, probe=probe, cancel=cancel)
+    for message in analysis.warnings:
+        if warn is not None:
+            warn(message)
+    repair = Repair(analysis, probe, train, clean)
+    if auto:
+        if clean is None:
+            raise BnpError("--auto checks the clean accuracy of every candidate: pass --clean DIR.")
+        repair.suggestion = suggest(
+            inspection,
+            analysis,
+            train,
+            clean,
+            acc_budget=acc_budget,
+            probe=probe,
+            progress=progress,
+            cancel=cancel,
+        )
+    return repair
+
+
+def write_suspects(path: str | Path, records: list[dict]) -> Path:
+    """The suspect list (most suspicious first) as CSV or JSON, chosen by the extension."""
+    from core.export import atomic_write, write_json
+
+    path = Path(path)
+    if path.suffix.lower() == ".json":
+        return write_json(path, {"suspect_samples": records})
+    if path.suffix.lower() != ".csv":
+        raise BnpError(f"{path}: the suspect list is written as .csv or .json.")
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=["file", "label", "score", "poisoned"])
+            writer.writeheader()
+            writer.writerows(records)
+
+    atomic_write(path, write)
+    return path

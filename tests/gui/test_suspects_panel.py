@@ -1,0 +1,144 @@
+"""Suspect samples in the window: the gallery, the highlight from a neuron click, marks, Suggest."""
+
+from __future__ import annotations
+
+import torch
+from gui_helpers import LONG, analyze, open_data, open_model
+from PySide6.QtCore import Qt
+
+from bnp_gui.panels.suspects import THUMB
+from core.inspection import METHODS
+
+
+def _analysed(qtbot, window, demo):
+    checkpoint, roles = demo
+    s = window.session
+    open_model(qtbot, window, checkpoint)
+    open_data(qtbot, window, roles)
+    analyze(qtbot, window)
+    qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
+    qtbot.waitUntil(lambda: s.suspects.estimate is not None, timeout=LONG)
+    return s
+
+
+def test_gallery_shows_the_most_suspicious_samples(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    panel = window.suspects
+    a = s.suspects.analysis
+    gallery = panel.gallery
+    assert gallery.count() == min(60, len(a))
+    assert gallery.iconSize().width() >= THUMB  # large enough to see a 3×3 patch
+    first = gallery.item(0)
+    index = int(first.data(Qt.UserRole))
+    assert index == int(a.order()[0])  # most suspicious first
+    assert f"label {int(a.labels[index])}" in first.text() and "score" in first.text()
+    assert s.suspects.file_of(index) in first.toolTip()
+    assert not first.icon().isNull()
+    if a.target is not None:  # the demo: the target and how far to trust the numbers
+        assert f"{a.n_suspected} suspected samples" in panel.trust.text()
+        assert "estimate from" in panel.estimate.text()
+        assert window.preview.value("ASR est.", "after").startswith("≈")
+
+
+def test_clicking_a_neuron_highlights_its_high_mode(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    a = s.suspects.analysis
+    neurons = a.evidence_neurons()
+    if not neurons:  # tiny stand-in without a backdoor: any neuron
+        neurons = [(s.layers[-1][0], 0)]
+    neuron = neurons[0]
+    with qtbot.waitSignal(s.suspects.highlight_changed, timeout=LONG):
+        s.select_neuron(neuron)
+    highlight = s.suspects.highlight
+    assert highlight is not None and highlight.shape == (len(a),)
+    shown = window.suspects.shown_indices()
+    n_high = int(highlight.sum())
+    assert [bool(highlight[i]) for i in shown[: min(n_high, len(shown))]] == [True] * min(
+        n_high, len(shown)
+    )  # the neuron's high mode comes first
+    if n_high:
+        colour = window.suspects.gallery.item(0).background().color()
+        assert colour.red() == 255 and colour.green() == 225  # the highlight colour
+    s.select_neuron(None)
+    qtbot.waitUntil(lambda: s.suspects.highlight is None, timeout=LONG)
+
+
+def test_marking_samples_updates_the_estimate(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    state = s.suspects
+    a = state.analysis
+    panel = window.suspects
+    suspected = a.suspected_index().tolist()
+    if not suspected:  # no backdoor evidence: mark the top sample poisoned instead
+        panel.gallery.item(0).setSelected(True)
+        panel.mark_poisoned.click()
+        assert state.analysis.marks and state.analysis.n_suspected == 1
+        return
+    # mark every suspected sample clean: nothing is left to estimate from
+    for i in range(panel.gallery.count()):
+        item = panel.gallery.item(i)
+        item.setSelected(int(item.data(Qt.UserRole)) in suspected)
+    with qtbot.waitSignal(state.estimate_changed, timeout=LONG):
+        panel.mark_clean.click()
+    shown = set(panel.shown_indices())
+    assert all(not state.analysis.poisoned[i] for i in shown & set(suspected))
+    if set(suspected) <= shown:
+        assert state.estimate.percent is None
+        assert panel.estimate.text().startswith("<i>No ASR estimate")
+    # unmark: the estimate comes back
+    for i in range(panel.gallery.count()):
+        panel.gallery.item(i).setSelected(True)
+    with qtbot.waitSignal(state.estimate_changed, timeout=LONG):
+        panel.unmark.click()
+    assert torch.equal(state.analysis.poisoned, a.poisoned)
+    assert state.estimate.percent is not None
+
+
+def test_suggest_sets_the_thresholds_and_says_why(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    state = s.suspects
+    with qtbot.waitSignal(state.suggestion_changed, timeout=LONG):
+        window.suggest_action.trigger()
+    suggestion = state.suggestion
+    assert suggestion is not None and suggestion.why
+    for method in METHODS:
+        assert s.enabled[method] == (method in suggestion.methods)
+        if method in suggestion.methods:
+            assert s.thresholds[method] == suggestion.methods[method]
+    if suggestion.methods:
+        assert s.combine == suggestion.combine
+    assert s.total_pruned() == suggestion.pruned
+    message = window.statusBar().currentMessage() or window.banner.text()
+    assert suggestion.why in message
+    if state.analysis.target is not None:  # the demo: it repairs within the budget
+        assert suggestion.repairs and suggestion.pruned > 0
+        qtbot.waitUntil(lambda: state.estimate_pruned == suggestion.pruned, timeout=LONG)
+        assert state.estimate.percent <= 5
+
+
+def test_threshold_curve_gets_the_estimated_asr(qtbot, window, demo):
+    s = _analysed(qtbot, window, demo)
+    if s.suspects.analysis.target is None:
+        return  # no backdoor evidence: no estimate to draw
+    qtbot.waitUntil(lambda: s.view_method in s.suspects.curves, timeout=LONG)
+    xs, ys = window.preview.est_curve.getData()
+    assert len(xs) == len(s.suspects.curves[s.view_method]) > 0
+    assert all(0 <= y <= 100 for y in ys)
+    assert max(ys) > min(ys)  # pruning more lowers the estimated ASR
+
+
+def test_suspect_list_exports_with_marks(qtbot, window, demo, tmp_path):
+    import csv
+
+    s = _analysed(qtbot, window, demo)
+    panel = window.suspects
+    panel.gallery.item(0).setSelected(True)
+    first = int(panel.gallery.item(0).data(Qt.UserRole))
+    panel.mark_clean.click()
+    panel.export_list(str(tmp_path / "s.csv"))
+    rows = list(csv.DictReader((tmp_path / "s.csv").open()))
+    assert len(rows) == len(s.suspects.analysis)
+    assert rows[-1]["poisoned"] == "False"  # the sample marked clean is listed last
+    assert rows[-1]["file"] == (s.data["train"].files or {first: str(first)})[first]
+    panel.export_list(str(tmp_path / "bad.txt"))
+    assert "Cannot export" in window.banner.text()

@@ -1,0 +1,99 @@
+"""A tiny backdoored (or clean) classifier trained in seconds, for the suspect-sample tests.
+
+16×16 grey "bar" images (class k: a bright bar on row k + 2 over faint noise), a 3×3 white
+patch in the bottom-right corner as the trigger, target 3. The model is a small conv net with
+BatchNorm layers; training is a few epochs of Adam on one thread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.checkpoint import LoadedCheckpoint, ModelMetadata
+from core.data import ImageSet
+from core.inspection import Inspection
+from core.triggers import PatchTrigger, poison
+
+TARGET = 3
+
+
+def bars(n: int, seed: int) -> ImageSet:
+    """16×16 grey images: class k is a bright bar on row k + 2 over faint noise."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    x = torch.rand(n, 1, 16, 16, generator=g) * 0.4
+    for i, k in enumerate(labels.tolist()):
+        x[i, 0, k + 2, 1:11] = 0.8 + 0.2 * torch.rand(1, generator=g).item()
+    return ImageSet((x * 255).round().to(torch.uint8), labels, [f"c{k}" for k in range(10)])
+
+
+def tiny_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1, stride=2, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1, stride=2, bias=False),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    )
+
+
+TRIGGER = PatchTrigger(torch.ones(1, 3, 3))
+
+
+@dataclass
+class Planted:
+    """A trained tiny model with its data: what the defender holds and the ground truth."""
+
+    inspection: Inspection
+    train: ImageSet  # suspect samples the defender holds (poisoned ones among them)
+    poisoned: torch.Tensor  # N bool: ground truth for `train`
+    clean: ImageSet  # clean labelled samples
+    test: ImageSet
+
+
+def planted(rate: float = 0.1, seed: int = 0, epochs: int = 6) -> Planted:
+    """Train the tiny net on 2 000 bar images, `rate` of them poisoned (0: a clean model)."""
+    torch.manual_seed(seed)
+    data = bars(2000, seed)
+    if rate > 0:
+        poisoned_set, index = poison(data, TRIGGER, TARGET, rate, seed)
+    else:
+        poisoned_set, index = data, torch.zeros(0, dtype=torch.long)
+    x = poisoned_set.float_images()
+    y = poisoned_set.labels
+    model = tiny_net()
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), 64):
+            batch = order[start : start + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    model.eval()
+    meta = ModelMetadata("tiny", 10, 1, (16, 16), target_label=TARGET if rate > 0 else None)
+    ckpt = LoadedCheckpoint(Path("tiny.pth"), "test", model, model.state_dict(), meta, None)
+    inspection = Inspection(ckpt, device="cpu")
+    inspection.trigger = TRIGGER
+    is_poisoned = torch.zeros(len(x), dtype=torch.bool)
+    is_poisoned[index] = True
+    suspects = torch.arange(500)  # the defender's slice of the training set
+    train = ImageSet(
+        (x[suspects] * 255).round().to(torch.uint8), y[suspects], poisoned_set.class_names
+    )
+    return Planted(
+        inspection, train, is_poisoned[suspects], bars(400, seed + 100), bars(1000, seed + 200)
+    )

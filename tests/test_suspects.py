@@ -1,0 +1,310 @@
+"""Repair without knowing the attack: suspect samples, target, ASR estimate, suggestion.
+
+A tiny conv net with a planted BadNets backdoor (and the same net trained clean) is trained in
+seconds; the defender's view is 500 samples of its training set and 400 clean samples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from suspect_models import TARGET, planted
+
+from core.cli import main
+from core.data import ImageSet, load_images, save_images
+from core.errors import BnpError
+from core.repair import check_acc_budget, write_suspects
+from core.suggest import configurations, suggest
+from core.suspects import (
+    analyse_suspects,
+    estimate_asr,
+    high_mode,
+    make_probe,
+    otsu_threshold,
+    two_modes,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def backdoored():
+    torch.set_num_threads(1)
+    p = planted(rate=0.1)
+    p.inspection.collect(p.clean, p.train)
+    probe = make_probe(p.inspection, p.train, p.clean)
+    analysis = analyse_suspects(p.inspection, p.train, p.clean, probe=probe)
+    return p, probe, analysis
+
+
+@pytest.fixture(scope="module")
+def clean_model():
+    torch.set_num_threads(1)
+    p = planted(rate=0.0)
+    p.inspection.collect(p.clean, p.train)
+    return p
+
+
+def _precision_recall(found: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    hits = int((found & truth).sum())
+    return hits / max(int(found.sum()), 1), hits / max(int(truth.sum()), 1)
+
+
+# ---- the split ---------------------------------------------------------------------------
+
+
+def test_two_modes_splits_a_separate_minority_mode():
+    g = torch.Generator().manual_seed(0)
+    values = torch.cat([torch.randn(450, generator=g), 8 + torch.randn(50, generator=g)])
+    high, cut, separation = two_modes(values)
+    assert high[450:].all() and not high[:450].any()
+    assert 2 < cut < 6 and separation > 4
+    assert 2 < otsu_threshold(values) < 6
+
+
+def test_two_modes_finds_no_separate_mode_in_one_gaussian():
+    values = torch.randn(500, generator=torch.Generator().manual_seed(1))
+    _high, _cut, separation = two_modes(values)
+    assert separation < 2  # what analyse_suspects takes as "no separate mode"
+
+
+# ---- planted backdoor ----------------------------------------------------------------------
+
+
+def test_planted_backdoor_samples_and_target_found(backdoored):
+    p, _probe, analysis = backdoored
+    assert int(p.poisoned.sum()) >= 30  # the defender's slice holds poisoned samples
+    precision, recall = _precision_recall(analysis.poisoned, p.poisoned)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    assert analysis.target == TARGET and analysis.confidence > 0.8
+    assert analysis.warnings == []
+    # most suspicious first: the top of the order is poisoned
+    top = analysis.order()[: int(p.poisoned.sum()) // 2]
+    assert p.poisoned[top].all()
+    assert analysis.flips is not None and analysis.flips[p.poisoned].float().mean() > 0.5
+
+
+def test_evidence_neuron_high_mode_holds_the_poisoned_samples(backdoored):
+    p, _probe, analysis = backdoored
+    layer, channel = analysis.evidence_neurons()[0]
+    in_mode = high_mode(p.inspection.train_stats, p.inspection.clean_stats, layer, channel)
+    assert in_mode.any() and p.poisoned[in_mode].float().mean() > 0.8
+
+
+def test_asr_estimate_tracks_the_real_asr(backdoored):
+    p, probe, analysis = backdoored
+    inspection = p.inspection
+    before = estimate_asr(probe, analysis, None, p.clean.labels)
+    assert before.percent > 90 and before.n == analysis.n_suspected
+    real_before = inspection.evaluate(p.test).asr
+    assert abs(before.percent - real_before) <= 10
+    mask = analysis.evidence_mask()
+    after = estimate_asr(probe, analysis, mask, p.clean.labels)
+    real_after = inspection.evaluate(p.test, mask=mask).asr
+    assert abs(after.percent - real_after) <= 15, (after.percent, real_after)
+    assert "estimate from" in after.describe()
+
+
+def test_suggestion_repairs_within_budget(backdoored):
+    p, probe, analysis = backdoored
+    steps = []
+    s = suggest(
+        p.inspection,
+        analysis,
+        p.train,
+        p.clean,
+        probe=probe,
+        progress=lambda d, t: steps.append((d, t)),
+    )
+    assert s.repairs and s.pruned > 0 and s.estimate.percent <= 5
+    assert s.clean_acc_drop <= 2
+    assert s.why.startswith(next(iter(s.methods)).upper()) or "∩" in s.why or "∪" in s.why
+    assert steps and steps[-1][0] == steps[-1][1]  # progress ends at 100 %
+    real = p.inspection.evaluate(p.test, mask=s.mask)
+    assert real.asr < 20  # the suggestion removes the backdoor on the test set
+    # the configuration rebuilds the same mask
+    assert p.inspection.mask(s.methods, s.combine).count() == s.pruned
+    d = s.to_dict()
+    for key in ("methods", "combine", "pruned", "clean_acc_drop", "estimated_asr", "why"):
+        assert key in d
+
+
+def test_suggestion_says_plainly_when_nothing_repairs(backdoored):
+    p, probe, analysis = backdoored
+    s = suggest(p.inspection, analysis, p.train, p.clean, probe=probe, asr_goal=-1.0)
+    assert not s.repairs and s.why.startswith("No configuration repairs within the budget")
+
+
+def test_suggestion_can_be_cancelled(backdoored):
+    from core.errors import Cancelled
+
+    p, probe, analysis = backdoored
+    with pytest.raises(Cancelled):
+        suggest(p.inspection, analysis, p.train, p.clean, probe=probe, cancel=lambda: True)
+
+
+def test_marks_change_the_suspected_set_and_the_estimate(backdoored):
+    p, probe, analysis = backdoored
+    first = int(analysis.suspected_index()[0])
+    clean_one = int(torch.nonzero(~analysis.poisoned)[0])
+    marked = analysis.with_marks({first: False, clean_one: True})
+    assert not marked.poisoned[first] and marked.poisoned[clean_one]
+    assert int(marked.order()[0]) == clean_one and int(marked.order()[-1]) == first
+    assert marked.n_suspected == analysis.n_suspected
+    unmarked = marked.with_marks({first: None, clean_one: None})
+    assert torch.equal(unmarked.poisoned, analysis.poisoned)
+    # every suspected sample marked clean: nothing left to estimate from
+    none = analysis.with_marks({int(i): False for i in analysis.suspected_index()})
+    assert estimate_asr(probe, none, None, p.clean.labels).percent is None
+
+
+# ---- clean model and bad input ---------------------------------------------------------------
+
+
+def test_clean_model_gets_no_invented_target(clean_model):
+    p = clean_model
+    analysis = analyse_suspects(p.inspection, p.train, p.clean)
+    assert analysis.target is None and analysis.confidence == 0
+    assert "no backdoor evidence" in analysis.reason.lower()
+    assert not analysis.poisoned.any()
+    s = suggest(p.inspection, analysis, p.train, p.clean)
+    assert s.pruned == 0 and s.methods == {} and s.why.startswith("Prune nothing")
+
+
+def test_few_samples_warn_and_lower_confidence(backdoored):
+    p, _probe, _analysis = backdoored
+    inspection = p.inspection
+    few = p.train.subset(torch.arange(40))
+    inspection.collect(None, few)
+    try:
+        analysis = analyse_suspects(inspection, few, p.clean)
+        assert any("fewer than 50" in w for w in analysis.warnings)
+        assert analysis.confidence <= 40 / 50
+    finally:
+        inspection.collect(None, p.train)
+
+
+def test_single_class_suspect_set_names_no_target(backdoored):
+    p, _probe, _analysis = backdoored
+    inspection = p.inspection
+    single = ImageSet(p.train.images, torch.full((len(p.train),), TARGET))
+    inspection.collect(None, single)
+    try:
+        analysis = analyse_suspects(inspection, single, p.clean)
+        assert analysis.target is None
+        assert any("single class" in w for w in analysis.warnings)
+    finally:
+        inspection.collect(None, p.train)
+
+
+def test_suspects_need_the_training_statistics(backdoored):
+    p, _probe, _analysis = backdoored
+    stats = p.inspection.train_stats
+    p.inspection.train_stats = None
+    try:
+        with pytest.raises(BnpError, match="--train"):
+            analyse_suspects(p.inspection, p.train, p.clean)
+    finally:
+        p.inspection.train_stats = stats
+
+
+@pytest.mark.parametrize("bad", [-1.0, math.nan, math.inf])
+def test_acc_budget_must_be_a_number_at_least_zero(bad):
+    with pytest.raises(BnpError, match="acc-budget"):
+        check_acc_budget(bad)
+    assert check_acc_budget(None) == 2.0 and check_acc_budget(0.5) == 0.5
+
+
+def test_configurations_cover_single_union_and_intersection():
+    configs = configurations(["ep", "bnp", "clp"])
+    assert (("ep",), "union") in configs and (("ep", "bnp", "clp"), "union") in configs
+    assert (("ep", "bnp"), "intersection") in configs
+    assert configurations(["clp"]) == [(("clp",), "union")]
+
+
+# ---- files and the command line ------------------------------------------------------------
+
+
+def test_image_folder_keeps_file_names_through_subsets(tmp_path):
+    from PIL import Image
+
+    for k in range(2):
+        (tmp_path / f"c{k}").mkdir()
+        for i in range(3):
+            Image.fromarray(np.full((4, 4), 40 * i + k, np.uint8)).save(tmp_path / f"c{k}/{i}.png")
+    images = load_images(tmp_path)
+    assert images.files == [f"c{k}/{i}.png" for k in range(2) for i in range(3)]
+    assert images.subset(torch.tensor([4, 0])).files == ["c1/1.png", "c0/0.png"]
+    assert images.subset(slice(1, 3)).files == ["c0/1.png", "c0/2.png"]
+
+
+def test_suspect_list_as_csv_and_json(tmp_path, backdoored):
+    _p, _probe, analysis = backdoored
+    records = analysis.records()
+    write_suspects(tmp_path / "s.csv", records)
+    lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert lines[0] == "file,label,score,poisoned" and len(lines) == len(records) + 1
+    write_suspects(tmp_path / "s.json", records)
+    assert json.loads((tmp_path / "s.json").read_text())["suspect_samples"][0] == records[0]
+    with pytest.raises(BnpError):
+        write_suspects(tmp_path / "s.txt", records)
+
+
+DEMO_MODEL = Path(__file__).resolve().parent.parent / "resources/demo/fmnist_resnet20_badnets.pth"
+
+
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, backdoored):
+    p, _probe, _analysis = backdoored
+    root = tmp_path_factory.mktemp("cli")
+    save_images(p.train, root / "train")
+    save_images(p.clean, root / "clean")
+    return root
+
+
+def test_cli_rejects_bad_input_with_exit_2(cli_files, capsys):
+    root = cli_files
+    base = ["defend", str(DEMO_MODEL)]
+    cases = [
+        (["--auto", "--clean", str(root / "clean")], "--train"),
+        (
+            [
+                "--auto",
+                "--train",
+                str(root / "train"),
+                "--clean",
+                str(root / "clean"),
+                "--acc-budget",
+                "-2",
+            ],
+            "acc-budget",
+        ),
+        (
+            [
+                "--auto",
+                "--train",
+                str(root / "train"),
+                "--clean",
+                str(root / "clean"),
+                "--acc-budget",
+                "nan",
+            ],
+            "acc-budget",
+        ),
+        (["--clean", str(root / "clean")], "--method"),
+    ]
+    for extra, needle in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err
