@@ -627,6 +627,14 @@ def _clean_label_setup(
 ) -> CleanLabelSetup:
     """The clean model for ``--attack cla``: ``--clean-model``, else one trained first."""
     pgd = PgdSettings(args.pgd_eps / 255, args.pgd_step / 255, args.pgd_steps)
+    n_classes = train_data.num_classes
+    if not 0 <= args.target < n_classes:  # before any clean model is trained
+        raise BnpError(f"target label {args.target} is not a class (0..{n_classes - 1})")
+    if not bool((train_data.labels == args.target).any()):
+        raise BnpError(
+            f"the clean-label attack poisons samples of the target class, and class "
+            f"{args.target} has no samples in the training set ({len(train_data)} samples)"
+        )
     if args.clean_model:
         path = Path(args.clean_model)
         try:
