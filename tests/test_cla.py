@@ -205,6 +205,12 @@ def test_cli_trains_a_clean_model_first_and_records_the_attack(data_dir, capsys)
     assert got.asr == want.asr and got.n_poison == 90
     assert got.asr == pytest.approx(ckpt.metadata.extra["asr"])
 
+    # the window resolves "the checkpoint's trigger" by the same rule
+    from bnp_gui.trigger_source import TriggerSource, resolve_trigger
+
+    resolved = resolve_trigger(TriggerSource(kind="checkpoint"), ckpt)
+    assert isinstance(resolved.trigger, FourCornerTrigger) and resolved.target == 3
+
 
 def test_cli_reuses_a_given_clean_model(data_dir, capsys):
     clean = data_dir / "cla_clean_model.pth"
