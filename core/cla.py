@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from core.data import ImageSet, InputSpec, to_float
 from core.errors import DataError
+from core.evaluation import predict
 from core.triggers import Trigger
 
 __all__ = ["PGD_EPS", "PGD_STEP", "PGD_STEPS", "PgdSettings", "pgd_linf", "poison_clean_label"]
@@ -141,6 +142,13 @@ def poison_clean_label(
         adversarial = pgd_linf(
             clean_model, x[index], images.labels[index], spec, settings, device=device
         )
+        if log is not None:
+            before = (predict(clean_model, x[index], spec, device=device) == target).double()
+            after = (predict(clean_model, adversarial, spec, device=device) == target).double()
+            log(
+                f"clean-label attack: the clean model classifies {100 * after.mean():.1f}% of "
+                f"the {k} perturbed samples correctly ({100 * before.mean():.1f}% before PGD)"
+            )
         x[index] = trigger.apply(adversarial)
     source = (
         f"{images.source} (poisoned: clean-label {trigger.kind}, rate {rate:g}, target {target})"

@@ -128,7 +128,11 @@ def test_only_target_class_poisoned_labels_unchanged():
     trigger = FourCornerTrigger(patch)
     model = _tiny_model()
     spec = InputSpec(1, (16, 16))
-    poisoned, index = poison_clean_label(data, trigger, 2, 0.1, 0, clean_model=model, spec=spec)
+    said: list[str] = []
+    poisoned, index = poison_clean_label(
+        data, trigger, 2, 0.1, 0, clean_model=model, spec=spec, log=said.append
+    )
+    assert len(said) == 1 and "of the 20 perturbed samples correctly" in said[0]
     assert len(index) == 20  # round(0.1 · 200), below the class size
     assert (data.labels[index] == 2).all()
     assert torch.equal(poisoned.labels, data.labels)  # clean label
