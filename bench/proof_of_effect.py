@@ -50,22 +50,26 @@ def run_setting(arch, attack, args, workdir: Path) -> tuple[list[str], list[str]
     out = workdir / f"fmnist_{arch}_{attack}.pth"
     recipe = dict(
         arch=arch, target=0, rate=args.rate, epochs=args.epochs, lr=args.lr, flip=True, seed=0,
-        dataset="fashion-mnist", eval_limit=1000, progress=False,
+        dataset="fashion-mnist", eval_limit=1000, progress=False, crop_padding=args.crop_padding,
     )  # fmt: skip
     started = time.monotonic()
     clean_label = None
     baseline = ""
     if attack == "cla":
-        clean_out = workdir / f"fmnist_{arch}_clean_for_cla.pth"
-        clean = train(data, test, trigger=None, out=clean_out, **recipe)
         spec = InputSpec(data.channels, data.size)
-        base = evaluate(clean.model, test, spec, trigger=trigger, target=0)
+        if args.clean_model is not None:  # a clean model of an earlier run, same data
+            clean_out = args.clean_model
+            clean_model = load_checkpoint(clean_out).model
+        else:
+            clean_out = workdir / f"fmnist_{arch}_clean_for_cla.pth"
+            clean_model = train(data, test, trigger=None, out=clean_out, **recipe).model
+        base = evaluate(clean_model, test, spec, trigger=trigger, target=0)
         baseline = (
             f"clean model (trained for PGD): ACC {base.acc:.2f} %, four-corner trigger → "
             f"class 0 on {base.asr:.2f} % of non-target test images"
         )
         print(f"{arch} | cla: {baseline}", file=sys.stderr, flush=True)
-        clean_label = CleanLabelSetup(clean.model, spec, str(clean_out))
+        clean_label = CleanLabelSetup(clean_model, spec, str(clean_out))
     result = train(data, test, trigger=trigger, out=out, clean_label=clean_label, **recipe)
     minutes = (time.monotonic() - started) / 60
     inspection = Inspection(load_checkpoint(out), device="cpu")
@@ -110,6 +114,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=0.1, help="the seed's 0.1 diverges for VGG")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--crop-padding", type=int, help="random-crop padding (default: bnp train's, 3 px here)"
+    )
+    parser.add_argument(
+        "--clean-model", type=Path, help="cla: the clean model to run PGD against (default: train)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bnp-proof"))
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
@@ -137,7 +147,8 @@ def main() -> None:
             print("\n".join(rows), flush=True)
     text = (
         f"Fashion-MNIST, {args.train_limit} training images, {args.epochs} epochs, lr {args.lr}, "
-        f"poisoning "
+        + (f"crop padding {args.crop_padding}, " if args.crop_padding is not None else "")
+        + f"poisoning "
         f"rate {args.rate}, target 0, seed 0.\n\nk = 3, full test set (10 000):\n\n"
         + "\n".join(table)
         + "\n\nThreshold sweep, 2 000 test images, cells are ACC / ASR (neurons pruned):\n\n"
