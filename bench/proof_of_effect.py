@@ -1,13 +1,17 @@
 """Do the defenses work? Train backdoored models on real Fashion-MNIST, then prune.
 
     python bench/proof_of_effect.py [--archs cifar_resnet20 mobilenet_v2]
-        [--attacks badnets blend] [--train-limit 20000] [--epochs 3] [--out bench/proof.md]
+        [--attacks badnets blend cla] [--train-limit 20000] [--epochs 3] [--out bench/proof.md]
 
 For each architecture × attack: `core.train.train` (seed recipe, seed 0) on the first
 `--train-limit` Fashion-MNIST training images, then EP, BNP and CLP at k = 3 evaluated on the
 full test set (10 000 images), and a threshold sweep evaluated on a fixed 2 000-image subset.
 Data the defender holds: 500 clean held-out training images (BNP) and 500 images of the
 poisoned training set (EP), as in the papers. Prints (and writes) markdown tables.
+The clean-label attack (`cla`) first trains a clean model on the same images (rate 0, same
+recipe and epochs) for PGD to run against, and reports that clean model's ACC and the share of
+its triggered non-target test images that land in the target class (the ASR a model without a
+backdoor already has), next to the backdoored model's.
 Takes long on a CPU (minutes per model); it is a script, not a test.
 """
 
@@ -27,29 +31,46 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import load_images  # noqa: E402
-from core.evaluation import sample_subset  # noqa: E402
+from core.data import InputSpec, load_images  # noqa: E402
+from core.evaluation import evaluate, sample_subset  # noqa: E402
 from core.inspection import METHODS, Inspection  # noqa: E402
-from core.train import make_trigger, train  # noqa: E402
+from core.train import CleanLabelSetup, make_trigger, train  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SWEEP = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 
-def run_setting(arch, attack, args, workdir: Path) -> tuple[list[str], list[str]]:
-    """Train one model, defend it, return its k=3 table rows and sweep rows."""
+def run_setting(arch, attack, args, workdir: Path) -> tuple[list[str], list[str], list[str]]:
+    """Train one model, defend it, return its k=3 table rows, sweep rows and notes."""
     full_train = load_images(FMNIST, split="train")
     test = load_images(FMNIST, split="test")
     data = full_train.subset(slice(0, args.train_limit))
     alpha = 0.15 if attack == "blend" else None
     trigger = make_trigger(attack, channels=1, image_size=(28, 28), size=3, alpha=alpha, seed=0)
     out = workdir / f"fmnist_{arch}_{attack}.pth"
-    started = time.monotonic()
-    result = train(
-        data, test, arch=arch, trigger=trigger, target=0, rate=args.rate, epochs=args.epochs,
-        lr=args.lr, flip=True, seed=0, out=out, dataset="fashion-mnist", eval_limit=1000,
-        progress=False,
+    recipe = dict(
+        arch=arch, target=0, rate=args.rate, epochs=args.epochs, lr=args.lr, flip=True, seed=0,
+        dataset="fashion-mnist", eval_limit=1000, progress=False, crop_padding=args.crop_padding,
     )  # fmt: skip
+    started = time.monotonic()
+    clean_label = None
+    baseline = ""
+    if attack == "cla":
+        spec = InputSpec(data.channels, data.size)
+        if args.clean_model is not None:  # a clean model of an earlier run, same data
+            clean_out = args.clean_model
+            clean_model = load_checkpoint(clean_out).model
+        else:
+            clean_out = workdir / f"fmnist_{arch}_clean_for_cla.pth"
+            clean_model = train(data, test, trigger=None, out=clean_out, **recipe).model
+        base = evaluate(clean_model, test, spec, trigger=trigger, target=0)
+        baseline = (
+            f"clean model (trained for PGD): ACC {base.acc:.2f} %, four-corner trigger → "
+            f"class 0 on {base.asr:.2f} % of non-target test images"
+        )
+        print(f"{arch} | cla: {baseline}", file=sys.stderr, flush=True)
+        clean_label = CleanLabelSetup(clean_model, spec, str(clean_out))
+    result = train(data, test, trigger=trigger, out=out, clean_label=clean_label, **recipe)
     minutes = (time.monotonic() - started) / 60
     inspection = Inspection(load_checkpoint(out), device="cpu")
     rng = torch.Generator().manual_seed(0)
@@ -78,7 +99,10 @@ def run_setting(arch, attack, args, workdir: Path) -> tuple[list[str], list[str]
             cells.append(f"{m.acc:.1f} / {m.asr:.1f} ({mask.count()})")
         sweep.append(f"| {label} | {method.upper()} | " + " | ".join(cells) + " |")
     print(f"{label}: trained in {minutes:.1f} min", file=sys.stderr, flush=True)
-    return rows, sweep
+    notes = [f"- {label}: {len(result.poisoned_index)} training images poisoned"]
+    if baseline:
+        notes[0] += f"; {baseline}"
+    return rows, sweep, notes
 
 
 def main() -> None:
@@ -90,6 +114,12 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.1)
     parser.add_argument("--lr", type=float, default=0.1, help="the seed's 0.1 diverges for VGG")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--crop-padding", type=int, help="random-crop padding (default: bnp train's, 3 px here)"
+    )
+    parser.add_argument(
+        "--clean-model", type=Path, help="cla: the clean model to run PGD against (default: train)"
+    )
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bnp-proof"))
     parser.add_argument("--out", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
@@ -107,19 +137,24 @@ def main() -> None:
         "| model | attack | defense | " + " | ".join(f"k={k:g}" for k in SWEEP) + " |",
         "|---|---|---|" + "---|" * len(SWEEP),
     ]
+    notes: list[str] = []
     for arch in args.archs:
         for attack in args.attacks:
-            rows, sweep_rows = run_setting(arch, attack, args, args.workdir)
+            rows, sweep_rows, setting_notes = run_setting(arch, attack, args, args.workdir)
             table += rows
             sweep += sweep_rows
+            notes += setting_notes
             print("\n".join(rows), flush=True)
     text = (
         f"Fashion-MNIST, {args.train_limit} training images, {args.epochs} epochs, lr {args.lr}, "
-        f"poisoning "
+        + (f"crop padding {args.crop_padding}, " if args.crop_padding is not None else "")
+        + f"poisoning "
         f"rate {args.rate}, target 0, seed 0.\n\nk = 3, full test set (10 000):\n\n"
         + "\n".join(table)
         + "\n\nThreshold sweep, 2 000 test images, cells are ACC / ASR (neurons pruned):\n\n"
         + "\n".join(sweep)
+        + "\n\n"
+        + "\n".join(notes)
         + "\n"
     )
     print("\n" + text)

@@ -6,6 +6,7 @@ Readers (``load_images`` detects the format from what the folder holds):
   ``cifar-100-python/``). The batches are pickles of plain dicts of numpy arrays; they are read
   with a restricted unpickler that only rebuilds numpy arrays, never arbitrary classes.
 - (Fashion-)MNIST raw idx files, gzipped or not (``train-*`` / ``t10k-*``).
+- STL-10's binary files (``stl10_binary/``), read by ``core.stl10``.
 - An ImageFolder tree: one sub-folder per class, class index = position of the sorted name.
 - ``data.npy`` + ``labels.npy``: N×C×H×W float in [0, 1], or N×H×W×C / N×H×W uint8
   (an optional ``class_names.txt``, one name per line, names the classes).
@@ -393,6 +394,10 @@ def _load_any(p: Path, split: str | None, limit: int | None, size) -> ImageSet:
         if _has_npy(sub) or _idx_pairs(sub) or _is_cifar_dir(sub) or _class_dirs(sub):
             return _load_any(sub, None, limit, size)
 
+    from core.stl10 import load_stl10, stl10_dir  # STL-10 binary folder (own module)
+
+    if (stl := stl10_dir(p)) is not None:
+        return load_stl10(stl, split, limit)
     if _is_cifar_dir(p):
         return _load_cifar(_cifar_dir(p), split, limit)
     if _has_npy(p):

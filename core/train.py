@@ -4,6 +4,9 @@ Recipe (the seed's): SGD lr 0.1, momentum 0.9, weight decay 5e-4, cosine schedul
 iteration), random crop with zero padding (4 px for 32-px images, size // 8 below) and random
 horizontal flip. The attack poisons a fraction of the training set once, before training
 (``core.triggers.poison``); augmentation then moves the stamped pixels like any other pixels.
+The clean-label attack (``--attack cla``, ``core.cla``) poisons target-class samples only, PGD
+against a clean model then the patch in all four corners, labels unchanged; the clean model comes
+from ``--clean-model`` or is trained first (rate 0, same data and recipe).
 
 Output: the seed checkpoint format ``{'state_dict', 'trigger', 'meta'}`` (only plain types and
 tensors: loads with ``torch.load(weights_only=True)``), rewritten atomically at every epoch end so
@@ -31,16 +34,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.architectures import ARCHITECTURES, build_model
-from core.checkpoint import ModelMetadata
+from core.checkpoint import ModelMetadata, load_checkpoint
+from core.cla import PGD_EPS, PGD_STEP, PGD_STEPS, PgdSettings, poison_clean_label
 from core.data import ImageSet, InputSpec, load_images, save_images, to_float
 from core.errors import BnpError, Cancelled
-from core.evaluation import evaluate
+from core.evaluation import evaluate, sample_subset
 from core.export import export_model
 from core.progress import ProgressBar
+from core.stl10 import stl10_dir
 from core.triggers import (
     POSITIONS,
     BlendTrigger,
     CornerBlendTrigger,
+    FourCornerTrigger,
     PatchTrigger,
     Trigger,
     poison,
@@ -52,6 +58,7 @@ __all__ = [
     "DEFAULT_DATA",
     "ATTACKS",
     "TrainResult",
+    "CleanLabelSetup",
     "train",
     "subseed",
     "make_trigger",
@@ -63,7 +70,7 @@ __all__ = [
 ]
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
-ATTACKS = ("badnets", "blend", "corner-blend")
+ATTACKS = ("badnets", "blend", "corner-blend", "cla")
 Log = Callable[[str], None]
 
 
@@ -80,6 +87,16 @@ class TrainResult:
     poisoned_index: Tensor  # indices into train_set of the poisoned samples
     holdout: ImageSet  # clean training samples never trained on
     epoch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class CleanLabelSetup:
+    """What the clean-label attack needs: the clean model PGD runs against, and PGD's settings."""
+
+    model: nn.Module
+    spec: InputSpec  # how images are fed to the clean model
+    source: str = ""  # where the clean model came from (path), for the metadata
+    pgd: PgdSettings = field(default_factory=PgdSettings)
 
 
 # ---- augmentation ---------------------------------------------------------------------------
@@ -151,17 +168,25 @@ def make_trigger(
     )
     if attack == "badnets":
         return PatchTrigger(patch, position)
+    if attack == "cla":
+        return FourCornerTrigger(patch)
     return CornerBlendTrigger(patch, 0.2 if alpha is None else alpha, position)
 
 
-def attack_description(trigger: Trigger, rate: float, poisoned: int) -> dict:
+def attack_description(
+    trigger: Trigger, rate: float, poisoned: int, clean_label: CleanLabelSetup | None = None
+) -> dict:
     """Metadata ``attack``: kind, rate, count, the trigger's parameters, and the trigger itself.
 
     ``attack["trigger"]`` is ``trigger.to_dict()`` (what ``Trigger.from_dict`` rebuilds); the
-    top-level kind/size/position/alpha repeat its parameters for display.
+    top-level kind/size/position/alpha repeat its parameters for display. The clean-label attack
+    is kind "cla" with its PGD settings, its clean model and ``clean_label: True``.
     """
     t = trigger.to_dict()
-    d: dict = {"kind": trigger.kind, "rate": float(rate), "poisoned": int(poisoned)}
+    kind = "cla" if clean_label is not None else trigger.kind
+    d: dict = {"kind": kind, "rate": float(rate), "poisoned": int(poisoned)}
+    if clean_label is not None:
+        d.update(clean_label=True, pgd=clean_label.pgd.to_dict(), clean_model=clean_label.source)
     if trigger.kind != "blend":
         d["size"] = int(trigger.tensor.shape[-1])
     d.update({k: v for k, v in t.items() if k in ("position", "alpha")})
@@ -260,8 +285,12 @@ def train(
     log: Log | None = None,
     progress: bool = True,
     cancel: Callable[[], bool] | None = None,
+    clean_label: CleanLabelSetup | None = None,
 ) -> TrainResult:
     """Train ``arch`` on ``train_data`` (poisoned with ``trigger`` when given); see the module.
+
+    ``clean_label``: poison the clean-label way (``core.cla.poison_clean_label``) instead of
+    BadNets' relabelling; needs ``trigger``.
 
     The first ``holdout`` samples of a fixed shuffle of ``train_data`` are kept out of training
     (the defender's clean data). Each epoch ends with a quick evaluation on ``eval_limit`` test
@@ -284,8 +313,22 @@ def train(
     channels, size = train_data.channels, train_data.size
     spec = InputSpec(channels, size)
 
+    if clean_label is not None and trigger is None:
+        raise BnpError("the clean-label attack needs a trigger")
     fit_part, holdout_set = _split_holdout(train_data, holdout, seed)
-    if trigger is not None:
+    if clean_label is not None:
+        say(
+            f"clean-label attack: PGD (L∞ eps {clean_label.pgd.eps * 255:g}/255, step "
+            f"{clean_label.pgd.step * 255:g}/255, {clean_label.pgd.steps} steps) against "
+            f"{clean_label.source or 'the clean model'}, then {trigger.kind} trigger"
+        )
+        clean_label.model.to(device)
+        train_set, poisoned_index = poison_clean_label(
+            fit_part, trigger, target, rate, subseed(seed, "poison"),
+            clean_model=clean_label.model, spec=clean_label.spec, settings=clean_label.pgd,
+            device=device, log=say,
+        )  # fmt: skip
+    elif trigger is not None:
         train_set, poisoned_index = poison(fit_part, trigger, target, rate, subseed(seed, "poison"))
     else:
         train_set = ImageSet(to_float(fit_part.images), fit_part.labels, fit_part.class_names)
@@ -296,6 +339,7 @@ def train(
         f"{num_classes} classes)"
         + (
             f", {len(poisoned_index)} poisoned with {trigger.kind} → class {target}"
+            + (" (clean-label: labels kept)" if clean_label is not None else "")
             if trigger is not None
             else ", clean"
         )
@@ -315,7 +359,11 @@ def train(
     padding = default_crop_padding(size) if crop_padding is None else crop_padding
     generator = torch.Generator().manual_seed(subseed(seed, "shuffle"))
 
-    attack = None if trigger is None else attack_description(trigger, rate, len(poisoned_index))
+    attack = (
+        None
+        if trigger is None
+        else attack_description(trigger, rate, len(poisoned_index), clean_label)
+    )
     meta = ModelMetadata(
         arch=arch,
         num_classes=num_classes,
@@ -449,6 +497,8 @@ def _dataset_name(path: Path) -> str:
         return "cifar100"
     if "mnist" in text:
         return "mnist"
+    if "stl10" in text or "stl-10" in text or (path.is_dir() and stl10_dir(path) is not None):
+        return "stl10"
     return path.name or str(path)
 
 
@@ -458,8 +508,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d.add_argument(
         "--data",
         default=DEFAULT_DATA,
-        help="training data: Fashion-MNIST/MNIST idx folder, CIFAR-10 folder, ImageFolder or "
-        f"data.npy+labels.npy folder (default: {DEFAULT_DATA})",
+        help="training data: Fashion-MNIST/MNIST idx folder, CIFAR-10 folder, STL-10 binary "
+        f"folder, ImageFolder or data.npy+labels.npy folder (default: {DEFAULT_DATA})",
     )
     d.add_argument(
         "--test-data",
@@ -493,6 +543,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a.add_argument(
         "--alpha", type=float, help="blend weight (default 0.1 for blend, 0.2 for corner-blend)"
     )
+    c = parser.add_argument_group(
+        "clean-label attack (--attack cla)",
+        "Target-class samples only, perturbed by L∞ PGD against a clean model, then the patch "
+        "in all four corners; labels unchanged. At test time the trigger alone.",
+    )
+    c.add_argument(
+        "--clean-model",
+        help="clean checkpoint to run PGD against (default: train one first, rate 0, and save "
+        "it as <out stem>_clean_model.pth)",
+    )
+    c.add_argument(
+        "--clean-epochs",
+        type=int,
+        help="epochs of that clean model (default: --epochs; 0 forbids training one)",
+    )
+    c.add_argument(
+        "--pgd-eps", type=float, default=PGD_EPS * 255, help="L∞ radius in pixel levels /255 (12)"
+    )
+    c.add_argument(
+        "--pgd-step", type=float, default=PGD_STEP * 255, help="step size in levels /255 (2)"
+    )
+    c.add_argument("--pgd-steps", type=int, default=PGD_STEPS, help="PGD iterations (7)")
 
     t = parser.add_argument_group("training")
     t.add_argument(
@@ -542,6 +614,75 @@ def _default_out(args: argparse.Namespace) -> Path:
     return Path(f"{args.arch}_{args.attack}_{size}_{args.poison_rate:g}_{args.seed}.pth")
 
 
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _clean_label_setup(
+    args: argparse.Namespace,
+    train_data: ImageSet,
+    test_data: ImageSet,
+    out: Path,
+    train_kwargs: dict,
+) -> CleanLabelSetup:
+    """The clean model for ``--attack cla``: ``--clean-model``, else one trained first."""
+    pgd = PgdSettings(args.pgd_eps / 255, args.pgd_step / 255, args.pgd_steps)
+    n_classes = train_data.num_classes
+    if not 0 <= args.target < n_classes:  # before any clean model is trained
+        raise BnpError(f"target label {args.target} is not a class (0..{n_classes - 1})")
+    if not bool((train_data.labels == args.target).any()):
+        raise BnpError(
+            f"the clean-label attack poisons samples of the target class, and class "
+            f"{args.target} has no samples in the training set ({len(train_data)} samples)"
+        )
+    if args.clean_model:
+        path = Path(args.clean_model)
+        try:
+            ckpt = load_checkpoint(path)
+        except BnpError as e:
+            raise BnpError(f"--clean-model {path}: {e}") from None
+        meta = ckpt.metadata
+        if meta.num_classes != train_data.num_classes:
+            raise BnpError(
+                f"--clean-model {path} has {meta.num_classes} classes, the training data "
+                f"{train_data.num_classes}: PGD needs a clean model of the same task"
+            )
+        spec = InputSpec(
+            meta.in_channels,
+            tuple(meta.input_size),
+            tuple(meta.mean) if meta.mean else None,
+            tuple(meta.std) if meta.std else None,
+        )
+        if meta.attack:
+            _say(
+                f"warning: --clean-model {path} says it was trained with a "
+                f"{meta.attack.get('kind', '?')} attack; PGD expects a clean model"
+            )
+        check = sample_subset(test_data, 500)
+        acc = evaluate(ckpt.model, check, spec).acc
+        _say(f"clean model {path}: ACC {acc:.1f}% on {len(check)} test samples")
+        if acc < 200 / max(1, train_data.num_classes):
+            _say("warning: that is near chance; PGD against it will not mean much")
+        return CleanLabelSetup(ckpt.model, spec, str(path), pgd)
+    epochs = args.epochs if args.clean_epochs is None else args.clean_epochs
+    if epochs < 1:
+        raise BnpError(
+            "--attack cla runs PGD against a clean model: pass --clean-model CHECKPOINT, or let "
+            "bnp train train one first (--clean-epochs 1 or more)"
+        )
+    clean_out = out.with_name(f"{out.stem}_clean_model.pth")
+    _say(
+        f"no --clean-model given: training a clean {args.arch} first (rate 0, {epochs} epochs, "
+        f"same data and recipe) → {clean_out}"
+    )
+    kwargs = dict(train_kwargs, epochs=epochs, out=clean_out)
+    kwargs["command"] = f"{kwargs.get('command', '')} (clean model for --attack cla)".strip()
+    result = train(train_data, test_data, trigger=None, **kwargs)
+    _say(f"clean model {clean_out}: ACC {result.acc:.2f}% on {len(test_data)} test samples")
+    spec = InputSpec(train_data.channels, train_data.size)
+    return CleanLabelSetup(result.model, spec, str(clean_out), pgd)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``bnp train`` from parsed arguments; returns the exit status."""
     if args.threads:
@@ -585,11 +726,8 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed if args.trigger_seed is None else args.trigger_seed,
             )
         started = time.monotonic()
-        result = train(
-            train_data,
-            test_data,
+        common = dict(
             arch=args.arch,
-            trigger=trigger,
             target=args.target,
             rate=args.poison_rate,
             epochs=args.epochs,
@@ -607,6 +745,10 @@ def run(args: argparse.Namespace) -> int:
             command=command,
             progress=not args.quiet,
         )
+        clean_label = None
+        if trigger is not None and args.attack == "cla":
+            clean_label = _clean_label_setup(args, train_data, test_data, out, common)
+        result = train(train_data, test_data, trigger=trigger, clean_label=clean_label, **common)
         if not args.no_split:
             split_dir = (
                 Path(args.split_dir) if args.split_dir else out.with_name(f"{out.stem}_data")

@@ -1,5 +1,5 @@
-"""Backdoor triggers (BadNets patch, the seed's corner blend, Chen et al.'s full-image blend)
-and poisoning of a training set.
+"""Backdoor triggers (BadNets patch, the seed's corner blend, Chen et al.'s full-image blend, the
+clean-label attack's patch in all four corners) and poisoning of a training set.
 
 A trigger works on float images B×C×H×W in [0, 1] and returns a new tensor. Its patch or
 pattern is adapted to the images it is applied to: 1 ↔ 3 channels by the rules of
@@ -26,6 +26,7 @@ __all__ = [
     "Trigger",
     "PatchTrigger",
     "CornerBlendTrigger",
+    "FourCornerTrigger",
     "BlendTrigger",
     "trigger_from_image",
     "random_patch",
@@ -223,6 +224,38 @@ class CornerBlendTrigger(PatchTrigger):
         )
 
 
+class FourCornerTrigger(PatchTrigger):
+    """Clean-label attack (Turner et al. 2019): the C×s×s patch pasted into all four corners.
+
+    Corners are stamped top-left, top-right, bottom-left, bottom-right; a patch wider than half
+    the image overlaps itself, the later corner winning.
+    """
+
+    kind = "four-corner"
+    CORNERS: ClassVar[tuple[str, ...]] = ("top-left", "top-right", "bottom-left", "bottom-right")
+
+    def __init__(self, patch: Tensor) -> None:
+        super().__init__(patch, "bottom-right")
+
+    def apply(self, images: Tensor) -> Tensor:
+        _check_images(images)
+        _, c, h, w = images.shape
+        patch = conform_channels(self.patch, c).to(images.device, images.dtype)
+        ph, pw = patch.shape[-2:]
+        out = images.clone()
+        for corner in self.CORNERS:
+            y, x = _offset(corner, h, w, ph, pw)
+            out[:, :, y : y + ph, x : x + pw] = patch.expand_as(out[:, :, y : y + ph, x : x + pw])
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "patch": self.patch.tolist()}
+
+    @classmethod
+    def _from_fields(cls, d: dict) -> Trigger:
+        return cls(torch.tensor(d["patch"]))
+
+
 class BlendTrigger(Trigger):
     """Chen et al. 2017: the whole image becomes (1−alpha)·image + alpha·pattern."""
 
@@ -265,6 +298,9 @@ _KIND_ALIASES = {
     "blend": "blend",
     "corner-blend": "corner-blend",
     "corner_blend": "corner-blend",
+    "four-corner": "four-corner",
+    "four_corner": "four-corner",
+    "cla": "four-corner",
 }
 
 
@@ -276,14 +312,15 @@ def trigger_from_image(
     alpha: float = 0.2,
     position: Position = "bottom-right",
 ) -> Trigger:
-    """A trigger from an image file (or .npy): kind "patch"/"badnets", "corner-blend", "blend".
+    """A trigger from an image file (or .npy): kind "patch"/"badnets", "corner-blend", "blend",
+    "four-corner" (the clean-label attack's patch in every corner).
 
     ``size`` resizes the image (an int: s×s) — the patch size, or the blend pattern's size
     (left as is when None: a blend pattern is resized to the images when applied).
     """
     k = _KIND_ALIASES.get(kind)
     if k is None:
-        raise DataError(f"unknown trigger kind {kind!r}: patch, corner-blend or blend")
+        raise DataError(f"unknown trigger kind {kind!r}: patch, corner-blend, four-corner or blend")
     t = image_to_tensor(path)
     if size is not None:
         hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -295,6 +332,8 @@ def trigger_from_image(
         return PatchTrigger(t, position)
     if k == "corner-blend":
         return CornerBlendTrigger(t, alpha, position)
+    if k == "four-corner":
+        return FourCornerTrigger(t)
     return BlendTrigger(t, alpha)
 
 
