@@ -22,14 +22,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.architectures import ARCHITECTURES, Detection, build_model, detect_architecture
+from core.architectures import ARCHITECTURES, Detection, build_detected, detect_architecture
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
 
 SAFETENSORS_META_KEY = "bnp_meta"
 TORCHSCRIPT_META_FILE = "bnp_meta.json"
 # Keys under which training scripts commonly nest the weights, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "state_dict_ema")
-PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel, torch.compile, Lightning
 
 
 @dataclass
@@ -131,7 +131,7 @@ def load_checkpoint(
 
     state_dict = _clean_state_dict(raw, path)
     detection = _detect(state_dict, arch, meta)
-    model = build_model(detection.arch, detection.num_classes, detection.in_channels)
+    model = build_detected(detection)  # BatchNorms without statistics in the file get none
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
