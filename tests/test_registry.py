@@ -11,7 +11,6 @@ from core.masks import PruneMask
 from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags
 from core.statistics import collect_statistics
 
-
 CORE = (
     "cifar_resnet18",
     "cifar_resnet20",
