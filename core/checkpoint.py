@@ -23,6 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from core.architectures import ARCHITECTURES, Detection, build_detected, detect_architecture
+from core.backdoorbench import read_backdoorbench
+from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
 
 SAFETENSORS_META_KEY = "bnp_meta"
@@ -101,6 +103,8 @@ class LoadedCheckpoint:
     state_dict: dict[str, Tensor]
     metadata: ModelMetadata
     trigger: Tensor | None  # the seed's 3×s×s patch when present
+    poisoned_test: ImageSet | None = None  # backdoored test samples the file holds (ASR source)
+    notices: list[str] = field(default_factory=list)  # what the user should know about the file
 
 
 def load_checkpoint(
@@ -117,6 +121,7 @@ def load_checkpoint(
 
     trigger: Tensor | None = None
     meta: Mapping[str, Any] | None = None
+    bb = None  # a BackdoorBench result file (core.backdoorbench)
     try:
         is_safetensors, is_torchscript = _is_safetensors(path), _is_torchscript(path)
     except OSError as e:
@@ -125,6 +130,8 @@ def load_checkpoint(
         fmt, raw, meta = "safetensors", *_read_safetensors(path)
     elif is_torchscript:
         fmt, raw, meta = "torchscript", *_read_torchscript(path)
+    elif (bb := read_backdoorbench(path)) is not None:
+        fmt, raw, meta = bb.format, bb.state_dict, bb.meta
     else:
         obj = _read_pickle(path, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
@@ -147,6 +154,8 @@ def load_checkpoint(
         state_dict=state_dict,
         metadata=_metadata(detection, meta),
         trigger=trigger,
+        poisoned_test=bb.poisoned_test if bb else None,
+        notices=list(bb.notices) if bb else [],
     )
 
 

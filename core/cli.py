@@ -158,6 +158,8 @@ def cmd_defend(args) -> int:
     before = after = None
     if test is not None:
         poisoned = _load_data(args.poisoned, "poisoned")
+        if poisoned is None and args.trigger is None:
+            poisoned = ckpt.poisoned_test  # backdoored test samples the file holds, if any
         trigger = None if poisoned is not None else _trigger_arg(args, inspection)
         target = args.target if args.target is not None else inspection.target
         if (trigger is None and poisoned is None) or target is None:
