@@ -60,11 +60,16 @@ def _load(args):
 
 
 def cmd_info(args) -> int:
-    from core.inspection import Inspection
+    import torch
+
+    from core.graph import discover_layers, method_availability
+    from core.inspection import METHOD_NAMES, Inspection, checkpoint_trigger
 
     ckpt = _load(args)
-    inspection = Inspection(ckpt, device="cpu")
     meta = ckpt.metadata
+    example = torch.zeros(1, meta.in_channels, *meta.input_size)
+    found = discover_layers(ckpt.model.eval(), example)
+    inspection = Inspection(ckpt, device="cpu") if found.layers else None
     print(f"file          {ckpt.path}")
     print(f"format        {ckpt.format}")
     print(f"architecture  {meta.arch}")
@@ -78,15 +83,29 @@ def cmd_info(args) -> int:
         print(f"attack        {meta.attack.get('kind', '?')}")
     if meta.target_label is not None:
         print(f"target label  {meta.target_label}")
-    trigger = inspection.trigger
+    trigger = checkpoint_trigger(ckpt)
     print(f"trigger       {trigger!r}" if trigger is not None else "trigger       none stored")
+    if ckpt.poisoned_test is not None:
+        print(f"poisoned test {len(ckpt.poisoned_test)} backdoored samples in the file (ASR)")
+    for notice in ckpt.notices:
+        print(f"notice        {notice}")
     print()
-    print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
-    for layer in inspection.layers:
-        conv = layer.conv or "(not a convolution: no CLP score)"
-        print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
-    total = sum(layer.channels for layer in inspection.layers)
-    print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+    if inspection is not None:
+        print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
+        for layer in inspection.layers:
+            conv = layer.conv or "(not a convolution: no CLP score)"
+            print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
+        total = sum(layer.channels for layer in inspection.layers)
+        print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for skipped in found.skipped:  # one line per kind and reason
+        groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
+    for (kind, reason), names in groups.items():
+        shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
+        print(f"skipped       {len(names)} {kind} ({shown}): {reason}")
+    for method, (applies, text) in method_availability(ckpt.model, found).items():
+        status = "applies" if applies else "cannot apply"
+        print(f"{METHOD_NAMES[method]:<4} {status}: {text}")
     return 0
 
 
