@@ -238,6 +238,18 @@ def build_detected(detection: Detection) -> nn.Module:
     return model
 
 
+def running_stats_notice(detection: Detection) -> list[str]:
+    """The notice a file without BatchNorm running statistics deserves (empty otherwise)."""
+    n = len(detection.no_running_stats)
+    if not n:
+        return []
+    return [
+        f"{n} BatchNorm layer(s) carry no running statistics in the file: they normalise with "
+        "batch statistics, as the file defines them; BNP is unavailable there (it compares "
+        "against those statistics) and CLP uses v_c = 1; EP and evaluation run as defined."
+    ]
+
+
 def drop_running_stats(model: nn.Module, names: tuple[str, ...] | list[str]) -> None:
     """Make the named BatchNorms normalise with batch statistics, as a model saved with
     `track_running_stats=False` does (its state_dict has no running buffers)."""

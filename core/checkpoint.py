@@ -22,7 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.architectures import ARCHITECTURES, Detection, build_detected, detect_architecture
+from core.architectures import (
+    ARCHITECTURES,
+    Detection,
+    build_detected,
+    detect_architecture,
+    running_stats_notice,
+)
 from core.backdoorbench import read_backdoorbench
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
@@ -155,7 +161,7 @@ def load_checkpoint(
         metadata=_metadata(detection, meta),
         trigger=trigger,
         poisoned_test=bb.poisoned_test if bb else None,
-        notices=list(bb.notices) if bb else [],
+        notices=(list(bb.notices) if bb else []) + running_stats_notice(detection),
     )
 
 
