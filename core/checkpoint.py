@@ -35,6 +35,7 @@ from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointE
 
 SAFETENSORS_META_KEY = "bnp_meta"
 TORCHSCRIPT_META_FILE = "bnp_meta.json"
+SIDECAR_SUFFIX = ".bnp.json"
 # Keys under which training scripts commonly nest the weights, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "state_dict_ema")
 PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel, torch.compile, Lightning
@@ -142,6 +143,8 @@ def load_checkpoint(
         obj = _read_pickle(path, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
 
+    if meta is None:
+        meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
     state_dict = _clean_state_dict(raw, path)
     detection = _detect(state_dict, arch, meta)
     model = build_detected(detection)  # BatchNorms without statistics in the file get none
@@ -166,6 +169,21 @@ def load_checkpoint(
 
 
 # ---- reading the file ---------------------------------------------------------------------
+
+
+def sidecar_path(path: Path) -> Path:
+    """Where a bare state_dict export keeps its metadata: `<file>.bnp.json`."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        return _parse_meta_json(side.read_text(), side)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"Cannot read the metadata file {side.name}: {e}") from None
 
 
 def _is_safetensors(path: Path) -> bool:

@@ -142,7 +142,13 @@ def _trigger_arg(args, inspection):
 
 
 def cmd_defend(args) -> int:
-    from core.export import export_model, format_for_path, method_report, write_json
+    from core.export import (
+        export_model,
+        format_for_path,
+        method_report,
+        session_metadata,
+        write_json,
+    )
     from core.inspection import Inspection
     from core.progress import ProgressBar
 
@@ -203,7 +209,7 @@ def cmd_defend(args) -> int:
             args.out,
             mask=mask,
             fmt=fmt,
-            metadata=ckpt.metadata,
+            metadata=session_metadata(inspection),  # input overrides, target, trigger
             trigger=ckpt.trigger,
             source=args.checkpoint,
         )

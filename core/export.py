@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata
+from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata, sidecar_path
 from core.errors import BnpError
 from core.masks import PruneMask
 from core.triggers import PatchTrigger
@@ -90,13 +90,16 @@ def export_model(
                 obj["meta"] = meta
             torch.save(obj, tmp)
         elif fmt == "state_dict":
-            torch.save(state_dict, tmp)
+            torch.save(state_dict, tmp)  # no room for metadata: a sidecar JSON beside it
         else:
             header = {SAFETENSORS_META_KEY: json.dumps(meta)} if meta is not None else None
             save_file(state_dict, str(tmp), metadata=header)
 
     path = Path(path)
     atomic_write(path, write, source=Path(source) if source else None)
+    if fmt == "state_dict" and meta is not None:
+        text = json.dumps(json_ready(meta), indent=1)
+        atomic_write(sidecar_path(path), lambda tmp: tmp.write_text(text))
     return path
 
 
@@ -130,3 +133,18 @@ def method_report(inspection, method: str, k: float, mask: PruneMask) -> dict:
         "pruned": mask.count(),
         "scores": inspection.scores(method),
     }
+
+
+def session_metadata(inspection) -> ModelMetadata:
+    """The checkpoint's metadata with what the session knows now: its input size and
+    normalisation (overrides included), target label and trigger, so that reopening an
+    export reproduces the session's predictions."""
+    meta = copy.deepcopy(inspection.ckpt.metadata)
+    spec = inspection.spec
+    meta.input_size = tuple(spec.size)
+    meta.mean = tuple(spec.mean) if spec.mean else None
+    meta.std = tuple(spec.std) if spec.std else None
+    meta.target_label = inspection.target
+    if inspection.trigger is not None:
+        meta.attack = {**(meta.attack or {}), "trigger": inspection.trigger.to_dict()}
+    return meta
