@@ -110,10 +110,23 @@ def _torchvision(builder: str, **kwargs) -> Builder:
             model = torchvision.models.get_model(
                 builder, weights=None, num_classes=num_classes, **kwargs
             )
+        if type(model) is torchvision.models.MNASNet:
+            model.__class__ = VersionedMNASNet
         return replace_stem(model, in_channels)
 
     build.__qualname__ = f"torchvision.models.{builder}"
     return build
+
+
+class VersionedMNASNet(torchvision.models.MNASNet):
+    """torchvision's MNASNet, loading a state_dict without torch's version metadata
+    (safetensors files, any dict rebuilt from another) as the current layout (version 2);
+    torchvision's own class refuses it."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+        if local_metadata.get("version") is None:
+            local_metadata = {**local_metadata, "version": 2}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
 
 
 def _timm(name: str) -> Builder:
