@@ -181,3 +181,27 @@ def test_shipped_signatures_match_the_registry():
         pytest.skip("installed library versions differ from those the file was written for")
     for arch in ARCHITECTURES:
         assert shipped[arch] == compute_signature(arch), arch
+
+
+@pytest.mark.slow
+def test_signatures_are_recomputed_and_cached_when_the_shipped_file_does_not_fit(
+    tmp_path, monkeypatch
+):
+    import json
+
+    import core.architectures as arch_module
+
+    damaged = tmp_path / "shipped.json"
+    damaged.write_text("{not json")
+    monkeypatch.setattr(arch_module, "SIGNATURE_FILE", damaged)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    arch_module.signatures.cache_clear()
+    try:
+        sigs = arch_module.signatures()
+        cached = tmp_path / "cache" / "bnp-inspector" / "signatures.json"
+        assert set(json.loads(cached.read_text())["archs"]) == set(ARCHITECTURES)
+        assert sigs["resnet50"] == arch_module.compute_signature("resnet50")
+        state_dict = meta_state_dict("resnet50", 10, 3)
+        assert detect_architecture(state_dict).arch == "resnet50"
+    finally:
+        arch_module.signatures.cache_clear()
