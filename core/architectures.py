@@ -352,11 +352,15 @@ def key_signature(keys) -> str:
 
 
 def _library_versions() -> dict[str, str]:
-    versions = {"torch": torch.__version__.split("+")[0], "torchvision": torchvision.__version__}
-    versions["torchvision"] = versions["torchvision"].split("+")[0]
+    """Versions of the libraries whose builders the signatures depend on."""
+    versions = {"torchvision": torchvision.__version__.split("+")[0]}
     if _timm_available():
         versions["timm"] = importlib.metadata.version("timm")
     return versions
+
+
+def _library(arch: str) -> str:
+    return "timm" if ARCHITECTURES[arch].family == "timm" else "torchvision"
 
 
 def _user_cache_file() -> Path:
@@ -365,12 +369,16 @@ def _user_cache_file() -> Path:
 
 
 def _read_signatures(path: Path, versions: dict[str, str]) -> dict[str, tuple[int, str]]:
-    """{arch: (number of parameter keys, signature)} from a file written for these versions."""
+    """{arch: (number of parameter keys, signature)} from a file, for the architectures whose
+    library (torchvision or timm) has the version the file was written with."""
     try:
         data = json.loads(path.read_text())
-        if data.get("versions") != versions:
-            return {}
-        return {arch: (int(n), str(sig)) for arch, (n, sig) in data["archs"].items()}
+        written = data["versions"]
+        return {
+            arch: (int(n), str(sig))
+            for arch, (n, sig) in data["archs"].items()
+            if arch in ARCHITECTURES and written.get(_library(arch)) == versions.get(_library(arch))
+        }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # a missing or damaged cache is recomputed
 

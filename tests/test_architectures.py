@@ -205,3 +205,21 @@ def test_signatures_are_recomputed_and_cached_when_the_shipped_file_does_not_fit
         assert detect_architecture(state_dict).arch == "resnet50"
     finally:
         arch_module.signatures.cache_clear()
+
+
+def test_shipped_signatures_serve_an_install_without_timm(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from core.architectures import ARCHITECTURES, signatures; s = signatures(); "
+        "assert not any(a.startswith('timm/') for a in ARCHITECTURES); print(len(s))"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {"BNP_NO_TIMM": "1", "XDG_CACHE_HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": root, "PATH": "/usr/bin:/bin"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 60
+    assert not (tmp_path / "bnp-inspector").exists()  # nothing had to be computed
