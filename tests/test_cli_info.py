@@ -53,3 +53,20 @@ def test_a_batchnorm_called_twice_is_skipped_with_its_reason():
 
     found = discover_layers(Twice().eval(), torch.zeros(1, 3, 8, 8))
     assert found.layers == [] and "called 2 times" in found.skipped[0].reason
+
+
+def test_defend_measures_the_asr_on_the_files_own_backdoored_samples(tmp_path, capsys):
+    import numpy as np
+
+    path, _ = write_attack_result(tmp_path / "record" / "badnet_demo")
+    test = tmp_path / "test"
+    test.mkdir()
+    rng = np.random.default_rng(1)
+    np.save(test / "data.npy", rng.integers(0, 255, (6, 32, 32, 3), dtype=np.uint8))
+    np.save(test / "labels.npy", np.arange(6) % 3)
+    code = main(["defend", str(path), "--method", "clp", "--test", str(test), "--device", "cpu"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "ASR not computed" not in captured.err
+    rows = [line.split() for line in captured.out.splitlines() if line.startswith(("none", "clp"))]
+    assert len(rows) == 2 and all(row[-1] != "-" for row in rows)  # an ASR in both rows
