@@ -20,6 +20,7 @@ import importlib.metadata
 import importlib.util
 import json
 import os
+import threading
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -277,28 +278,43 @@ def drop_running_stats(model: nn.Module, names: tuple[str, ...] | list[str]) -> 
 # ---- building on `meta` -------------------------------------------------------------------
 
 
+_META_LOCK = threading.Lock()
+_META_THREAD = threading.local()
+_META_USERS = [0]  # threads inside _empty_weights; the patch is installed while > 0
+_ORIGINAL = (nn.Module.register_parameter, nn.Module.register_buffer)
+
+
+def _meta_parameter(self, name, param):
+    if getattr(_META_THREAD, "active", False) and param is not None:
+        if param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+    _ORIGINAL[0](self, name, param)
+
+
+def _meta_buffer(self, name, tensor, persistent=True):
+    if getattr(_META_THREAD, "active", False) and tensor is not None:
+        tensor = tensor.to("meta")
+    _ORIGINAL[1](self, name, tensor, persistent)
+
+
 @contextlib.contextmanager
 def _empty_weights() -> Iterator[None]:
     """Parameters and buffers go to `meta` as they are registered, while plain tensor
-    arithmetic in a builder (RegNet computes its widths with torch) still runs on the CPU."""
-    register_parameter, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
-
-    def parameter(self, name, param):
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register_parameter(self, name, param)
-
-    def buffer(self, name, tensor, persistent=True):
-        if tensor is not None:
-            tensor = tensor.to("meta")
-        register_buffer(self, name, tensor, persistent)
-
-    nn.Module.register_parameter, nn.Module.register_buffer = parameter, buffer
+    arithmetic in a builder (RegNet computes its widths with torch) still runs on the CPU.
+    Only the calling thread is affected: models built meanwhile by other threads are real."""
+    with _META_LOCK:
+        if _META_USERS[0] == 0:
+            nn.Module.register_parameter, nn.Module.register_buffer = _meta_parameter, _meta_buffer
+        _META_USERS[0] += 1
+    _META_THREAD.active = True
     try:
         yield
     finally:
-        nn.Module.register_parameter = register_parameter
-        nn.Module.register_buffer = register_buffer
+        _META_THREAD.active = False
+        with _META_LOCK:
+            _META_USERS[0] -= 1
+            if _META_USERS[0] == 0:
+                nn.Module.register_parameter, nn.Module.register_buffer = _ORIGINAL
 
 
 def build_on_meta(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:

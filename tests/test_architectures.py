@@ -21,8 +21,9 @@ DETECTABLE = [
 
 
 def meta_state_dict(arch: str, num_classes: int, in_channels: int) -> dict:
-    with torch.device("meta"):
-        return build_model(arch, num_classes, in_channels).state_dict()
+    from core.architectures import build_on_meta
+
+    return build_on_meta(arch, num_classes, in_channels).state_dict()
 
 
 def test_registry_has_the_promised_architectures():
@@ -223,3 +224,28 @@ def test_shipped_signatures_serve_an_install_without_timm(tmp_path):
     assert out.returncode == 0, out.stderr
     assert int(out.stdout) > 60
     assert not (tmp_path / "bnp-inspector").exists()  # nothing had to be computed
+
+
+def test_meta_fallback_leaves_other_threads_models_real():
+    import threading
+
+    from core.architectures import _empty_weights
+
+    built = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def meta_builder():
+        with _empty_weights():
+            built["meta"] = torch.nn.Linear(3, 3)
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=meta_builder)
+    thread.start()
+    inside.wait(10)
+    built["real"] = torch.nn.Linear(3, 3)  # another thread, while the fallback is active
+    release.set()
+    thread.join()
+    assert built["meta"].weight.device.type == "meta"
+    assert built["real"].weight.device.type == "cpu"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # the patch is gone again
