@@ -173,6 +173,10 @@ TIMM_MODELS = (
     "cspresnet50", "rexnet_100", "mixnet_s", "ghostnet_100", "hrnet_w18_small",
 )  # fmt: skip
 
+# timm models whose state_dict keys and shapes equal another entry's, though they compute
+# differently (TensorFlow "same" padding) or come from another implementation
+TIMM_SAME_KEYS = {"tf_efficientnet_b0": "timm/efficientnet_b0", "densenet121": "densenet121"}
+
 TRANSFORM_NOTE = (
     "transform_input cannot be seen in the weights: torchvision's ImageNet weights need the "
     "'{name}_transform_input' variant (--arch)"
@@ -212,7 +216,9 @@ def _registry() -> Iterator[ArchSpec]:
     yield ArchSpec("bb_vit_b_16", "backdoorbench", 224, backdoorbench_vit_b_16)
     if _timm_available():
         for name in TIMM_MODELS:
-            yield ArchSpec(f"timm/{name}", "timm", 224, _timm(name))
+            same = TIMM_SAME_KEYS.get(name)
+            note = f"same keys as {same}: chosen by name (--arch) only" if same else ""
+            yield ArchSpec(f"timm/{name}", "timm", 224, _timm(name), not same, note)
 
 
 def _timm_available() -> bool:
@@ -338,14 +344,16 @@ def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str,
 
 @cache
 def _stem_and_head(arch: str) -> tuple[str | None, str | None]:
-    """Weight keys of the first convolution and of the last Linear layer of an architecture."""
+    """Weight keys of the first convolution and of the classifier (the last Linear layer,
+    else the last convolution, as in heads made of a 1×1 conv) of an architecture."""
     model = build_on_meta(arch)
     _SHAPES_10_3[arch] = {key: tuple(v.shape) for key, v in model.state_dict().items()}
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
     linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    head = linears[-1] if linears else (convs[-1] if convs else None)
     return (
         f"{convs[0]}.weight" if convs else None,
-        f"{linears[-1]}.weight" if linears else None,
+        f"{head}.weight" if head else None,
     )
 
 
@@ -486,7 +494,7 @@ def _compare(state_dict: Mapping[str, Tensor], arch: str) -> _Fit:
     stem, head = _stem_and_head(arch)
     head_shape = _shape(state_dict.get(head)) if head else None
     stem_shape = _shape(state_dict.get(stem)) if stem else None
-    num_classes = head_shape[0] if head_shape and len(head_shape) == 2 else 10
+    num_classes = head_shape[0] if head_shape and len(head_shape) in (2, 4) else 10
     in_channels = stem_shape[1] if stem_shape and len(stem_shape) == 4 else 3
     expected = _expected_shapes(arch, num_classes, in_channels)
     fit = _Fit(arch, num_classes, in_channels)

@@ -70,7 +70,10 @@ NUMERIC_DTYPES = (
 
 def _numpy_globals() -> list:
     """numpy arrays, scalars and dtypes, under numpy 2's and numpy 1's module names."""
-    from numpy._core import multiarray
+    try:
+        from numpy._core import multiarray  # numpy 2
+    except ImportError:  # numpy 1
+        from numpy.core import multiarray
 
     allowed: list = [np.ndarray, np.dtype, *(type(np.dtype(t)) for t in NUMERIC_DTYPES)]
     for fn in (multiarray._reconstruct, multiarray.scalar):
