@@ -43,6 +43,7 @@ from core.architectures import (
     running_stats_notice,
 )
 from core.backdoorbench import BackdoorBenchResult
+from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, TINY_STD, check_target
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
 from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
@@ -114,8 +115,11 @@ class ModelMetadata:
             side = _count(size, "input_size", 1, MAX_INPUT_SIDE)
             input_size = (side, side)
         target = d.get("target_label")
-        if target is not None:
-            target = _count(target, "target_label", 0, num_classes - 1)
+        if target is not None:  # the rule every target obeys (core.checks.check_target)
+            try:
+                target = check_target(target, num_classes)
+            except DataError as e:
+                raise CheckpointError(f"The model metadata's target_label: {e}.") from None
         attack = d.get("attack")
         if attack is not None and not isinstance(attack, Mapping):
             raise CheckpointError(
@@ -151,10 +155,9 @@ class ModelMetadata:
 
 
 # Bounds on what metadata may declare: beyond them a model is no image classifier we can run.
-MAX_INPUT_SIDE = 1024
+# The input side, channels and smallest std are core.checks' (InputSpec checks the same).
 MAX_CLASSES = 100_000
-MAX_CHANNELS = 64
-MIN_STD = 1e-3
+MIN_STD = TINY_STD
 MAX_ABS_MEAN = 1e3
 
 

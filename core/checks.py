@@ -32,10 +32,17 @@ if TYPE_CHECKING:
     from core.data import InputSpec
     from core.statistics import Statistics
 
-# A normalisation std below this multiplies inputs by more than 1000: almost surely broken.
+# Bounds on a model's input, shared by the metadata reader (core.checkpoint.ModelMetadata) and
+# the input spec (core.data.InputSpec), so that both refuse exactly the same values.
+MAX_INPUT_SIDE = 1024  # pixels per side (ImageNet models take 224–600)
+MAX_CHANNELS = 64
+# A normalisation std below this multiplies inputs by more than 1000: almost surely broken. A
+# stranger's metadata saying so is refused when read; a --std the user gives gets a warning.
 TINY_STD = 1e-3
 
 __all__ = [
+    "MAX_INPUT_SIDE",
+    "MAX_CHANNELS",
     "TINY_STD",
     "model_warnings",
     "check_outputs",
@@ -80,7 +87,7 @@ def model_warnings(model: nn.Module, spec: InputSpec | None = None) -> list[str]
         if tiny:
             warnings.append(
                 f"the normalisation std {list(spec.std)} multiplies inputs by more than "
-                f"{1 / TINY_STD:.0f}: check the metadata's std (or pass --std)"
+                f"{1 / TINY_STD:.0f}: check the std you gave (--std)"
             )
     return warnings
 

@@ -55,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE
 from core.errors import DataError
 
 if TYPE_CHECKING:
@@ -104,7 +105,6 @@ LUMA_BT601 = (0.299, 0.587, 0.114)
 # before reading): BNP/EP need a few hundred samples, evaluation a few thousand.
 MAX_DATA_BYTES = int(os.environ.get("BNP_MAX_DATA_BYTES", 2 * 1024**3))
 MAX_IMAGE_PIXELS = 1 << 25  # one image file: 33.5 M pixels (e.g. 8192×4096)
-MAX_INPUT_SIDE = 1024  # model input side in pixels (ImageNet models take 224–600)
 
 _TRAIN_NAMES = ("train", "training")
 _TEST_NAMES = ("test", "t10k", "testing")
@@ -248,8 +248,10 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         channels = _whole_number(self.channels, "the number of input channels")
-        if not 1 <= channels <= 64:
-            raise DataError(f"a model input of {channels} channels is not an image (expected 1–64)")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise DataError(
+                f"a model input of {channels} channels is not an image (expected 1–{MAX_CHANNELS})"
+            )
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "size", check_input_size(self.size))
         for name in ("mean", "std"):

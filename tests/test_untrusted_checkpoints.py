@@ -243,7 +243,7 @@ BASE = {"arch": "cifar_resnet20", "num_classes": 4, "in_channels": 3, "input_siz
         ({"input_size": [32]}, r"two numbers"),
         ({"input_size": "big"}, r"whole number"),
         ({"input_size": True}, r"whole number"),
-        ({"target_label": -1}, r"target_label is -1"),
+        ({"target_label": -1}, r"target_label: the target label -1 is not one of the model's 4"),
         ({"target_label": 2.5}, r"whole number"),
         ({"extra": "x"}, r"'extra' must be a dict"),
         ({"attack": [1]}, r"'attack' must be a dict"),
