@@ -43,7 +43,13 @@ from core.architectures import (
     running_stats_notice,
 )
 from core.backdoorbench import BackdoorBenchResult
-from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, TINY_STD, check_target
+from core.checks import (
+    MAX_CHANNELS,
+    MAX_INPUT_SIDE,
+    TINY_STD,
+    check_normalisation,
+    check_target,
+)
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
 from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
@@ -186,32 +192,24 @@ def _count(value: Any, name: str, low: int, high: int) -> int:
 
 
 def _normalisation(values: Any, name: str, channels: int) -> tuple[float, ...] | None:
-    """Per-channel mean/std: 1 or `channels` finite numbers (std at least MIN_STD)."""
+    """Per-channel mean/std as every input spec takes them (core.checks.check_normalisation),
+    and, in a stranger's metadata, a std of at least MIN_STD and a mean of images in [0, 1]."""
     if values is None:
         return None
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or len(values) not in (1, channels):
+    try:
+        numbers = check_normalisation(values, name, channels)
+    except DataError as e:
+        raise CheckpointError(f"The model metadata's {name}: {e}.") from None
+    if name == "std" and not all(v >= MIN_STD for v in numbers):
         raise CheckpointError(
-            f"The model metadata's {name} must be 1 or {channels} numbers, got {_short(values)}."
+            f"The model metadata's std {_short(values)} would divide the inputs by almost "
+            f"nothing (each value must be at least {MIN_STD:g})."
         )
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise CheckpointError(
-                f"The model metadata's {name} must be finite numbers, got {_short(values)}."
-            )
-        if name == "std" and not v >= MIN_STD:
-            raise CheckpointError(
-                f"The model metadata's std {_short(values)} would divide the inputs by almost "
-                f"nothing (each value must be at least {MIN_STD:g})."
-            )
-        if name == "mean" and abs(v) > MAX_ABS_MEAN:
-            raise CheckpointError(
-                f"The model metadata's mean {_short(values)} is not one of images in [0, 1]."
-            )
-        out.append(float(v))
-    return tuple(out)
+    if name == "mean" and any(abs(v) > MAX_ABS_MEAN for v in numbers):
+        raise CheckpointError(
+            f"The model metadata's mean {_short(values)} is not one of images in [0, 1]."
+        )
+    return numbers
 
 
 @dataclass

@@ -55,7 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE
+from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, check_normalisation
 from core.errors import DataError
 
 if TYPE_CHECKING:
@@ -256,31 +256,8 @@ class InputSpec:
         object.__setattr__(self, "size", check_input_size(self.size))
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is None:
-                continue
-            try:
-                value = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                raise DataError(
-                    f"the normalisation {name} {value!r} is not a list of numbers"
-                ) from None
-            if len(value) not in (1, channels):
-                expected = "1 value" if channels == 1 else f"1 value or {channels}, one per channel"
-                raise DataError(
-                    f"the normalisation {name} has {len(value)} values, but the model takes "
-                    f"{channels}-channel images: give {expected}"
-                )
-            if not all(math.isfinite(v) for v in value):
-                raise DataError(
-                    f"the normalisation {name} {list(value)} is not finite: every input would "
-                    "become NaN; give finite numbers"
-                )
-            object.__setattr__(self, name, value)
-        if self.std is not None and any(s == 0 for s in self.std):
-            raise DataError(
-                f"the normalisation std {list(self.std)} contains 0 (division by zero); "
-                "give the data's standard deviation, e.g. 0.25"
-            )
+            if value is not None:
+                object.__setattr__(self, name, check_normalisation(value, name, channels))
 
     def conform(self, images: Tensor) -> Tensor:
         """Float [0, 1] images with this spec's channels and size (steps 1–3, no trigger)."""

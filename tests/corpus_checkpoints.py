@@ -327,7 +327,7 @@ CASES = [
         r"trigger .* placed at \[1\]",
     ),
     Case("std_zero", meta_std_zero, CheckpointError, r"std \[0\.0\]"),
-    Case("mean_nan", meta_mean_nan, CheckpointError, r"mean must be finite"),
+    Case("mean_nan", meta_mean_nan, CheckpointError, r"normalisation mean \[nan\] is not finite"),
     Case("meta_nested", safetensors_meta_nested, CheckpointError, r"nested too deeply"),
     Case("header_junk", safetensors_header_junk, CheckpointError, r"not a readable safetensors"),
 ]

@@ -195,7 +195,7 @@ IN_RANGE = r"; it must lie in 1\.\.1024\."
         ({"input_size": [0, 0]}, [], META + "input_size is 0" + IN_RANGE),
         ({}, ["--input-size", "0", "0"], "input size 0×0 is empty"),
         ({}, ["--channels", "3"], "takes 1-channel images"),
-        ({"std": [float("nan")]}, [], META + r"std must be finite numbers, got \[nan\]\."),
+        ({"std": [float("nan")]}, [], META + r"std: the normalisation std \[nan\] is not finite"),
         ({}, ["--std", "nan"], r"the normalisation std \[nan\] is not finite"),
         ({}, ["--input-size", "4000", "4000"], r"input size 4000×4000 is larger than the 1024×"),
         ({}, ["--mean", "0.1", "0.2", "0.3"], "give 1 value"),
