@@ -119,3 +119,30 @@ def test_more_than_numpy_still_needs_trust(tmp_path):
     with pytest.raises(UnsafeCheckpointError, match="cannot be loaded safely"):
         load_checkpoint(path)
     assert load_checkpoint(path, trust_pickle=True).model is not None
+
+
+def test_read_in_the_child_samples_come_back_as_named_tensors(tmp_path):
+    """The reader's child half (_parse_file) hands back plain tensors and JSON only: the
+    backdoored samples as named extras, the notices and their source in the info."""
+    from core.checkpoint import _parse_file
+
+    path, model = write_attack_result(tmp_path / "record" / "badnet_demo")
+    (path.parent / "bd_test_dataset" / "2" / "5.png").write_bytes(b"not a png")  # damaged
+    info, tensors = _parse_file(str(path), False, 2**30)
+    assert info["format"] == "backdoorbench:attack_result"
+    assert info["extras"] == ["poisoned_images", "poisoned_labels"]
+    images, labels = tensors[len(info["names"]) :]
+    assert images.shape == (4, 3, 32, 32) and labels.tolist() == [1, 2, 1, 1]
+    assert info["notices"] == ["1 of 5 backdoored test images are missing or unreadable."]
+    assert info["poisoned"]["source"] == "attack_result.pt: bd_test"
+    ckpt = load_checkpoint(path)  # the parent rebuilds the same samples as an ImageSet
+    assert torch.equal(ckpt.poisoned_test.images, images)
+    assert ckpt.notices == info["notices"]
+
+
+def test_numpy_types_outside_a_backdoorbench_file_still_need_trust(tmp_path):
+    path = tmp_path / "weights.pt"
+    state = build_model("preactresnet18", 10, 3).state_dict()
+    torch.save({"state_dict": state, "stats": np.zeros(3)}, path)  # numpy, not BackdoorBench
+    with pytest.raises(UnsafeCheckpointError, match="cannot be loaded safely"):
+        load_checkpoint(path)
