@@ -6,9 +6,11 @@ back. Pickled files are only ever read with `torch.load(weights_only=True)`; Tor
 are read as data (`core.torchscript`), their code never run; anything that needs full unpickling
 (which can run arbitrary code) is refused unless the caller opts in with `trust_pickle=True`.
 Zip sizes are checked before anything is unpacked, and metadata is validated when it is read.
-Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts, `{'model'|'net'|'state_dict':
-...}` wrappers, DataParallel `module.` prefixes, plain pickles (trusted), safetensors (our
-metadata as JSON under the header key "bnp_meta") and TorchScript archives.
+Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts (metadata in a `<file>.bnp.json`
+sidecar when we wrote them), `{'model'|'net'|'state_dict': ...}` wrappers, `module.`/`model.`
+prefixes, plain pickles (trusted), safetensors (our metadata as JSON under the header key
+"bnp_meta"), TorchScript archives and BackdoorBench result files (`core.backdoorbench`, read in
+the child too; their backdoored test images come back as tensors beside the weights).
 """
 
 from __future__ import annotations
@@ -32,16 +34,33 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.architectures import ARCHITECTURES, Detection, build_model, detect_architecture
-from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
+from core import backdoorbench
+from core.architectures import (
+    ARCHITECTURES,
+    Detection,
+    build_detected,
+    detect_architecture,
+    running_stats_notice,
+)
+from core.backdoorbench import BackdoorBenchResult
+from core.checks import (
+    MAX_CHANNELS,
+    MAX_INPUT_SIDE,
+    TINY_STD,
+    check_normalisation,
+    check_target,
+)
+from core.data import ImageSet
+from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
 from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
 TORCHSCRIPT_META_FILE = "bnp_meta.json"
+SIDECAR_SUFFIX = ".bnp.json"
 # Keys under which training scripts commonly nest the weights, tried in this order.
 WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "state_dict_ema")
-PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel, torch.compile, Lightning
 
 
 @dataclass
@@ -102,8 +121,11 @@ class ModelMetadata:
             side = _count(size, "input_size", 1, MAX_INPUT_SIDE)
             input_size = (side, side)
         target = d.get("target_label")
-        if target is not None:
-            target = _count(target, "target_label", 0, num_classes - 1)
+        if target is not None:  # the rule every target obeys (core.checks.check_target)
+            try:
+                target = check_target(target, num_classes)
+            except DataError as e:
+                raise CheckpointError(f"The model metadata's target_label: {e}.") from None
         attack = d.get("attack")
         if attack is not None and not isinstance(attack, Mapping):
             raise CheckpointError(
@@ -139,10 +161,9 @@ class ModelMetadata:
 
 
 # Bounds on what metadata may declare: beyond them a model is no image classifier we can run.
-MAX_INPUT_SIDE = 1024
+# The input side, channels and smallest std are core.checks' (InputSpec checks the same).
 MAX_CLASSES = 100_000
-MAX_CHANNELS = 64
-MIN_STD = 1e-3
+MIN_STD = TINY_STD
 MAX_ABS_MEAN = 1e3
 
 
@@ -171,32 +192,24 @@ def _count(value: Any, name: str, low: int, high: int) -> int:
 
 
 def _normalisation(values: Any, name: str, channels: int) -> tuple[float, ...] | None:
-    """Per-channel mean/std: 1 or `channels` finite numbers (std at least MIN_STD)."""
+    """Per-channel mean/std as every input spec takes them (core.checks.check_normalisation),
+    and, in a stranger's metadata, a std of at least MIN_STD and a mean of images in [0, 1]."""
     if values is None:
         return None
-    if isinstance(values, (int, float)) and not isinstance(values, bool):
-        values = [values]
-    if not isinstance(values, (list, tuple)) or len(values) not in (1, channels):
+    try:
+        numbers = check_normalisation(values, name, channels)
+    except DataError as e:
+        raise CheckpointError(f"The model metadata's {name}: {e}.") from None
+    if name == "std" and not all(v >= MIN_STD for v in numbers):
         raise CheckpointError(
-            f"The model metadata's {name} must be 1 or {channels} numbers, got {_short(values)}."
+            f"The model metadata's std {_short(values)} would divide the inputs by almost "
+            f"nothing (each value must be at least {MIN_STD:g})."
         )
-    out = []
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise CheckpointError(
-                f"The model metadata's {name} must be finite numbers, got {_short(values)}."
-            )
-        if name == "std" and not v >= MIN_STD:
-            raise CheckpointError(
-                f"The model metadata's std {_short(values)} would divide the inputs by almost "
-                f"nothing (each value must be at least {MIN_STD:g})."
-            )
-        if name == "mean" and abs(v) > MAX_ABS_MEAN:
-            raise CheckpointError(
-                f"The model metadata's mean {_short(values)} is not one of images in [0, 1]."
-            )
-        out.append(float(v))
-    return tuple(out)
+    if name == "mean" and any(abs(v) > MAX_ABS_MEAN for v in numbers):
+        raise CheckpointError(
+            f"The model metadata's mean {_short(values)} is not one of images in [0, 1]."
+        )
+    return numbers
 
 
 @dataclass
@@ -209,6 +222,8 @@ class LoadedCheckpoint:
     state_dict: dict[str, Tensor]
     metadata: ModelMetadata
     trigger: Tensor | None  # the seed's 3×s×s patch when present
+    poisoned_test: ImageSet | None = None  # backdoored test samples the file holds (ASR source)
+    notices: list[str] = field(default_factory=list)  # what the user should know about the file
 
 
 def load_checkpoint(
@@ -247,10 +262,15 @@ def load_checkpoint(
     trigger = extras.get("trigger")
     meta = _parse_meta_json(info["meta"], path) if info.get("meta") is not None else None
 
+    if meta is None:
+        meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
+
     detection = _detect(state_dict, arch, meta)
     metadata = _metadata(detection, meta)
     _check_trigger(trigger, path)
-    model = build_model(detection.arch, detection.num_classes, detection.in_channels)
+    poisoned_test = _poisoned_test(info, extras, metadata, path)
+    notices = _notices(info, path) + running_stats_notice(detection)
+    model = build_detected(detection)  # BatchNorms without statistics in the file get none
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as e:
@@ -266,6 +286,8 @@ def load_checkpoint(
         state_dict=state_dict,
         metadata=metadata,
         trigger=trigger,
+        poisoned_test=poisoned_test,
+        notices=notices,
     )
 
 
@@ -289,6 +311,43 @@ def _check_path(path: Path) -> None:
         raise CheckpointError(f"Cannot read {path}: permission denied.")
 
 
+def _poisoned_test(
+    info: Mapping[str, Any], extras: Mapping[str, Tensor], meta: ModelMetadata, path: Path
+) -> ImageSet | None:
+    """The backdoored test samples the child sent back (a BackdoorBench file's), checked."""
+    images, labels = extras.get("poisoned_images"), extras.get("poisoned_labels")
+    if images is None or labels is None:
+        return None
+    about = info.get("poisoned")
+    about = about if isinstance(about, Mapping) else {}
+    names = about.get("class_names")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        names = None
+    try:
+        samples = ImageSet(images, labels, names, str(about.get("source") or path.name))
+    except DataError as e:
+        raise CheckpointError(f"The backdoored test samples in {path.name}: {e}") from None
+    if samples.channels not in (1, 3):
+        raise CheckpointError(
+            f"The backdoored test samples in {path.name} have {samples.channels} channels."
+        )
+    low, high = (int(samples.labels.min()), int(samples.labels.max())) if len(samples) else (0, 0)
+    if low < 0 or high >= meta.num_classes:
+        raise CheckpointError(
+            f"The backdoored test samples in {path.name} carry labels outside the model's "
+            f"{meta.num_classes} classes."
+        )
+    return samples
+
+
+def _notices(info: Mapping[str, Any], path: Path) -> list[str]:
+    """What the child found worth telling the user about the file (plain lines of text)."""
+    notices = info.get("notices") or []
+    if not isinstance(notices, list) or not all(isinstance(n, str) for n in notices):
+        raise CheckpointError(f"The reader of {path.name} sent back malformed notices.")
+    return [" ".join(n.split())[:500] for n in notices[:20]]
+
+
 # ---- reading the file (in the child process) ----------------------------------------------
 
 
@@ -300,6 +359,8 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     path = Path(path_text)
     trigger: Tensor | None = None
     meta: Any = None
+    extras: dict[str, Tensor] = {}  # tensors beside the weights, by name
+    more: dict[str, Any] = {}  # JSON beside the metadata (notices, what the extras are)
     try:
         kind = _sniff(path)
     except OSError as e:
@@ -307,21 +368,39 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     if kind == "safetensors":
         fmt, raw, meta = "safetensors", *_read_safetensors(path)
     elif kind == "zip":
-        fmt, raw, trigger, meta = _read_zip(path, trust_pickle, max_bytes)
+        read = _read_zip(path, trust_pickle, max_bytes)
+        if isinstance(read, BackdoorBenchResult):
+            fmt, raw, meta = read.format, read.state_dict, read.meta
+            extras, more = _backdoorbench_payload(read)
+        else:
+            fmt, raw, trigger, meta = read
     elif kind in ("legacy", "pickle"):
         obj = _read_pickle(path, kind, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
     else:
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     state_dict = _clean_state_dict(raw, path)
-    extras = {} if trigger is None else {"trigger": trigger}  # more tensors go here by name
+    if trigger is not None:
+        extras["trigger"] = trigger
     info = {
         "format": fmt,
         "names": list(state_dict),
         "extras": list(extras),
         "meta": None if meta is None else _meta_to_json(meta, path),
+        **more,
     }
     return info, list(state_dict.values()) + list(extras.values())
+
+
+def _backdoorbench_payload(result: BackdoorBenchResult) -> tuple[dict[str, Tensor], dict]:
+    """A BackdoorBench file's backdoored test samples as named tensors, its notices as JSON."""
+    extras: dict[str, Tensor] = {}
+    more: dict[str, Any] = {"notices": [str(n) for n in result.notices]}
+    samples = result.poisoned_test
+    if samples is not None:
+        extras["poisoned_images"], extras["poisoned_labels"] = samples.images, samples.labels
+        more["poisoned"] = {"source": samples.source, "class_names": samples.class_names}
+    return extras, more
 
 
 def zygote_warm_up() -> None:
@@ -371,6 +450,25 @@ def _not_a_checkpoint(path: Path, detail: str) -> str:
     )
 
 
+def sidecar_path(path: Path) -> Path:
+    """Where a bare state_dict export keeps its metadata: `<file>.bnp.json`."""
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    """The metadata in `<file>.bnp.json` beside a bare state_dict (read here, in the parent:
+    it is bounded JSON), or None when there is none."""
+    side = sidecar_path(path)
+    if not side.is_file():
+        return None
+    try:
+        if side.stat().st_size > META_MAX_CHARS:
+            raise CheckpointError(f"The metadata in {side.name} is too large.")
+        return _parse_meta_json(side.read_text(encoding="utf-8"), side)
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"Cannot read the metadata file {side.name}: {e}") from None
+
+
 def _is_safetensors(path: Path) -> bool:
     """A `.safetensors` name, or the format's header: 8-byte length then a JSON object."""
     if path.suffix.lower() == ".safetensors":
@@ -397,7 +495,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], Any]:
 
 
 def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
-    """torch.save's zip format or a TorchScript archive, sizes checked before anything is read."""
+    """torch.save's zip format or a TorchScript archive, sizes checked before anything is read:
+    (format, weights, trigger, metadata), or a BackdoorBenchResult for BackdoorBench's files."""
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
@@ -409,10 +508,23 @@ def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
                 raise CheckpointError(
                     _not_a_checkpoint(path, "a zip archive without the data.pkl of torch.save")
                 )
-            _check_pickle(io.BytesIO(archive.read(data_pkl[0])), path, count=1)
+            refers_to = _check_pickle(io.BytesIO(archive.read(data_pkl[0])), path, count=1)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as e:
         raise CheckpointError(_not_a_checkpoint(path, f"a damaged zip archive: {e}")) from None
-    obj = _torch_load(path, trust_pickle)
+    obj = None
+    if not trust_pickle and any(name.startswith("numpy.") for name in refers_to):
+        obj = backdoorbench.load_with_numpy(path)  # a BackdoorBench result needs numpy types
+        if not backdoorbench.is_backdoorbench(obj):
+            obj = None  # numpy types anywhere else still need trust: torch.load says why
+    if obj is None:
+        obj = _torch_load(path, trust_pickle)
+    if backdoorbench.is_backdoorbench(obj):
+        try:
+            return backdoorbench.from_dict(obj, path)
+        except (TypeError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointError(
+                f"{path.name} has BackdoorBench's layout but a malformed entry: {_first_line(e)}"
+            ) from None
     return _unwrap(obj, path)
 
 

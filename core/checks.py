@@ -14,12 +14,17 @@ in its report, and the window shows as a banner):
 - ``check_statistics(stats, role)``: non-finite pre-activations → ``MeaninglessResult``;
 - ``check_target(target, num_classes)``, ``check_labels(labels, num_classes, role)``:
   ``DataError``;
-- ``check_threshold(k)``: not a finite number → ``BnpError``.
+- ``check_threshold(k)``: not a finite number → ``BnpError``;
+- ``check_normalisation(values, name, channels)`` and the bounds ``MAX_INPUT_SIDE``,
+  ``MAX_CHANNELS``, ``TINY_STD``: shared by the metadata reader (``ModelMetadata.from_dict``,
+  which refuses a stranger's values when the file is read) and ``InputSpec`` (the user's
+  overrides), so that both apply the same rules.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from numbers import Real
 from typing import TYPE_CHECKING, Any
 
@@ -32,10 +37,17 @@ if TYPE_CHECKING:
     from core.data import InputSpec
     from core.statistics import Statistics
 
-# A normalisation std below this multiplies inputs by more than 1000: almost surely broken.
+# Bounds on a model's input, shared by the metadata reader (core.checkpoint.ModelMetadata) and
+# the input spec (core.data.InputSpec), so that both refuse exactly the same values.
+MAX_INPUT_SIDE = 1024  # pixels per side (ImageNet models take 224–600)
+MAX_CHANNELS = 64
+# A normalisation std below this multiplies inputs by more than 1000: almost surely broken. A
+# stranger's metadata saying so is refused when read; a --std the user gives gets a warning.
 TINY_STD = 1e-3
 
 __all__ = [
+    "MAX_INPUT_SIDE",
+    "MAX_CHANNELS",
     "TINY_STD",
     "model_warnings",
     "check_outputs",
@@ -43,6 +55,7 @@ __all__ = [
     "check_target",
     "check_labels",
     "check_threshold",
+    "check_normalisation",
 ]
 
 
@@ -80,7 +93,7 @@ def model_warnings(model: nn.Module, spec: InputSpec | None = None) -> list[str]
         if tiny:
             warnings.append(
                 f"the normalisation std {list(spec.std)} multiplies inputs by more than "
-                f"{1 / TINY_STD:.0f}: check the metadata's std (or pass --std)"
+                f"{1 / TINY_STD:.0f}: check the std you gave (--std)"
             )
     return warnings
 
@@ -114,6 +127,41 @@ def check_statistics(stats: Statistics, role: str) -> None:
             "samples: the model's weights, BatchNorm statistics or the input normalisation "
             "are broken, so no neuron can be scored"
         )
+
+
+def check_normalisation(values: Any, name: str, channels: int) -> tuple[float, ...]:
+    """A per-channel ``mean`` or ``std``: one number or ``channels`` finite numbers, a std
+    without 0; else a DataError. The metadata reader and InputSpec both check with this."""
+    if isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    try:
+        if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+            raise TypeError
+        items = list(values)
+        if any(isinstance(v, (bool, str, bytes)) for v in items):
+            raise TypeError
+        numbers = tuple(float(v) for v in items)
+    except (TypeError, ValueError, OverflowError):
+        shown = repr(values)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise DataError(f"the normalisation {name} {shown} is not a list of numbers") from None
+    if len(numbers) not in (1, channels):
+        expected = "1 value" if channels == 1 else f"1 value or {channels}, one per channel"
+        raise DataError(
+            f"the normalisation {name} has {len(numbers)} values, but the model takes "
+            f"{channels}-channel images: give {expected}"
+        )
+    if not all(math.isfinite(v) for v in numbers):
+        raise DataError(
+            f"the normalisation {name} {list(numbers)} is not finite: every input would "
+            "become NaN; give finite numbers"
+        )
+    if name == "std" and any(v == 0 for v in numbers):
+        raise DataError(
+            f"the normalisation std {list(numbers)} contains 0 (division by zero); "
+            "give the data's standard deviation, e.g. 0.25"
+        )
+    return numbers
 
 
 def _as_label(value: Any, what: str) -> int:

@@ -69,13 +69,22 @@ def warn(message: str) -> None:
 
 
 def cmd_info(args) -> int:
-    from core.inspection import Inspection
+    import torch
+
+    from core.checks import model_warnings
+    from core.graph import discover_layers, method_availability
+    from core.inspection import METHOD_NAMES, Inspection, checkpoint_trigger, input_spec
 
     ckpt = _load(args)
-    inspection = Inspection(ckpt, device="cpu", overrides=_input_overrides(args))
-    for message in inspection.warnings:
+    overrides = _input_overrides(args)
+    spec = input_spec(ckpt, overrides)
+    for message in model_warnings(ckpt.model, spec):
         warn(message)
     meta = ckpt.metadata
+    example = torch.zeros(1, spec.channels, *spec.size)
+    found = discover_layers(ckpt.model.eval(), example)
+    # a model without usable BatchNorms still gets its file, skipped layers and methods listed
+    inspection = Inspection(ckpt, device="cpu", overrides=overrides) if found.layers else None
     print(f"file          {ckpt.path}")
     print(f"format        {ckpt.format}")
     print(f"architecture  {meta.arch}")
@@ -89,15 +98,29 @@ def cmd_info(args) -> int:
         print(f"attack        {meta.attack.get('kind', '?')}")
     if meta.target_label is not None:
         print(f"target label  {meta.target_label}")
-    trigger = inspection.trigger
+    trigger = checkpoint_trigger(ckpt)
     print(f"trigger       {trigger!r}" if trigger is not None else "trigger       none stored")
+    if ckpt.poisoned_test is not None:
+        print(f"poisoned test {len(ckpt.poisoned_test)} backdoored samples in the file (ASR)")
+    for notice in ckpt.notices:
+        print(f"notice        {notice}")
     print()
-    print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
-    for layer in inspection.layers:
-        conv = layer.conv or "(not a convolution: no CLP score)"
-        print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
-    total = sum(layer.channels for layer in inspection.layers)
-    print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+    if inspection is not None:
+        print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
+        for layer in inspection.layers:
+            conv = layer.conv or "(not a convolution: no CLP score)"
+            print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
+        total = sum(layer.channels for layer in inspection.layers)
+        print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+    groups: dict[tuple[str, str], list[str]] = {}
+    for skipped in found.skipped:  # one line per kind and reason
+        groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
+    for (kind, reason), names in groups.items():
+        shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
+        print(f"skipped       {len(names)} {kind} ({shown}): {reason}")
+    for method, (applies, text) in method_availability(ckpt.model, found).items():
+        status = "applies" if applies else "cannot apply"
+        print(f"{METHOD_NAMES[method]:<4} {status}: {text}")
     return 0
 
 
@@ -144,7 +167,13 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def cmd_defend(args) -> int:
     from core.checks import check_threshold
-    from core.export import export_model, format_for_path, method_report, write_json
+    from core.export import (
+        export_model,
+        format_for_path,
+        method_report,
+        session_metadata,
+        write_json,
+    )
     from core.inspection import Inspection
     from core.progress import ProgressBar
     from core.repair import check_acc_budget, run_repair, write_suspects
@@ -225,6 +254,8 @@ def cmd_defend(args) -> int:
     before = after = None
     if test is not None:
         poisoned = _load_data(args.poisoned, "poisoned")
+        if poisoned is None and args.trigger is None:
+            poisoned = ckpt.poisoned_test  # backdoored test samples the file holds, if any
         trigger = None if poisoned is not None else _trigger_arg(args, inspection)
         # the real ASR: --target, else the inferred target, else the checkpoint's
         target, source = args.target, "--target"
@@ -264,7 +295,7 @@ def cmd_defend(args) -> int:
             args.out,
             mask=mask,
             fmt=fmt,
-            metadata=ckpt.metadata,
+            metadata=session_metadata(inspection),  # input overrides, target, trigger
             trigger=ckpt.trigger,
             source=args.checkpoint,
         )

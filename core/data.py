@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, check_normalisation
 from core.errors import DataError
 
 if TYPE_CHECKING:
@@ -105,7 +106,6 @@ LUMA_BT601 = (0.299, 0.587, 0.114)
 # before reading): BNP/EP need a few hundred samples, evaluation a few thousand.
 MAX_DATA_BYTES = int(os.environ.get("BNP_MAX_DATA_BYTES", 2 * 1024**3))
 MAX_IMAGE_PIXELS = 1 << 25  # one image file: 33.5 M pixels (e.g. 8192×4096)
-MAX_INPUT_SIDE = 1024  # model input side in pixels (ImageNet models take 224–600)
 
 _TRAIN_NAMES = ("train", "training")
 _TEST_NAMES = ("test", "t10k", "testing")
@@ -254,37 +254,16 @@ class InputSpec:
 
     def __post_init__(self) -> None:
         channels = _whole_number(self.channels, "the number of input channels")
-        if not 1 <= channels <= 64:
-            raise DataError(f"a model input of {channels} channels is not an image (expected 1–64)")
+        if not 1 <= channels <= MAX_CHANNELS:
+            raise DataError(
+                f"a model input of {channels} channels is not an image (expected 1–{MAX_CHANNELS})"
+            )
         object.__setattr__(self, "channels", channels)
         object.__setattr__(self, "size", check_input_size(self.size))
         for name in ("mean", "std"):
             value = getattr(self, name)
-            if value is None:
-                continue
-            try:
-                value = tuple(float(v) for v in value)
-            except (TypeError, ValueError):
-                raise DataError(
-                    f"the normalisation {name} {value!r} is not a list of numbers"
-                ) from None
-            if len(value) not in (1, channels):
-                expected = "1 value" if channels == 1 else f"1 value or {channels}, one per channel"
-                raise DataError(
-                    f"the normalisation {name} has {len(value)} values, but the model takes "
-                    f"{channels}-channel images: give {expected}"
-                )
-            if not all(math.isfinite(v) for v in value):
-                raise DataError(
-                    f"the normalisation {name} {list(value)} is not finite: every input would "
-                    "become NaN; give finite numbers"
-                )
-            object.__setattr__(self, name, value)
-        if self.std is not None and any(s == 0 for s in self.std):
-            raise DataError(
-                f"the normalisation std {list(self.std)} contains 0 (division by zero); "
-                "give the data's standard deviation, e.g. 0.25"
-            )
+            if value is not None:
+                object.__setattr__(self, name, check_normalisation(value, name, channels))
 
     def conform(self, images: Tensor) -> Tensor:
         """Float [0, 1] images with this spec's channels and size (steps 1–3, no trigger)."""

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata
+from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata, sidecar_path
 from core.errors import BnpError
 from core.masks import PruneMask
 from core.triggers import PatchTrigger
@@ -220,7 +220,7 @@ def export_model(
                 obj["meta"] = meta
             save_torch(obj, tmp)
         elif fmt == "state_dict":
-            save_torch(state_dict, tmp)
+            save_torch(state_dict, tmp)  # no room for metadata: a sidecar JSON beside it
         else:
             from safetensors.torch import save
 
@@ -229,6 +229,9 @@ def export_model(
 
     path = Path(path)
     atomic_write(path, write, source=Path(source) if source else None)
+    if fmt == "state_dict" and meta is not None:
+        data = json.dumps(json_ready(meta), indent=1).encode("utf-8")
+        atomic_write(sidecar_path(path), lambda tmp: _write_bytes(tmp, data))
     return path
 
 
@@ -263,3 +266,18 @@ def method_report(inspection, method: str, k: float, mask: PruneMask) -> dict:
         "pruned": mask.count(),
         "scores": inspection.scores(method),
     }
+
+
+def session_metadata(inspection) -> ModelMetadata:
+    """The checkpoint's metadata with what the session knows now: its input size and
+    normalisation (overrides included), target label and trigger, so that reopening an
+    export reproduces the session's predictions."""
+    meta = copy.deepcopy(inspection.ckpt.metadata)
+    spec = inspection.spec
+    meta.input_size = tuple(spec.size)
+    meta.mean = tuple(spec.mean) if spec.mean else None
+    meta.std = tuple(spec.std) if spec.std else None
+    meta.target_label = inspection.target
+    if inspection.trigger is not None:
+        meta.attack = {**(meta.attack or {}), "trigger": inspection.trigger.to_dict()}
+    return meta

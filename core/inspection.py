@@ -18,7 +18,7 @@ from core.checks import check_statistics, check_target, check_threshold, model_w
 from core.data import ImageSet, InputSpec
 from core.errors import BnpError, DataError
 from core.evaluation import Metrics, evaluate, sample_subset
-from core.graph import NeuronLayer, neuron_graph
+from core.graph import NeuronLayer, discover_layers
 from core.masks import Neuron, PruneMask
 from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags, z_scores
 from core.statistics import CancelCheck, Progress, Statistics, collect_statistics
@@ -158,7 +158,8 @@ class Inspection:
         self.device_name = device_name(self.device)
         self.model.to(self.device)
         example = torch.zeros(1, self.spec.channels, *self.spec.size, device=self.device)
-        self.layers: list[NeuronLayer] = neuron_graph(self.model, example)
+        self.discovery = discover_layers(self.model, example)  # also lists skipped layers
+        self.layers: list[NeuronLayer] = self.discovery.require()
         self.clp: dict[str, torch.Tensor] = clp_scores(self.model, self.layers)
         self.clean_stats: Statistics | None = None
         self.train_stats: Statistics | None = None

@@ -14,10 +14,23 @@ import torch
 from torch import nn
 
 from core.eigen import largest_eigenvalues
-from core.graph import NeuronLayer
+from core.errors import BnpError
+from core.graph import NeuronLayer, conv_weight
 from core.statistics import Statistics
 
 EP_BIN_WIDTH = 0.01
+BNP_UNAVAILABLE = (
+    "BNP is unavailable for this model: its BatchNorm layers carry no running statistics "
+    "(running_mean/running_var), which BNP compares the clean statistics against."
+)
+
+
+def running_var(bn: nn.Module) -> torch.Tensor:
+    """The BatchNorm's running variance (float64, CPU), or ones where the file has none:
+    v_c = 1, what the reference code computes on such a file (SPEC §1)."""
+    if bn.running_var is None:
+        return torch.ones(bn.num_features, dtype=torch.float64)
+    return bn.running_var.detach().double().cpu()
 
 
 def bnp_scores(model: nn.Module, stats: Statistics) -> dict[str, torch.Tensor]:
@@ -30,11 +43,15 @@ def bnp_scores(model: nn.Module, stats: Statistics) -> dict[str, torch.Tensor]:
     scores = {}
     for name, layer in stats.layers.items():
         bn = modules[name]
+        if bn.running_mean is None or bn.running_var is None:
+            continue  # no statistics to compare against (SPEC §1): BNP has no score here
         mu, var = layer.mean, layer.var
         m = bn.running_mean.detach().double().cpu()
         v = bn.running_var.detach().double().cpu()
         kl = 0.5 * torch.log(v / var) + (var + (mu - m).square()) / (2 * v) - 0.5
         scores[name] = torch.where((var > 0) & (v > 0), kl, float("nan"))
+    if stats.layers and not scores:
+        raise BnpError(BNP_UNAVAILABLE)
     return scores
 
 
@@ -98,7 +115,7 @@ def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.T
     paired = [layer for layer in layers if layer.conv is not None]
     if not paired:
         return {}
-    weights = [modules[layer.conv].weight.detach().flatten(2).float().cpu() for layer in paired]
+    weights = [conv_weight(modules[layer.conv]).flatten(2) for layer in paired]
     workers = max(1, min(torch.get_num_threads(), max(len(w) for w in weights)))
     splits = [w.tensor_split(workers) for w in weights]  # tensor_split always gives `workers`
     shares = [list(share) for share in zip(*splits, strict=True)]
@@ -109,7 +126,7 @@ def clp_scores(model: nn.Module, layers: list[NeuronLayer]) -> dict[str, torch.T
     # worker-major → layer-major; then one float64 pass over all channels
     eigen = torch.cat([part[j] for j in range(len(paired)) for part in parts]).clamp_min(0)
     gamma = torch.cat([modules[layer.name].weight.detach().double().cpu() for layer in paired])
-    var = torch.cat([modules[layer.name].running_var.detach().double().cpu() for layer in paired])
+    var = torch.cat([running_var(modules[layer.name]) for layer in paired])
     uclc = (eigen * (gamma * gamma / var)).sqrt()
     names = [layer.name for layer in paired]
     return dict(zip(names, uclc.split([len(w) for w in weights]), strict=True))

@@ -318,7 +318,7 @@ CASES = [
     Case("input_size_4000", meta_input_size_huge, CheckpointError, r"input_size is 4000"),
     Case("input_size_0", meta_input_size_zero, CheckpointError, r"input_size is 0"),
     Case("input_size_negative", meta_input_size_negative, CheckpointError, r"input_size is -3"),
-    Case("target_10e30", meta_target_huge, CheckpointError, r"target_label is 10{30}"),
+    Case("target_10e30", meta_target_huge, CheckpointError, r"target label 1e\+30 is not one of"),
     Case("extra_not_dict", meta_extra_not_dict, CheckpointError, r"'extra' must be a dict"),
     Case(
         "trigger_position",
@@ -327,7 +327,7 @@ CASES = [
         r"trigger .* placed at \[1\]",
     ),
     Case("std_zero", meta_std_zero, CheckpointError, r"std \[0\.0\]"),
-    Case("mean_nan", meta_mean_nan, CheckpointError, r"mean must be finite"),
+    Case("mean_nan", meta_mean_nan, CheckpointError, r"normalisation mean \[nan\] is not finite"),
     Case("meta_nested", safetensors_meta_nested, CheckpointError, r"nested too deeply"),
     Case("header_junk", safetensors_header_junk, CheckpointError, r"not a readable safetensors"),
 ]

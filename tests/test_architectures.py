@@ -7,11 +7,23 @@ from core.architectures import ARCHITECTURES, Detection, build_model, detect_arc
 from core.errors import ArchitectureMismatch, BnpError
 
 CIFAR_NETS = [name for name, spec in ARCHITECTURES.items() if spec.input_size == 32]
+# the original registry, checked on every run; every other entry is checked in the slow run
+CORE = {
+    "cifar_resnet18", "cifar_resnet20", "cifar_resnet32", "cifar_resnet56", "preact_resnet18",
+    "vgg16_bn_cifar", "resnet18", "resnet50", "vgg16_bn", "mobilenet_v2", "preactresnet18",
+    "googlenet", "googlenet_aux",
+}  # fmt: skip
+DETECTABLE = [
+    name if name in CORE else pytest.param(name, marks=pytest.mark.slow)
+    for name, spec in ARCHITECTURES.items()
+    if spec.detect
+]
 
 
 def meta_state_dict(arch: str, num_classes: int, in_channels: int) -> dict:
-    with torch.device("meta"):
-        return build_model(arch, num_classes, in_channels).state_dict()
+    from core.architectures import build_on_meta
+
+    return build_on_meta(arch, num_classes, in_channels).state_dict()
 
 
 def test_registry_has_the_promised_architectures():
@@ -24,7 +36,7 @@ def test_registry_has_the_promised_architectures():
         assert spec.name == name
 
 
-@pytest.mark.parametrize("arch", list(ARCHITECTURES))
+@pytest.mark.parametrize("arch", DETECTABLE)
 @pytest.mark.parametrize("in_channels", [1, 3])
 def test_detection_round_trip(arch, in_channels):
     state_dict = meta_state_dict(arch, 7, in_channels)
@@ -95,3 +107,145 @@ def test_shape_mismatch_is_reported():
     state_dict["layer1.0.conv1.weight"] = torch.empty(16, 16, 5, 5, device="meta")
     with pytest.raises(ArchitectureMismatch, match=r"layer1\.0\.conv1\.weight \(file \[16, 16, 5"):
         detect_architecture(state_dict)
+
+
+def test_torchvision_families_are_registered():
+    names = set(ARCHITECTURES)
+    for arch in (
+        "resnext50_32x4d", "wide_resnet50_2", "vgg11_bn", "vgg19_bn", "mobilenet_v3_small",
+        "mobilenet_v3_large", "densenet121", "densenet161", "efficientnet_b0", "efficientnet_b3",
+        "efficientnet_v2_s", "shufflenet_v2_x1_0", "regnet_y_400mf", "regnet_x_400mf",
+        "mnasnet1_0", "googlenet", "inception_v3", "convnext_tiny", "bb_vit_b_16",
+    ):  # fmt: skip
+        assert arch in names
+
+
+def test_builders_are_torchvisions_own():
+    import torchvision
+
+    model = build_model("efficientnet_b0", 4, 3)
+    assert type(model) is torchvision.models.EfficientNet
+    assert type(build_model("regnet_y_400mf", 4, 1)) is torchvision.models.RegNet
+
+
+def test_transform_input_variant_is_chosen_by_name_only():
+    state_dict = meta_state_dict("googlenet_transform_input", 10, 3)
+    assert detect_architecture(state_dict).arch == "googlenet"
+    assert detect_architecture(state_dict, "googlenet_transform_input").arch == (
+        "googlenet_transform_input"
+    )
+    assert build_model("googlenet_transform_input").transform_input
+    assert not build_model("googlenet").transform_input
+
+
+def test_aux_heads_tell_googlenet_variants_apart():
+    plain = meta_state_dict("googlenet", 10, 3)
+    aux = meta_state_dict("googlenet_aux", 10, 3)
+    assert not any(k.startswith("aux") for k in plain)
+    assert any(k.startswith("aux1.") for k in aux)
+    assert detect_architecture(aux).arch == "googlenet_aux"
+
+
+def test_missing_running_statistics_are_named_not_refused():
+    state_dict = meta_state_dict("cifar_resnet20", 10, 3)
+    stripped = {
+        k: v for k, v in state_dict.items() if not k.endswith(("running_mean", "running_var"))
+    }
+    detection = detect_architecture(stripped)
+    assert detection.arch == "cifar_resnet20"
+    assert "bn1" in detection.no_running_stats and "layer3.2.bn2" in detection.no_running_stats
+    # only one of the two statistics missing is a damaged file, not a choice
+    half = {k: v for k, v in state_dict.items() if not k.endswith("running_var")}
+    with pytest.raises(ArchitectureMismatch, match="running_var"):
+        detect_architecture(half)
+
+
+def test_regnet_builds_on_meta_despite_tensor_arithmetic():
+    from core.architectures import build_on_meta
+
+    model = build_on_meta("regnet_y_128gf", 10, 3)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+
+
+@pytest.mark.slow
+def test_shipped_signatures_match_the_registry():
+    from core.architectures import (
+        ARCHITECTURES,
+        SIGNATURE_FILE,
+        _library_versions,
+        _read_signatures,
+        compute_signature,
+    )
+
+    shipped = _read_signatures(SIGNATURE_FILE, _library_versions())
+    if not shipped:
+        pytest.skip("installed library versions differ from those the file was written for")
+    for arch in ARCHITECTURES:
+        assert shipped[arch] == compute_signature(arch), arch
+
+
+@pytest.mark.slow
+def test_signatures_are_recomputed_and_cached_when_the_shipped_file_does_not_fit(
+    tmp_path, monkeypatch
+):
+    import json
+
+    import core.architectures as arch_module
+
+    damaged = tmp_path / "shipped.json"
+    damaged.write_text("{not json")
+    monkeypatch.setattr(arch_module, "SIGNATURE_FILE", damaged)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    arch_module.signatures.cache_clear()
+    try:
+        sigs = arch_module.signatures()
+        cached = tmp_path / "cache" / "bnp-inspector" / "signatures.json"
+        assert set(json.loads(cached.read_text())["archs"]) == set(ARCHITECTURES)
+        assert sigs["resnet50"] == arch_module.compute_signature("resnet50")
+        state_dict = meta_state_dict("resnet50", 10, 3)
+        assert detect_architecture(state_dict).arch == "resnet50"
+    finally:
+        arch_module.signatures.cache_clear()
+
+
+def test_shipped_signatures_serve_an_install_without_timm(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "from core.architectures import ARCHITECTURES, signatures; s = signatures(); "
+        "assert not any(a.startswith('timm/') for a in ARCHITECTURES); print(len(s))"
+    )
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {"BNP_NO_TIMM": "1", "XDG_CACHE_HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": root, "PATH": "/usr/bin:/bin"}  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout) > 60
+    assert not (tmp_path / "bnp-inspector").exists()  # nothing had to be computed
+
+
+def test_meta_fallback_leaves_other_threads_models_real():
+    import threading
+
+    from core.architectures import _empty_weights
+
+    built = {}
+    inside, release = threading.Event(), threading.Event()
+
+    def meta_builder():
+        with _empty_weights():
+            built["meta"] = torch.nn.Linear(3, 3)
+            inside.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=meta_builder)
+    thread.start()
+    inside.wait(10)
+    built["real"] = torch.nn.Linear(3, 3)  # another thread, while the fallback is active
+    release.set()
+    thread.join()
+    assert built["meta"].weight.device.type == "meta"
+    assert built["real"].weight.device.type == "cpu"
+    assert torch.nn.Linear(2, 2).weight.device.type == "cpu"  # the patch is gone again

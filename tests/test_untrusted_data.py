@@ -24,7 +24,7 @@ import core.export
 from core.checkpoint import load_checkpoint
 from core.cli import main
 from core.data import ImageSet, InputSpec, image_to_tensor, load_images
-from core.errors import BnpError, DataError, MeaninglessResult
+from core.errors import BnpError, CheckpointError, DataError, MeaninglessResult
 from core.evaluation import evaluate
 from core.export import export_model, remove_stale_temporaries, write_json
 from core.inspection import Inspection, batch_size_for
@@ -183,14 +183,21 @@ def test_large_inputs_get_small_batches():
     assert batch_size_for(InputSpec(3, (1024, 1024)), 256) == 12
 
 
+META = "The model metadata's "
+IN_RANGE = r"; it must lie in 1\.\.1024\."
+
+
 @pytest.mark.parametrize(
     ("meta", "args", "expected"),
     [
-        ({"input_size": [4000, 4000]}, [], "metadata: input size 4000×4000 is larger"),
-        ({"input_size": [0, 0]}, [], "metadata: input size 0×0 is empty"),
+        # the metadata reader refuses a stranger's metadata when the file is read
+        ({"input_size": [4000, 4000]}, [], META + "input_size is 4000" + IN_RANGE),
+        ({"input_size": [0, 0]}, [], META + "input_size is 0" + IN_RANGE),
         ({}, ["--input-size", "0", "0"], "input size 0×0 is empty"),
         ({}, ["--channels", "3"], "takes 1-channel images"),
-        ({"std": [float("nan")], "mean": [0.5]}, [], "std \\[nan\\] is not finite"),
+        ({"std": [float("nan")]}, [], META + r"std: the normalisation std \[nan\] is not finite"),
+        ({}, ["--std", "nan"], r"the normalisation std \[nan\] is not finite"),
+        ({}, ["--input-size", "4000", "4000"], r"input size 4000×4000 is larger than the 1024×"),
         ({}, ["--mean", "0.1", "0.2", "0.3"], "give 1 value"),
     ],
 )
@@ -221,13 +228,18 @@ def test_broken_model_is_never_a_clean_table(make, warning, tmp_path, data):
         inspection.collect(test)
 
 
-def test_tiny_std_in_metadata_is_a_loud_warning(tmp_path, data, capsys):
+def test_tiny_std_refused_in_metadata_and_a_loud_warning_when_given(tmp_path, data, capsys):
+    # a stranger's metadata: refused when read (the metadata reader owns that check)
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", mean=[0.5], std=[1e-30])
-    inspection = Inspection(load_checkpoint(path), device="cpu")
+    with pytest.raises(CheckpointError, match=r"std \[1e-30\] would divide the inputs by almost"):
+        load_checkpoint(path)
+    # the same std given by the user: the model opens, every result carries the warning
+    good = corpus.metadata_checkpoint(tmp_path / "good.pth", mean=[0.5], std=[0.25])
+    inspection = Inspection(load_checkpoint(good), device="cpu", overrides={"std": (1e-30,)})
     assert any("multiplies inputs by more than 1000" in w for w in inspection.warnings)
     report = tmp_path / "r.json"
-    args = ["defend", str(path), "--method", "clp", "--test", str(data), "--report", str(report)]
-    main(args)
+    args = ["defend", str(good), "--method", "clp", "--test", str(data), "--report", str(report)]
+    main([*args, "--std", "1e-30"])
     assert "bnp: warning: the normalisation std [1e-30]" in capsys.readouterr().err
     assert "[1e-30]" in json.loads(report.read_text())["warnings"][0]
 
@@ -276,13 +288,14 @@ def test_target_outside_the_classes(target, inspection, data, capsys, model_path
     assert "not one of the model's 10 classes" in _one_line_error(capsys)
 
 
-def test_metadata_target_outside_the_classes(tmp_path, data, capsys):
+def test_metadata_target_outside_the_classes(tmp_path, capsys):
+    # refused when the file is read, by the rule every target obeys (core.checks.check_target)
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", target_label=999)
-    inspection = Inspection(load_checkpoint(path), device="cpu")
-    with pytest.raises(DataError, match="metadata: the target label 999 is not one of"):
-        inspection.evaluate(load_images(data))
-    assert main(["defend", str(path), "--method", "clp", "--test", str(data)]) == 2
-    assert "metadata: the target label 999" in _one_line_error(capsys)
+    expected = "The model metadata's target_label: the target label 999 is not one of the model's"
+    with pytest.raises(CheckpointError, match=expected):
+        load_checkpoint(path)
+    assert main(["defend", str(path), "--method", "clp"]) == 2
+    assert expected in _one_line_error(capsys)
 
 
 def test_labels_beyond_the_classes(inspection, tmp_path, model_path, capsys):
