@@ -124,6 +124,7 @@ class Session(QObject):
         self.preview_pending = False
         self.curves: dict[str, list[tuple[float, Any]]] = {}
         self.auto_analyze = False
+        self._queued_analysis = False  # Analyze pressed while a checkpoint was loading
         self._progress_start: dict[str, float] = {}
         self._forward_rate: float | None = None  # samples/s of the last preview
         self._preview_timer = QTimer(self)
@@ -176,6 +177,16 @@ class Session(QObject):
             dict(self.layers),
         )
 
+    def _for_model(self, inspection: Inspection, callback):
+        """``callback``, dropped when its result belongs to a model the session has replaced
+        (results are tied to the inspection they were computed with, not to the lane only)."""
+
+        def call(*args):
+            if self.inspection is inspection:
+                callback(*args)
+
+        return call
+
     def _report_error(self, what: str, exc: BaseException) -> None:
         """A failure as one line in the window: what failed, then why (never a traceback)."""
         self.message.emit("error", f"{what}: {describe_error(exc)}")
@@ -195,9 +206,14 @@ class Session(QObject):
             ckpt = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
             if job.cancelled():
                 return None
-            return Inspection(ckpt)
+            # Tracing the model (torch.fx, in Inspection) patches nn.Module.__call__ for the
+            # whole process: a forward pass on another thread meanwhile fails ("module is not
+            # installed as a submodule"). Hold the engine lock, as every forward-pass job does.
+            with job.holding(self.runner.engine_lock):
+                return Inspection(ckpt)
 
         def failed(exc: BaseException) -> None:
+            self._queued_analysis = False
             if isinstance(exc, UnsafeCheckpointError):
                 self.unsafe_checkpoint.emit(path, describe_error(exc))
             elif isinstance(exc, ArchitectureMismatch):
@@ -217,6 +233,8 @@ class Session(QObject):
     def _loaded(self, path: str, inspection: Inspection | None) -> None:
         if inspection is None:
             return
+        for lane in ("collect", "preview", "curve", "neuron"):
+            self.runner.cancel(lane, notify=False)  # started for the previous model meanwhile
         self.checkpoint_path = path
         self.inspection = inspection
         self.scores = {"clp": inspection.clp}
@@ -241,7 +259,8 @@ class Session(QObject):
             f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
         )
         self.set_trigger_source(self.trigger_source)
-        if self.auto_analyze and self.data:
+        queued, self._queued_analysis = self._queued_analysis, False
+        if (self.auto_analyze or queued) and self.data:
             self.analyze()
 
     def set_data(self, roles: DataRoles) -> None:
@@ -339,8 +358,12 @@ class Session(QObject):
     def analyze(self) -> None:
         """One statistics pass over the clean and training samples, then BNP/EP scores."""
         inspection = self.inspection
+        if self.is_busy("load"):  # the model being loaded replaces this one: analyse that
+            self._queued_analysis = True
+            self.message.emit("info", "Analysis starts once the checkpoint is loaded.")
+            return
         if inspection is None:
-            self.message.emit("error", "Open a checkpoint first (File › Open).")
+            self.message.emit("error", "Open a checkpoint first (File › Open Checkpoint…).")
             return
         clean, train = self.data.get("clean"), self.data.get("train")
         if clean is None and train is None:
@@ -371,8 +394,8 @@ class Session(QObject):
         self.runner.start(
             "collect",
             collect,
-            done=self._analyzed,
-            error=failed,
+            done=self._for_model(inspection, self._analyzed),
+            error=self._for_model(inspection, failed),
             progress=lambda done, total: self._report_progress("collect", done, total),
             cancelled=lambda: self.message.emit("info", "Analysis cancelled."),
         )
@@ -498,8 +521,10 @@ class Session(QObject):
         self.runner.start(
             "neuron",
             activations,
-            done=self._activations_ready,
-            error=functools.partial(self._report_error, "Cannot plot the neuron"),
+            done=self._for_model(inspection, self._activations_ready),
+            error=self._for_model(
+                inspection, functools.partial(self._report_error, "Cannot plot the neuron")
+            ),
         )
 
     def _activations_ready(self, result: NeuronActivations) -> None:
@@ -560,9 +585,11 @@ class Session(QObject):
         self.runner.start(
             "preview",
             preview,
-            partial=self._preview_ready,
-            done=self._preview_done,
-            error=functools.partial(self._report_error, "Preview failed"),
+            partial=self._for_model(inspection, self._preview_ready),
+            done=self._for_model(inspection, self._preview_done),
+            error=self._for_model(
+                inspection, functools.partial(self._report_error, "Preview failed")
+            ),
         )
 
     def preview_subset_size(self) -> int:
@@ -611,7 +638,12 @@ class Session(QObject):
                 job.partial((method, k, metrics))
             return None
 
-        self.runner.start("curve", curve, partial=self._curve_point, error=lambda exc: None)
+        self.runner.start(
+            "curve",
+            curve,
+            partial=self._for_model(inspection, self._curve_point),
+            error=lambda exc: None,
+        )
 
     def _curve_point(self, point) -> None:
         method, k, metrics = point
