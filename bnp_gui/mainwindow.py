@@ -39,7 +39,7 @@ from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG
-from bnp_gui.session import Session
+from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
 from core.inspection import METHOD_NAMES, METHODS
 from core.progress import format_duration
@@ -469,7 +469,9 @@ class MainWindow(QMainWindow):
         value = self.settings.value("recent", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in (value or [])]
+        if not isinstance(value, (list, tuple)):  # a settings file may hold anything
+            return []
+        return [str(v) for v in value if isinstance(v, str) and v]
 
     def _add_recent(self, path: str) -> None:
         if not self.persist:
@@ -558,12 +560,9 @@ class MainWindow(QMainWindow):
                 splitter.restoreState(state)
         s = self.session
         for m in METHODS:
-            k = st.value(f"thresholds/{m}")
+            k = valid_threshold(st.value(f"thresholds/{m}"))  # None: absent or not a number
             if k is not None:
-                try:
-                    s.thresholds[m] = float(k)
-                except (TypeError, ValueError):
-                    pass
+                s.thresholds[m] = k
             enabled = st.value(f"enabled/{m}")
             if enabled is not None:
                 s.enabled[m] = str(enabled).lower() in ("true", "1")

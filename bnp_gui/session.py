@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,11 @@ from core.inspection import DIRECTION, METHOD_NAMES, METHODS, Inspection, build_
 from core.masks import PruneMask
 from core.scores import z_scores
 
-__all__ = ["DIRECTION", "Session"]
+__all__ = ["DIRECTION", "K_MAX", "K_MIN", "Session", "valid_threshold"]
 
 DEFAULT_K = 3.0
+# The one range of k: spin box, slider, the dragged line and saved settings all clamp to it.
+K_MIN, K_MAX = 0.0, 10.0
 # Smaller than the engine's default: Cancel and closing take effect at the next batch.
 BATCH_SIZE = 128
 # The fast first numbers: as many test samples (each also run with the trigger) as this machine
@@ -67,6 +70,40 @@ class NeuronActivations:
     running_var: float
 
 
+def valid_threshold(value: Any) -> float | None:
+    """``value`` as a threshold k clamped to [K_MIN, K_MAX]; None when it is not a finite number
+    (NaN, ±inf, text): a settings file or a caller may hold anything."""
+    try:
+        k = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(k):
+        return None
+    return float(round(min(max(k, K_MIN), K_MAX), 3))
+
+
+def batchnorm_warning(model: torch.nn.Module) -> str:
+    """A warning naming BatchNorm channels whose running variance is ≤ 0 or whose running
+    statistics are not finite ("" when none): their scores are infinite or undefined."""
+    broken = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d) and module.running_var is not None:
+            var, mean = module.running_var, module.running_mean
+            bad = (var <= 0) | ~torch.isfinite(var) | ~torch.isfinite(mean)
+            if bad.any():
+                broken[name] = int(bad.sum())
+    if not broken:
+        return ""
+    where = ", ".join(f"{name} ×{n}" for name, n in list(broken.items())[:3])
+    more = f" and {len(broken) - 3} more layers" if len(broken) > 3 else ""
+    total = sum(broken.values())
+    return (
+        f"{total} BatchNorm channel{'s' if total > 1 else ''} with a running variance ≤ 0 or "
+        f"non-finite running statistics ({where}{more}): their scores are infinite or missing; the "
+        "model's outputs may not be numbers. This checkpoint is damaged; do not trust its numbers."
+    )
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user should read for an engine or worker error."""
     text = str(exc).strip()
@@ -102,6 +139,7 @@ class Session(QObject):
         self.runner.busy_changed.connect(self.busy_changed)
         self.checkpoint_path = ""
         self.inspection: Inspection | None = None
+        self.model_warning = ""  # what is wrong with the loaded model itself, for the banner
         self.roles = DataRoles()
         self.data: dict = {}
         self.trigger_source = TriggerSource()
@@ -258,6 +296,9 @@ class Session(QObject):
             f"{len(inspection.layers)} BatchNorm layers, {sum(c for _, c in self.layers)} "
             f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
         )
+        self.model_warning = batchnorm_warning(inspection.model)
+        if self.model_warning:
+            self.message.emit("warning", self.model_warning)
         self.set_trigger_source(self.trigger_source)
         queued, self._queued_analysis = self._queued_analysis, False
         if (self.auto_analyze or queued) and self.data:
@@ -318,7 +359,8 @@ class Session(QObject):
             self.trigger_error = describe_error(exc)
             self._invalidate_metrics()
             self.trigger_changed.emit()
-            self.message.emit("warning", f"No ASR: {self.trigger_error}")
+            also = f"<br>{self.model_warning}" if self.model_warning else ""
+            self.message.emit("warning", f"No ASR: {self.trigger_error}{also}")
             self.request_preview()
 
         self.runner.start(
@@ -435,10 +477,19 @@ class Session(QObject):
         self._start_curve()
 
     def set_threshold(self, method: str, k: float) -> None:
-        k = float(round(k, 3))
-        if self.thresholds.get(method) == k:
+        """Set one method's k, clamped to [K_MIN, K_MAX]; a non-finite k is refused."""
+        valid = valid_threshold(k)
+        if valid is None:
+            self.message.emit(
+                "error", f"Threshold k must be a number from {K_MIN:g} to {K_MAX:g}, not {k!r}."
+            )
+            self.mask_changed.emit()  # widgets show the k still in force
             return
-        self.thresholds[method] = k
+        if self.thresholds.get(method) == valid:
+            if valid != k:
+                self.mask_changed.emit()  # clamped: widgets (a dragged line) snap back to it
+            return
+        self.thresholds[method] = valid
         self._recompute_flags(only=method)
         self.request_preview()
 

@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bnp_gui.session import Session
+from bnp_gui.session import K_MAX, K_MIN, Session
 from core.inspection import METHOD_NAMES, METHODS
 
-K_MIN, K_MAX, K_STEPS_PER_UNIT = 0.0, 10.0, 20  # slider: 0.05 steps
+K_STEPS_PER_UNIT = 20  # slider: 0.05 steps over the session's [K_MIN, K_MAX]
 
 TIPS = {
     "ep": "EP: flags neurons whose maximum-activation entropy on the training set is below "
