@@ -181,7 +181,7 @@ class MainWindow(QMainWindow):
         self.progress_bar.hide()
         self.eta_label = QLabel("")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the analysis (Esc)")
+        self.cancel_button.setToolTip("Stop opening the checkpoint, or the analysis (Esc)")
         self.cancel_button.clicked.connect(self.session.cancel_analysis)
         self.cancel_button.hide()
         bar.addPermanentWidget(self.eta_label)
@@ -316,7 +316,7 @@ class MainWindow(QMainWindow):
         loaded = s.inspection is not None
         collecting = s.is_busy("collect")
         self.analyze_action.setEnabled(loaded and bool(s.data) and not collecting)
-        self.cancel_action.setEnabled(collecting)
+        self.cancel_action.setEnabled(collecting or s.is_busy("load"))
         self.export_action.setEnabled(loaded)
         self.trigger_action.setEnabled(True)
         self.spec_action.setEnabled(loaded)
@@ -337,13 +337,14 @@ class MainWindow(QMainWindow):
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:
-        if task == "collect":
-            self.progress_bar.setVisible(running)
-            self.cancel_button.setVisible(running)
-            self.eta_label.setVisible(running)
+        if task in ("collect", "load"):  # what Cancel / Esc stops
+            waiting = self.session.is_busy("collect") or self.session.is_busy("load")
+            self.progress_bar.setVisible(waiting)
+            self.cancel_button.setVisible(waiting)
+            self.eta_label.setVisible(waiting)
             if running:
                 self.progress_bar.setRange(0, 0)
-                self.eta_label.setText("starting…")
+                self.eta_label.setText("starting…" if task == "collect" else "opening…")
         self._update_actions()
 
     def _progress(self, task: str, done: int, total: int, eta: float) -> None:

@@ -104,6 +104,14 @@ def batchnorm_warning(model: torch.nn.Module) -> str:
     )
 
 
+def _cancel_argument(loader, job: Job) -> dict:
+    """``cancel=job.cancelled`` for a checkpoint loader that can stop mid-parse (the child-process
+    loader kills its reader); {} for one that cannot, which then finishes before the job ends."""
+    import inspect
+
+    return {"cancel": job.cancelled} if "cancel" in inspect.signature(loader).parameters else {}
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user should read for an engine or worker error."""
     text = str(exc).strip()
@@ -241,7 +249,9 @@ class Session(QObject):
         def load(job: Job):
             from core.checkpoint import load_checkpoint
 
-            ckpt = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+            ckpt = load_checkpoint(
+                path, arch=arch, trust_pickle=trust_pickle, **_cancel_argument(load_checkpoint, job)
+            )
             if job.cancelled():
                 return None
             # Tracing the model (torch.fx, in Inspection) patches nn.Module.__call__ for the
@@ -259,12 +269,17 @@ class Session(QObject):
             else:
                 self._report_error(f"Cannot open {Path(path).name}", exc)
 
+        def cancelled() -> None:
+            self._queued_analysis = False
+            self.message.emit("info", f"Opening {Path(path).name} cancelled.")
+
         self.message.emit("info", f"Opening {Path(path).name}…")
         self.runner.start(
             "load",
             load,
             done=lambda insp: self._loaded(path, insp),
             error=failed,
+            cancelled=cancelled,
             uses_engine=False,  # a new model: nothing shared with running jobs
         )
 
@@ -443,6 +458,8 @@ class Session(QObject):
         )
 
     def cancel_analysis(self) -> None:
+        """Stop what the user is waiting for: opening a checkpoint, or the analysis."""
+        self.runner.cancel("load")
         self.runner.cancel("collect")
 
     def _report_progress(self, task: str, done: int, total: int) -> None:
