@@ -82,3 +82,42 @@ def test_cancel_stops_a_load_and_the_window_keeps_working(
     open_model(qtbot, window, tiny_model[0])
     qtbot.wait(200)
     assert s.inspection is not None and not s.is_busy("collect")
+
+
+def _corpus():
+    try:
+        from tests import corpus_checkpoints
+    except ImportError:
+        pytest.skip("the hostile-checkpoint corpus (tests/corpus_checkpoints.py) is not here")
+    return corpus_checkpoints
+
+
+@pytest.mark.parametrize(
+    "name", ["hash_bomb_pickle", "hash_bomb_zip", "torchscript_endless_trusted"]
+)
+def test_window_lives_and_closes_while_a_hostile_file_parses(qtbot, tmp_path, name):
+    """Real files whose parsing never ends (the corpus's HANGS): the event loop keeps running and
+    closing the window stops the reader (no wait for the loader's wall-clock limit)."""
+    from PySide6.QtCore import QTimer
+
+    from bnp_gui.mainwindow import MainWindow
+
+    writer, trust = {n: (w, t) for n, w, t in _corpus().HANGS}[name]
+    path = writer(tmp_path)
+    window = MainWindow(persist=False, interactive=False)  # never a modal question here
+    qtbot.addWidget(window)
+    window.show()
+    s = window.session
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: ticks.append(1))
+    window.open_checkpoint(str(path), trust_pickle=trust)
+    timer.start()
+    # the event loop runs while the file is parsed (a frozen one never ticks; the first ticks
+    # can wait for a garbage collection on a loaded machine, hence no time limit on them) ...
+    qtbot.waitUntil(lambda: len(ticks) >= 20, timeout=30_000)
+    timer.stop()
+    assert s.is_busy("load"), window.banner.text()  # ... and the parse goes on: a real hang
+    window.close()
+    assert not s.runner._alive
