@@ -427,7 +427,7 @@ class Session(QObject):
             self.message.emit(
                 "error",
                 "Analyze needs clean samples (BNP) or the suspect training set (EP): "
-                "choose them with File › Open Data.",
+                "choose them with File › Open Data….",
             )
             return
         for lane in ("preview", "curve", "neuron"):

@@ -66,7 +66,7 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
         if trig is None:
             raise DataError(
                 "This checkpoint carries no trigger. Choose a trigger image or a folder of "
-                "poisoned samples (Data › Trigger source…)."
+                "poisoned samples (Analysis › Trigger Source…)."
             )
         if target is None:
             raise DataError("The checkpoint does not name its target label; enter it.")
