@@ -25,6 +25,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--screenshot", metavar="FILE.png", help="render the analysed window to FILE and exit"
     )
     parser.add_argument("--size", default="1440x900", help="window size for --screenshot")
+    parser.add_argument(
+        "--screenshot-timeout",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="grab the window after this long even if the analysis is not complete (exit 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 window.show_message("error", f"--data: {args.data} is not a folder.")
     if args.screenshot:
-        shooter = ScreenshotWhenReady(window, args.screenshot)
+        shooter = ScreenshotWhenReady(window, args.screenshot, args.screenshot_timeout)
         shooter.done.connect(app.quit)
         shooter.start()
     code = app.exec()
