@@ -31,6 +31,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--presentation", action="store_true", help="start in presentation mode (F11)"
     )
     parser.add_argument("--dark", action="store_true", help="use a dark palette")
+    parser.add_argument(
+        "--screenshot-timeout",
+        type=float,
+        default=180.0,
+        metavar="SECONDS",
+        help="grab the window after this long even if the analysis is not complete (exit 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 window.show_message("error", f"--data: {args.data} is not a folder.")
     if args.screenshot:
-        shooter = ScreenshotWhenReady(window, args.screenshot)
+        shooter = ScreenshotWhenReady(window, args.screenshot, args.screenshot_timeout)
         shooter.done.connect(app.quit)
         shooter.start()
     code = app.exec()

@@ -44,12 +44,14 @@ from bnp_gui.panels.preview import PreviewPanel
 from bnp_gui.panels.suspects import SuspectsPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
-from bnp_gui.session import Session
+from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
 from core.inspection import METHOD_NAMES, METHODS
 from core.progress import format_duration
 
 MAX_RECENT = 8
+# Long jobs the status bar shows with a progress bar and Cancel (Esc stops them).
+WAITED_TASKS = ("load", "collect", "export", "suggest")
 CHECKPOINT_FILTER = "Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar);;All files (*)"
 BANNER_STYLE = {
     "error": "background:#f8d7da; color:#58151c; border:1px solid #f1aeb5;",
@@ -213,7 +215,7 @@ class MainWindow(QMainWindow):
         self.progress_bar.hide()
         self.eta_label = QLabel("")
         self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setToolTip("Stop the analysis (Esc)")
+        self.cancel_button.setToolTip("Stop opening the checkpoint, or the analysis (Esc)")
         self.cancel_button.clicked.connect(self.session.cancel_analysis)
         self.cancel_button.clicked.connect(self.session.suspects.cancel)
         self.cancel_button.hide()
@@ -357,7 +359,7 @@ class MainWindow(QMainWindow):
         loaded = s.inspection is not None
         collecting = s.is_busy("collect")
         self.analyze_action.setEnabled(loaded and bool(s.data) and not collecting)
-        self.cancel_action.setEnabled(collecting or s.is_busy("export"))
+        self.cancel_action.setEnabled(collecting or s.is_busy("load") or s.is_busy("export"))
         self.export_action.setEnabled(loaded)
         self.trigger_action.setEnabled(True)
         self.spec_action.setEnabled(loaded)
@@ -378,13 +380,14 @@ class MainWindow(QMainWindow):
             self.banner.show_message(level, text)
 
     def _busy_changed(self, task: str, running: bool) -> None:
-        if task in ("collect", "export", "suggest"):
-            self.progress_bar.setVisible(running)
-            self.cancel_button.setVisible(running)
-            self.eta_label.setVisible(running)
+        if task in WAITED_TASKS:  # what the progress bar shows and Cancel / Esc stops
+            waiting = any(self.session.is_busy(t) for t in WAITED_TASKS)
+            self.progress_bar.setVisible(waiting)
+            self.cancel_button.setVisible(waiting)
+            self.eta_label.setVisible(waiting)
             if running:
                 self.progress_bar.setRange(0, 0)
-                self.eta_label.setText("starting…")
+                self.eta_label.setText("opening…" if task == "load" else "starting…")
         self._update_actions()
 
     def _progress(self, task: str, done: int, total: int, eta: float) -> None:
@@ -513,7 +516,9 @@ class MainWindow(QMainWindow):
         value = self.settings.value("recent", [])
         if isinstance(value, str):
             value = [value]
-        return [str(v) for v in (value or [])]
+        if not isinstance(value, (list, tuple)):  # a settings file may hold anything
+            return []
+        return [str(v) for v in value if isinstance(v, str) and v]
 
     def _add_recent(self, path: str) -> None:
         if not self.persist:
@@ -608,12 +613,9 @@ class MainWindow(QMainWindow):
                 splitter.restoreState(state)
         s = self.session
         for m in METHODS:
-            k = st.value(f"thresholds/{m}")
+            k = valid_threshold(st.value(f"thresholds/{m}"))  # None: absent or not a number
             if k is not None:
-                try:
-                    s.thresholds[m] = float(k)
-                except (TypeError, ValueError):
-                    pass
+                s.thresholds[m] = k
             enabled = st.value(f"enabled/{m}")
             if enabled is not None:
                 s.enabled[m] = str(enabled).lower() in ("true", "1")

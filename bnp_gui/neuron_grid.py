@@ -6,6 +6,7 @@ widest layer are padded with NaN, which pyqtgraph draws transparent.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -76,7 +77,8 @@ def threshold_value(scores: torch.Tensor, k: float, direction: str) -> float | N
         return None
     std, mean = torch.std_mean(values)
     sign = 1.0 if direction == "high" else -1.0
-    return float(mean + sign * k * std)
+    value = float(mean + sign * k * std)
+    return value if math.isfinite(value) else None  # an infinite score leaves it undefined
 
 
 def k_from_value(scores: torch.Tensor, value: float, direction: str) -> float | None:
@@ -85,7 +87,7 @@ def k_from_value(scores: torch.Tensor, value: float, direction: str) -> float | 
     if values.numel() < 2:
         return None
     std, mean = torch.std_mean(values)
-    if float(std) <= 0:
+    if not (math.isfinite(float(std)) and math.isfinite(float(mean))) or float(std) <= 0:
         return None
     sign = 1.0 if direction == "high" else -1.0
     return float(sign * (value - mean) / std)

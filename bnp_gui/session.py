@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,11 @@ from core.inspection import DIRECTION, METHOD_NAMES, METHODS, Inspection, build_
 from core.masks import PruneMask
 from core.scores import z_scores
 
-__all__ = ["DIRECTION", "Session"]
+__all__ = ["DIRECTION", "K_MAX", "K_MIN", "Session", "valid_threshold"]
 
 DEFAULT_K = 3.0
+# The one range of k: spin box, slider, the dragged line and saved settings all clamp to it.
+K_MIN, K_MAX = 0.0, 10.0
 # Smaller than the engine's default: Cancel and closing take effect at the next batch.
 BATCH_SIZE = 128
 # The fast first numbers: as many test samples (each also run with the trigger) as this machine
@@ -69,6 +72,48 @@ class NeuronActivations:
     running_var: float
 
 
+def valid_threshold(value: Any) -> float | None:
+    """``value`` as a threshold k clamped to [K_MIN, K_MAX]; None when it is not a finite number
+    (NaN, ±inf, text): a settings file or a caller may hold anything."""
+    try:
+        k = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(k):
+        return None
+    return float(round(min(max(k, K_MIN), K_MAX), 3))
+
+
+def batchnorm_warning(model: torch.nn.Module) -> str:
+    """A warning naming BatchNorm channels whose running variance is ≤ 0 or whose running
+    statistics are not finite ("" when none): their scores are infinite or undefined."""
+    broken = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d) and module.running_var is not None:
+            var, mean = module.running_var, module.running_mean
+            bad = (var <= 0) | ~torch.isfinite(var) | ~torch.isfinite(mean)
+            if bad.any():
+                broken[name] = int(bad.sum())
+    if not broken:
+        return ""
+    where = ", ".join(f"{name} ×{n}" for name, n in list(broken.items())[:3])
+    more = f" and {len(broken) - 3} more layers" if len(broken) > 3 else ""
+    total = sum(broken.values())
+    return (
+        f"{total} BatchNorm channel{'s' if total > 1 else ''} with a running variance ≤ 0 or "
+        f"non-finite running statistics ({where}{more}): their scores are infinite or missing; the "
+        "model's outputs may not be numbers. This checkpoint is damaged; do not trust its numbers."
+    )
+
+
+def _cancel_argument(loader, job: Job) -> dict:
+    """``cancel=job.cancelled`` for a checkpoint loader that can stop mid-parse (the child-process
+    loader kills its reader); {} for one that cannot, which then finishes before the job ends."""
+    import inspect
+
+    return {"cancel": job.cancelled} if "cancel" in inspect.signature(loader).parameters else {}
+
+
 def describe_error(exc: BaseException) -> str:
     """The message a user should read for an engine or worker error."""
     text = str(exc).strip()
@@ -104,6 +149,7 @@ class Session(QObject):
         self.runner.busy_changed.connect(self.busy_changed)
         self.checkpoint_path = ""
         self.inspection: Inspection | None = None
+        self.model_warning = ""  # what is wrong with the loaded model itself, for the banner
         self.roles = DataRoles()
         self.data: dict = {}
         self.trigger_source = TriggerSource()
@@ -130,6 +176,7 @@ class Session(QObject):
         self.preview_pending = False
         self.curves: dict[str, list[tuple[float, Any]]] = {}
         self.auto_analyze = False
+        self._queued_analysis = False  # Analyze pressed while a checkpoint was loading
         self._progress_start: dict[str, float] = {}
         self._forward_rate: float | None = None  # samples/s of the last preview
         self._preview_timer = QTimer(self)
@@ -183,6 +230,16 @@ class Session(QObject):
             dict(self.layers),
         )
 
+    def _for_model(self, inspection: Inspection, callback):
+        """``callback``, dropped when its result belongs to a model the session has replaced
+        (results are tied to the inspection they were computed with, not to the lane only)."""
+
+        def call(*args):
+            if self.inspection is inspection:
+                callback(*args)
+
+        return call
+
     def _report_error(self, what: str, exc: BaseException) -> None:
         """A failure as one line in the window: what failed, then why (never a traceback)."""
         self.message.emit("error", f"{what}: {describe_error(exc)}")
@@ -199,12 +256,19 @@ class Session(QObject):
         def load(job: Job):
             from core.checkpoint import load_checkpoint
 
-            ckpt = load_checkpoint(path, arch=arch, trust_pickle=trust_pickle)
+            ckpt = load_checkpoint(
+                path, arch=arch, trust_pickle=trust_pickle, **_cancel_argument(load_checkpoint, job)
+            )
             if job.cancelled():
                 return None
-            return Inspection(ckpt)
+            # Tracing the model (torch.fx, in Inspection) patches nn.Module.__call__ for the
+            # whole process: a forward pass on another thread meanwhile fails ("module is not
+            # installed as a submodule"). Hold the engine lock, as every forward-pass job does.
+            with job.holding(self.runner.engine_lock):
+                return Inspection(ckpt)
 
         def failed(exc: BaseException) -> None:
+            self._queued_analysis = False
             if isinstance(exc, UnsafeCheckpointError):
                 self.unsafe_checkpoint.emit(path, describe_error(exc))
             elif isinstance(exc, ArchitectureMismatch):
@@ -212,18 +276,25 @@ class Session(QObject):
             else:
                 self._report_error(f"Cannot open {Path(path).name}", exc)
 
+        def cancelled() -> None:
+            self._queued_analysis = False
+            self.message.emit("info", f"Opening {Path(path).name} cancelled.")
+
         self.message.emit("info", f"Opening {Path(path).name}…")
         self.runner.start(
             "load",
             load,
             done=lambda insp: self._loaded(path, insp),
             error=failed,
+            cancelled=cancelled,
             uses_engine=False,  # a new model: nothing shared with running jobs
         )
 
     def _loaded(self, path: str, inspection: Inspection | None) -> None:
         if inspection is None:
             return
+        for lane in ("collect", "preview", "curve", "neuron"):
+            self.runner.cancel(lane, notify=False)  # started for the previous model meanwhile
         self.checkpoint_path = path
         self.inspection = inspection
         self.scores = {"clp": inspection.clp}
@@ -247,8 +318,12 @@ class Session(QObject):
             f"{len(inspection.layers)} BatchNorm layers, {sum(c for _, c in self.layers)} "
             f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
         )
+        self.model_warning = batchnorm_warning(inspection.model)
+        if self.model_warning:
+            self.message.emit("warning", self.model_warning)
         self.set_trigger_source(self.trigger_source)
-        if self.auto_analyze and self.data:
+        queued, self._queued_analysis = self._queued_analysis, False
+        if (self.auto_analyze or queued) and self.data:
             self.analyze()
 
     def set_data(self, roles: DataRoles) -> None:
@@ -308,7 +383,8 @@ class Session(QObject):
             self.trigger_error = describe_error(exc)
             self._invalidate_metrics()
             self.trigger_changed.emit()
-            self.message.emit("warning", f"No ASR: {self.trigger_error}")
+            also = f"<br>{self.model_warning}" if self.model_warning else ""
+            self.message.emit("warning", f"No ASR: {self.trigger_error}{also}")
             self.request_preview()
 
         self.runner.start(
@@ -348,15 +424,19 @@ class Session(QObject):
     def analyze(self) -> None:
         """One statistics pass over the clean and training samples, then BNP/EP scores."""
         inspection = self.inspection
+        if self.is_busy("load"):  # the model being loaded replaces this one: analyse that
+            self._queued_analysis = True
+            self.message.emit("info", "Analysis starts once the checkpoint is loaded.")
+            return
         if inspection is None:
-            self.message.emit("error", "Open a checkpoint first (File › Open).")
+            self.message.emit("error", "Open a checkpoint first (File › Open Checkpoint…).")
             return
         clean, train = self.data.get("clean"), self.data.get("train")
         if clean is None and train is None:
             self.message.emit(
                 "error",
                 "Analyze needs clean samples (BNP) or the suspect training set (EP): "
-                "choose them with File › Open Data.",
+                "choose them with File › Open Data….",
             )
             return
         for lane in ("preview", "curve", "neuron"):
@@ -380,14 +460,16 @@ class Session(QObject):
         self.runner.start(
             "collect",
             collect,
-            done=self._analyzed,
-            error=failed,
+            done=self._for_model(inspection, self._analyzed),
+            error=self._for_model(inspection, failed),
             progress=lambda done, total: self._report_progress("collect", done, total),
             cancelled=lambda: self.message.emit("info", "Analysis cancelled."),
         )
 
     def cancel_analysis(self) -> None:
-        """Esc / Cancel: stop the analysis or the export in progress."""
+        """Esc / Cancel: stop what the user is waiting for: opening a checkpoint, the analysis
+        or the export."""
+        self.runner.cancel("load")
         self.runner.cancel("collect")
         self.runner.cancel("export")
 
@@ -423,10 +505,19 @@ class Session(QObject):
         self._start_curve()
 
     def set_threshold(self, method: str, k: float) -> None:
-        k = float(round(k, 3))
-        if self.thresholds.get(method) == k:
+        """Set one method's k, clamped to [K_MIN, K_MAX]; a non-finite k is refused."""
+        valid = valid_threshold(k)
+        if valid is None:
+            self.message.emit(
+                "error", f"Threshold k must be a number from {K_MIN:g} to {K_MAX:g}, not {k!r}."
+            )
+            self.mask_changed.emit()  # widgets show the k still in force
             return
-        self.thresholds[method] = k
+        if self.thresholds.get(method) == valid:
+            if valid != k:
+                self.mask_changed.emit()  # clamped: widgets (a dragged line) snap back to it
+            return
+        self.thresholds[method] = valid
         self._recompute_flags(only=method)
         self.request_preview()
 
@@ -518,8 +609,10 @@ class Session(QObject):
         self.runner.start(
             "neuron",
             activations,
-            done=ready,
-            error=functools.partial(self._report_error, "Cannot plot the neuron"),
+            done=self._for_model(inspection, ready),
+            error=self._for_model(
+                inspection, functools.partial(self._report_error, "Cannot plot the neuron")
+            ),
         )
 
     @staticmethod
@@ -587,9 +680,11 @@ class Session(QObject):
         self.runner.start(
             "preview",
             preview,
-            partial=self._preview_ready,
-            done=self._preview_done,
-            error=functools.partial(self._report_error, "Preview failed"),
+            partial=self._for_model(inspection, self._preview_ready),
+            done=self._for_model(inspection, self._preview_done),
+            error=self._for_model(
+                inspection, functools.partial(self._report_error, "Preview failed")
+            ),
         )
 
     def preview_subset_size(self) -> int:
@@ -638,7 +733,12 @@ class Session(QObject):
                 job.partial((method, k, metrics))
             return None
 
-        self.runner.start("curve", curve, partial=self._curve_point, error=lambda exc: None)
+        self.runner.start(
+            "curve",
+            curve,
+            partial=self._for_model(inspection, self._curve_point),
+            error=lambda exc: None,
+        )
 
     def _curve_point(self, point) -> None:
         method, k, metrics = point

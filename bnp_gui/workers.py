@@ -11,11 +11,12 @@ of one job never see another job's forward passes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +65,17 @@ class Job(QThread):
         if self.cancelled():
             raise Cancelled("cancelled")
 
+    @contextlib.contextmanager
+    def holding(self, lock: threading.Lock) -> Iterator[None]:
+        """Hold ``lock`` for part of a job; waiting for it ends when the job is cancelled."""
+        while not lock.acquire(timeout=0.05):
+            if self.cancelled():
+                raise Cancelled("cancelled")
+        try:
+            yield
+        finally:
+            lock.release()
+
     def partial(self, value: Any) -> None:
         """Hand an intermediate result (e.g. the fast-subset preview) to the main thread."""
         if not self.cancelled():
@@ -78,18 +90,11 @@ class Job(QThread):
         import torch  # imported by the app before Qt; no_grad is per thread, so enter it here
 
         try:
-            if self._lock is not None:
-                while not self._lock.acquire(timeout=0.05):
-                    if self.cancelled():
-                        raise Cancelled("cancelled")
-            try:
+            with self.holding(self._lock) if self._lock is not None else contextlib.nullcontext():
                 if self.cancelled():
                     raise Cancelled("cancelled")
                 with torch.no_grad():
                     result = self._fn(self)
-            finally:
-                if self._lock is not None:
-                    self._lock.release()
         except Cancelled:
             self.was_cancelled.emit(self.lane, self.generation)
         except BnpError as exc:

@@ -14,8 +14,10 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from bnp_gui.neuron_grid import k_from_value, threshold_value
 from bnp_gui.panels.plot_style import style_plot
-from bnp_gui.session import DIRECTION, Session
+from bnp_gui.session import DIRECTION, K_MAX, K_MIN, Session
 from core.inspection import METHOD_NAMES
+
+INFINITE_WHY = "a BatchNorm running variance of 0 divides by zero (the checkpoint is broken)"
 
 
 class DistributionPanel(QWidget):
@@ -109,10 +111,16 @@ class DistributionPanel(QWidget):
             self.info.setText("no scores for this layer" if self.current_layer() else " ")
             return
         values = s[~torch.isnan(s)].double().numpy()
+        infinite = int(np.isinf(values).sum())
+        values = values[np.isfinite(values)]
         if values.size == 0:
             self.hist.setData([], [])
             self.line.hide()
-            self.info.setText("no neuron of this layer has a score")
+            self.info.setText(
+                f"every score of this layer is infinite — {INFINITE_WHY}"
+                if infinite
+                else "no neuron of this layer has a score"
+            )
             return
         bins = int(np.clip(np.sqrt(values.size) * 2, 10, 80))
         lo, hi = float(values.min()), float(values.max())
@@ -133,6 +141,11 @@ class DistributionPanel(QWidget):
         value = threshold_value(s, k, DIRECTION[method])
         if value is None:
             self.line.hide()
+            infinite = int(torch.isinf(s).sum())
+            if infinite:  # the layer's mean and std, hence its threshold, are undefined
+                self.info.setText(
+                    f"{infinite} of {len(s)} scores infinite, no threshold — {INFINITE_WHY}"
+                )
             return
         self._updating = True
         self.line.setValue(value)
@@ -163,6 +176,6 @@ class DistributionPanel(QWidget):
         k = k_from_value(s, float(self.line.value()), DIRECTION[method])
         if k is None:
             return
-        k = float(np.clip(k, 0.0, 20.0))
-        self.line.label.setFormat(f"k = {k:.2f}")
-        self.session.set_threshold(method, k)
+        # the session clamps k to its range; mask_changed then puts the line (and its label)
+        # where the applied k is, so what is shown is what is applied
+        self.session.set_threshold(method, float(np.clip(k, K_MIN, K_MAX)))

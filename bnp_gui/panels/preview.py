@@ -180,7 +180,7 @@ class PreviewPanel(QWidget):
         if s.inspection is None:
             status = "Open a checkpoint."
         elif s.eval_set() is None:
-            status = "Open data (File › Open Data) to measure ACC and ASR."
+            status = "Open data (File › Open Data…) to measure ACC and ASR."
         elif p is None:
             status = "Measuring…"
         else:

@@ -23,10 +23,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from bnp_gui.session import Session
+from bnp_gui.session import K_MAX, K_MIN, Session
 from core.inspection import METHOD_NAMES, METHODS
 
-K_MIN, K_MAX, K_STEPS_PER_UNIT = 0.0, 10.0, 20  # slider: 0.05 steps
+K_STEPS_PER_UNIT = 20  # slider: 0.05 steps over the session's [K_MIN, K_MAX]
 
 TIPS = {
     "ep": "EP: flags neurons whose maximum-activation entropy on the training set is below "
@@ -166,24 +166,36 @@ class ThresholdPanel(QWidget):
             + (f", {overrides} manual" if overrides else "")
             + ")"
         )
-        self.table.setRowCount(len(s.layers))
-        for row, (name, channels) in enumerate(s.layers):
-            n = counts.get(name, 0)
-            flagged = [
-                str(int(s.flags[m][name].sum())) if m in s.flags and name in s.flags[m] else "–"
-                for m in METHODS
-            ]
-            for col, text in enumerate((name, str(channels), *flagged, str(n))):
-                item = self.table.item(row, col)
-                if item is None:
-                    item = QTableWidgetItem()
-                    self.table.setItem(row, col, item)
-                item.setText(text)
-                if col:
-                    item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
-                font = item.font()
-                font.setBold(n > 0)
-                item.setFont(font)
+        # Only cells whose text or weight changed are touched: every change makes the table
+        # re-measure its columns, and rewriting all cells of a deep model took ~0.2 s of the
+        # GUI thread per threshold change (bench/bench_responsiveness.py).
+        self.table.setUpdatesEnabled(False)
+        try:
+            self.table.setRowCount(len(s.layers))
+            for row, (name, channels) in enumerate(s.layers):
+                n = counts.get(name, 0)
+                flagged = [
+                    str(int(s.flags[m][name].sum())) if m in s.flags and name in s.flags[m] else "–"
+                    for m in METHODS
+                ]
+                for col, text in enumerate((name, str(channels), *flagged, str(n))):
+                    self._set_cell(row, col, text, bold=n > 0)
+        finally:
+            self.table.setUpdatesEnabled(True)
+
+    def _set_cell(self, row: int, col: int, text: str, *, bold: bool) -> None:
+        item = self.table.item(row, col)
+        if item is None:
+            item = QTableWidgetItem()
+            if col:
+                item.setTextAlignment(Qt.AlignRight | Qt.AlignVCenter)
+            self.table.setItem(row, col, item)
+        if item.text() != text:
+            item.setText(text)
+        if item.font().bold() != bold:
+            font = item.font()
+            font.setBold(bold)
+            item.setFont(font)
 
     # --- widgets → session ---
     def _slider_moved(self, value: int) -> None:
