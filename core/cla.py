@@ -23,13 +23,10 @@ from torch import Tensor, nn
 from core.data import ImageSet, InputSpec, to_float
 from core.errors import DataError
 from core.evaluation import predict
+from core.train_options import PGD_EPS, PGD_STEP, PGD_STEPS
 from core.triggers import Trigger
 
 __all__ = ["PGD_EPS", "PGD_STEP", "PGD_STEPS", "PgdSettings", "pgd_linf", "poison_clean_label"]
-
-PGD_EPS = 12 / 255
-PGD_STEP = 2 / 255
-PGD_STEPS = 7
 
 
 @dataclass(frozen=True)

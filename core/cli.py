@@ -311,7 +311,7 @@ def cmd_defend(args) -> int:
 
 # Commands whose arguments live in their own module (imported, with torch, only when run)
 LAZY_COMMANDS = {
-    "train": ("core.train", "train a backdoored (or clean) classifier"),
+    "train": ("core.train_options", "train a backdoored (or clean) classifier"),
     "demo": ("core.demo", "run all three defenses on the bundled demo model"),
 }
 

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from core.data import ImageSet, conform_channels, image_to_tensor, to_float
 from core.errors import DataError
+from core.train_options import TRIGGER_POSITIONS
 
 __all__ = [
     "POSITIONS",
@@ -33,7 +34,7 @@ __all__ = [
     "poison",
 ]
 
-POSITIONS = ("bottom-right", "bottom-left", "top-left", "top-right", "center")
+POSITIONS = TRIGGER_POSITIONS
 Position = str | tuple[int, int]
 
 

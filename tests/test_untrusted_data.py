@@ -438,7 +438,7 @@ def test_failed_write_removes_its_temporary_file(inspection, tmp_path):
 # ---- the command line itself ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["info"], ["defend"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["info"], ["defend"], ["demo"], ["train"]])
 def test_help_does_not_import_torch(command):
     code = (
         "import sys\nfrom core.cli import main\n"
