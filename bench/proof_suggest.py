@@ -257,10 +257,15 @@ def main() -> None:
         table += rows
         summary.append(line)
         print("\n".join(rows) + "\n" + line, flush=True)
+    only_given = args.model is not None and args.attacks == ["cla"] and not args.demo
     text = (
-        f"Fashion-MNIST models: {args.train_limit} training images, {args.epochs} epochs, "
-        f"lr {args.lr}, target 0, seed 0; ACC/ASR on {args.eval_limit} test images (demo: its "
-        "2 000)."
+        (
+            f"Fashion-MNIST, ACC/ASR on {args.eval_limit} test images."
+            if only_given
+            else f"Fashion-MNIST models: {args.train_limit} training images, {args.epochs} "
+            f"epochs, lr {args.lr}, target 0, seed 0; ACC/ASR on {args.eval_limit} test images "
+            "(demo: its 2 000)."
+        )
         + (
             f" CLA: the model in {args.model} (its own recipe, see its metadata), poisoned set "
             f"rebuilt with PGD against {args.clean_model}."
