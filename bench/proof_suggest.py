@@ -2,6 +2,8 @@
 
     python bench/proof_suggest.py [--archs cifar_resnet20] [--attacks badnets blend]
         [--rates 0.1 0] [--train-limit 20000] [--epochs 2] [--demo] [--out bench/suggest.md]
+    python bench/proof_suggest.py --attacks cla --model CLA.pth --clean-model CLEAN.pth
+        [--train-limit 20000]
 
 Models are trained as `bench/proof_of_effect.py` trains them (`core.train.train`, real
 Fashion-MNIST, target 0, seed 0; a rate of 0 gives a clean model) and cached in --workdir with
@@ -11,6 +13,10 @@ recall against the known poisoned set, the target estimate, the suggestion (and 
 real ACC/ASR on --eval-limit test images for: no pruning, each method at k = 3, the suggestion,
 and the oracle — the smallest configuration with test ASR ≤ 5 % within 2 points of ACC, found
 with the test set's trigger (what a defender does not have). --demo adds the bundled model.
+The clean-label attack (`cla`) is analysed on a model trained earlier (`--model`, e.g. by
+`bench/proof_of_effect.py --attacks cla`), not trained here: its poisoned training set is rebuilt
+the way `core.train.train` built it (same holdout split, seed and PGD against `--clean-model`),
+so the defender's data and the known poisoned set match the training run's.
 """
 
 from __future__ import annotations
@@ -72,6 +78,46 @@ def trained(arch: str, attack: str, rate: float, args) -> tuple[Path, dict]:
     }
     torch.save(data, data_file)
     return ckpt, data
+
+
+def given_cla(args) -> tuple[Path, dict]:
+    """The defender's data for the CLA model in --model, rebuilt as ``core.train.train`` made it."""
+    from core.cla import poison_clean_label
+    from core.data import InputSpec
+    from core.train import _split_holdout, make_trigger, subseed
+
+    data_file = args.workdir / f"{args.model.stem}_{args.train_limit}.data.pt"
+    if data_file.exists():
+        return args.model, torch.load(data_file, weights_only=True)
+    meta = load_checkpoint(args.model).metadata
+    if (meta.attack or {}).get("kind") != "cla" or args.clean_model is None:
+        sys.exit("--attacks cla analyses a CLA checkpoint: give --model CLA.pth --clean-model X")
+    seed, holdout = int(meta.extra["split_seed"]), int(meta.extra["holdout"])
+    full = load_images(FMNIST, split="train").subset(slice(0, args.train_limit))
+    trigger = make_trigger("cla", channels=1, image_size=(28, 28), size=3, seed=0)
+    fit_part, holdout_set = _split_holdout(full, holdout, seed)
+    started = time.monotonic()
+    train_set, poisoned_index = poison_clean_label(
+        fit_part, trigger, meta.target_label, float(meta.attack["rate"]), subseed(seed, "poison"),
+        clean_model=load_checkpoint(args.clean_model).model, spec=InputSpec(1, (28, 28)),
+    )  # fmt: skip
+    if len(poisoned_index) != int(meta.attack["poisoned"]):
+        sys.exit(f"rebuilt {len(poisoned_index)} poisoned samples, the checkpoint says otherwise")
+    print(f"CLA set rebuilt in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    rng = torch.Generator().manual_seed(0)
+    pick = torch.randperm(len(train_set), generator=rng)[:500].sort().values
+    truth = torch.zeros(len(train_set), dtype=torch.bool)
+    truth[poisoned_index] = True
+    slice_ = train_set.subset(pick)
+    data = {
+        "train_images": (slice_.float_images() * 255).round().to(torch.uint8),
+        "train_labels": slice_.labels,
+        "poisoned": truth[pick],
+        "clean_images": holdout_set.images,
+        "clean_labels": holdout_set.labels,
+    }
+    torch.save(data, data_file)
+    return args.model, data
 
 
 def oracle(inspection: Inspection, test: ImageSet, acc_before: float):
@@ -167,6 +213,8 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=2000, help="test images for ACC/ASR")
     parser.add_argument("--demo", action="store_true", help="also the bundled demo model")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--model", type=Path, help="cla: the trained CLA checkpoint to analyse")
+    parser.add_argument("--clean-model", type=Path, help="cla: the clean model PGD ran against")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bnp-proof-suggest"))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -203,16 +251,32 @@ def main() -> None:
             }
             test = load_images(DEMO / "test")
         else:
-            ckpt, data = trained(*spec, args)
+            ckpt, data = given_cla(args) if spec[1] == "cla" else trained(*spec, args)
             test = sample_subset(load_images(FMNIST, split="test"), args.eval_limit)
         rows, line = analyse(label, ckpt, data, test, args)
         table += rows
         summary.append(line)
         print("\n".join(rows) + "\n" + line, flush=True)
+    only_given = args.model is not None and args.attacks == ["cla"] and not args.demo
     text = (
-        f"Fashion-MNIST models: {args.train_limit} training images, {args.epochs} epochs, "
-        f"lr {args.lr}, target 0, seed 0; ACC/ASR on {args.eval_limit} test images (demo: its "
-        "2 000).\n\n" + "\n".join(summary) + "\n\n" + "\n".join(table) + "\n"
+        (
+            f"Fashion-MNIST, ACC/ASR on {args.eval_limit} test images."
+            if only_given
+            else f"Fashion-MNIST models: {args.train_limit} training images, {args.epochs} "
+            f"epochs, lr {args.lr}, target 0, seed 0; ACC/ASR on {args.eval_limit} test images "
+            "(demo: its 2 000)."
+        )
+        + (
+            f" CLA: the model in {args.model} (its own recipe, see its metadata), poisoned set "
+            f"rebuilt with PGD against {args.clean_model}."
+            if args.model is not None and "cla" in args.attacks
+            else ""
+        )
+        + "\n\n"
+        + "\n".join(summary)
+        + "\n\n"
+        + "\n".join(table)
+        + "\n"
     )
     print("\n" + text)
     if args.out:

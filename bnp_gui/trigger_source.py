@@ -25,7 +25,7 @@ class TriggerSource:
 
     kind: Kind = "checkpoint"
     path: str = ""  # trigger image (kind "image") or poisoned-samples folder (kind "folder")
-    placement: Literal["patch", "blend"] = "patch"
+    placement: Literal["patch", "blend", "four-corner"] = "patch"
     alpha: float = 0.2
     size: int | None = None  # patch side in pixels; None: the image's own size
     target: int | None = None  # None: the checkpoint metadata's target label
@@ -34,7 +34,9 @@ class TriggerSource:
         if self.kind == "checkpoint":
             return "checkpoint's trigger"
         if self.kind == "image":
-            how = "patch" if self.placement == "patch" else f"blend α={self.alpha:g}"
+            how = {"patch": "patch", "four-corner": "patch in four corners"}.get(
+                self.placement, f"blend α={self.alpha:g}"
+            )
             return f"{Path(self.path).name} ({how})"
         if self.kind == "folder":
             return f"poisoned samples in {Path(self.path).name}"

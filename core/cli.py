@@ -367,7 +367,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         type=Path,
         help="samples that already carry the trigger, for the ASR instead of a trigger",
     )
-    p.add_argument("--trigger-kind", default="patch", help="patch, blend or corner-blend")
+    p.add_argument(
+        "--trigger-kind", default="patch", help="patch, blend, corner-blend or four-corner"
+    )
     p.add_argument("--alpha", type=float, default=0.2, help="blend weight of a trigger image")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--out", type=Path, help="write the pruned model here")

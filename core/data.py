@@ -399,8 +399,9 @@ def _load_any(p: Path, split: str | None, limit: int | None, size) -> ImageSet:
     _refuse_unreadable_entries(p)
     found = sorted(x.name for x in p.iterdir())[:8]
     raise DataError(
-        f"no image data recognised in {p}: expected cifar-10-batches-py/, (Fashion-)MNIST idx "
-        "files (train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz]), "
+        f"no image data recognised in {p}: expected cifar-10-batches-py/, STL-10's "
+        "stl10_binary/, (Fashion-)MNIST idx files (train-images-idx3-ubyte[.gz] + "
+        "train-labels-idx1-ubyte[.gz]), "
         "data.npy + labels.npy, or one sub-folder of images per class; found "
         + (", ".join(found) if found else "an empty folder")
     )

@@ -86,3 +86,35 @@ def test_open_data_dialog_fills_roles(qtbot, tiny_model):
     dialog.set_parent_folder(str(__import__("pathlib").Path(roles.clean).parent))
     assert dialog.roles() == roles
     assert dialog.trigger_source().kind == "checkpoint"
+
+
+def test_four_corner_placement_builds_the_clean_label_trigger(qtbot, tmp_path):
+    from bnp_gui.dialogs.trigger import TriggerWidget
+    from bnp_gui.trigger_source import resolve_trigger
+    from core.triggers import FourCornerTrigger
+
+    image = QImage(3, 3, QImage.Format_RGB32)
+    image.fill(QColor("white"))
+    png = tmp_path / "patch.png"
+    image.save(str(png))
+    widget = TriggerWidget(TriggerSource(kind="image", path=str(png), target=0))
+    qtbot.addWidget(widget)
+    assert widget.source().placement == "patch"
+    index = widget.placement.findData("four-corner")
+    assert index >= 0 and "four corners" in widget.placement.itemText(index)
+    widget.placement.setCurrentIndex(index)
+    source = widget.source()
+    assert source.placement == "four-corner" and "four corners" in source.describe()
+    assert not widget.alpha.isEnabled()  # α is for blends only
+    # a dialog opened on a four-corner source shows it again
+    again = TriggerWidget(source)
+    qtbot.addWidget(again)
+    assert again.placement.currentData() == "four-corner"
+
+    resolved = resolve_trigger(source, None)
+    assert isinstance(resolved.trigger, FourCornerTrigger) and resolved.target == 0
+    stamped = resolved.trigger.apply(torch.zeros(1, 3, 12, 12))[0]
+    near, far = slice(0, 3), slice(-3, None)
+    for rows, cols in ((near, near), (near, far), (far, near), (far, far)):  # all four corners
+        assert torch.all(stamped[:, rows, cols] == 1.0)
+    assert stamped[:, 3:-3, 3:-3].abs().sum() == 0
