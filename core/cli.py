@@ -138,12 +138,14 @@ TABLE_HEADER = f"{'method':<8} {'threshold':>9} {'pruned':>7}  {'ACC %':>6}  {'A
 
 
 def _load_data(path: Path | None, role: str):
+    """One data set of the command line; a folder holding both splits gives its test split to
+    --test and its training split to the other roles."""
     from core.data import load_images
 
     if path is None:
         return None
     try:
-        return load_images(path)
+        return load_images(path, split="test" if role == "test" else None)
     except BnpError as exc:
         raise BnpError(f"{role} data ({path}): {exc}") from None
 

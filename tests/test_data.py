@@ -249,3 +249,17 @@ def test_prepare_bad_channels():
         InputSpec(3, (2, 2)).prepare(torch.zeros(1, 2, 2, 2))
     with pytest.raises(DataError, match="mean"):
         InputSpec(3, (2, 2), mean=(0.1, 0.2))
+
+
+def test_cli_test_role_reads_the_test_split(tmp_path):
+    """`bnp defend --test FOLDER` on a folder holding both splits measures on the test split,
+    not on the training images."""
+    from core.cli import _load_data
+
+    x = np.zeros((5, 4, 4), np.uint8)
+    (tmp_path / "train-images-idx3-ubyte").write_bytes(_idx(x))
+    (tmp_path / "train-labels-idx1-ubyte").write_bytes(_idx(np.arange(5, dtype=np.uint8)))
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(_idx(x[:2] + 7))
+    (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.array([1, 2], np.uint8)))
+    assert _load_data(tmp_path, "test").labels.tolist() == [1, 2]
+    assert len(_load_data(tmp_path, "clean")) == 5
