@@ -274,6 +274,11 @@ def load_checkpoint(
             raise
         # the file carries its own module and the user trusts it: use the module as it is
         model, metadata = own_module(path, state_dict, meta)
+        no_stats = tuple(
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None
+        )
         _check_trigger(trigger, path)
         return LoadedCheckpoint(
             path=path,
@@ -283,7 +288,11 @@ def load_checkpoint(
             metadata=metadata,
             trigger=trigger,
             poisoned_test=_poisoned_test(info, extras, metadata, path),
-            notices=_notices(info, path) + [OWN_MODULE_NOTICE.format(cls=type(model).__name__)],
+            notices=_notices(info, path)
+            + [OWN_MODULE_NOTICE.format(cls=type(model).__name__)]
+            + running_stats_notice(
+                Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
+            ),
         )
     metadata = _metadata(detection, meta)
     _check_trigger(trigger, path)
