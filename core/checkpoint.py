@@ -290,6 +290,7 @@ def load_checkpoint(
             poisoned_test=_poisoned_test(info, extras, metadata, path),
             notices=_notices(info, path)
             + [OWN_MODULE_NOTICE.format(cls=type(model).__name__)]
+            + _guessed_size_notice(meta, metadata)
             + running_stats_notice(
                 Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
             ),
@@ -333,6 +334,16 @@ TORCHSCRIPT_UNREGISTERED = (
 )
 GUESSED_SIDES = (32, 28, 64, 96, 224)  # tried in turn when the metadata names no input size
 UNREGISTERED_ARCH = "{cls} (the file's own module, not registered)"
+
+
+def _guessed_size_notice(meta: Mapping[str, Any] | None, metadata: ModelMetadata) -> list[str]:
+    if meta and meta.get("input_size"):
+        return []
+    h, w = metadata.input_size
+    return [
+        f"The file names no input size: {h}×{w} is the first size tried that the module maps "
+        "to class scores; set the right one before trusting any number."
+    ]
 
 
 def own_module(

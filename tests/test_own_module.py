@@ -56,6 +56,7 @@ def test_pickled_unregistered_module_is_used_as_it_is(tmp_path, custom):
     assert ckpt.metadata.in_channels == 3
     assert "TinyCustomNet" in ckpt.metadata.arch
     assert any("own module" in n for n in ckpt.notices)
+    assert any("32×32 is the first size tried" in n for n in ckpt.notices)
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(ckpt.model(x), custom(x))
@@ -90,3 +91,24 @@ def test_torchscript_of_unregistered_net_is_refused_with_the_reason(tmp_path, cu
     for trust in (False, True):
         with pytest.raises(ArchitectureMismatch, match="compiled code"):
             load_checkpoint(path, trust_pickle=trust)
+
+
+def test_torchscript_resnet20_gives_the_registered_layers_and_scores(tmp_path):
+    from core.architectures import build_model
+
+    torch.manual_seed(1)
+    net = build_model("cifar_resnet20", 10, 3).eval()
+    plain = tmp_path / "resnet20.pth"
+    torch.save(net.state_dict(), plain)
+    scripted = tmp_path / "resnet20_script.pt"
+    torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), scripted)
+    reference = Inspection(load_checkpoint(plain), device="cpu")
+    for trust in (False, True):
+        ckpt = load_checkpoint(scripted, trust_pickle=trust)
+        assert ckpt.format == "torchscript" and ckpt.metadata.arch == "cifar_resnet20"
+        inspection = Inspection(ckpt, device="cpu")
+        assert [(x.name, x.conv) for x in inspection.layers] == [
+            (x.name, x.conv) for x in reference.layers
+        ]
+        for name, score in reference.scores("clp").items():
+            assert torch.equal(inspection.scores("clp")[name], score)
