@@ -270,10 +270,14 @@ def load_checkpoint(
     except ArchitectureMismatch as e:
         if fmt == "torchscript":
             raise ArchitectureMismatch(f"{e} {TORCHSCRIPT_UNREGISTERED}") from None
-        if fmt != "pickled-module" or not trust_pickle or arch is not None:
+        carries_module = fmt == "pickled-module" or fmt.startswith("wrapped:")
+        if not carries_module or not trust_pickle or arch is not None:
             raise
         # the file carries its own module and the user trusts it: use the module as it is
-        model, metadata = own_module(path, state_dict, meta)
+        try:
+            model, metadata = own_module(path, state_dict, meta)
+        except ArchitectureMismatch as no_module:
+            raise ArchitectureMismatch(f"{e} {no_module}") from None
         no_stats = tuple(
             name
             for name, m in model.named_modules()
@@ -360,10 +364,10 @@ def own_module(
     obj = (
         _read_pickle(path, kind, True) if kind in ("legacy", "pickle") else _torch_load(path, True)
     )
+    if isinstance(obj, Mapping):  # {"model": module, "epoch": ...} as training scripts save
+        obj = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), nn.Module)), obj)
     if not isinstance(obj, nn.Module):
-        raise CheckpointError(
-            f"{path.name} changed while it was read: it no longer holds a module."
-        )
+        raise ArchitectureMismatch("It holds no module of its own to use instead.")
     model = obj.cpu().eval()
     mine = _clean_state_dict(model.state_dict(), path)
     same = mine.keys() == state_dict.keys() and all(

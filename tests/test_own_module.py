@@ -112,3 +112,21 @@ def test_torchscript_resnet20_gives_the_registered_layers_and_scores(tmp_path):
         ]
         for name, score in reference.scores("clp").items():
             assert torch.equal(inspection.scores("clp")[name], score)
+
+
+def test_module_wrapped_in_a_training_dict_is_used_as_it_is(tmp_path, custom):
+    path = tmp_path / "train_ckpt.pth"
+    torch.save({"model": custom, "epoch": 3, "meta": {"input_size": [24, 24]}}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        load_checkpoint(path)
+    ckpt = load_checkpoint(path, trust_pickle=True)
+    assert type(ckpt.model).__name__ == "TinyCustomNet"
+    assert ckpt.metadata.input_size == (24, 24) and ckpt.metadata.num_classes == 7
+    assert not any("first size tried" in n for n in ckpt.notices)
+
+
+def test_unregistered_weights_without_a_module_still_fail_with_trust(tmp_path, custom):
+    path = tmp_path / "weights.pth"
+    torch.save({"model": custom.state_dict(), "epoch": 3}, path)
+    with pytest.raises(ArchitectureMismatch, match="no module of its own"):
+        load_checkpoint(path, trust_pickle=True)
