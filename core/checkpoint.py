@@ -265,7 +265,40 @@ def load_checkpoint(
     if meta is None:
         meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
 
-    detection = _detect(state_dict, arch, meta)
+    try:
+        detection = _detect(state_dict, arch, meta)
+    except ArchitectureMismatch as e:
+        if fmt == "torchscript":
+            raise ArchitectureMismatch(f"{e} {TORCHSCRIPT_UNREGISTERED}") from None
+        carries_module = fmt == "pickled-module" or fmt.startswith("wrapped:")
+        if not carries_module or not trust_pickle or arch is not None:
+            raise
+        # the file carries its own module and the user trusts it: use the module as it is
+        try:
+            model, metadata = own_module(path, state_dict, meta)
+        except ArchitectureMismatch as no_module:
+            raise ArchitectureMismatch(f"{e} {no_module}") from None
+        no_stats = tuple(
+            name
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None
+        )
+        _check_trigger(trigger, path)
+        return LoadedCheckpoint(
+            path=path,
+            format=fmt,
+            model=model,
+            state_dict=state_dict,
+            metadata=metadata,
+            trigger=trigger,
+            poisoned_test=_poisoned_test(info, extras, metadata, path),
+            notices=_notices(info, path)
+            + [OWN_MODULE_NOTICE.format(cls=type(model).__name__)]
+            + _guessed_size_notice(meta, metadata)
+            + running_stats_notice(
+                Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
+            ),
+        )
     metadata = _metadata(detection, meta)
     _check_trigger(trigger, path)
     poisoned_test = _poisoned_test(info, extras, metadata, path)
@@ -289,6 +322,88 @@ def load_checkpoint(
         poisoned_test=poisoned_test,
         notices=notices,
     )
+
+
+# ---- a file that carries its own module (trusted) --------------------------------------------
+
+OWN_MODULE_NOTICE = (
+    "The file's own module ({cls}) is used as it is: its architecture is not registered. "
+    "Its weights can be exported as a state_dict or safetensors (with a sidecar of metadata); "
+    "the seed format, which is reopened by architecture, needs a registered one."
+)
+TORCHSCRIPT_UNREGISTERED = (
+    "A TorchScript archive of an unregistered architecture cannot be inspected: its layers run "
+    "as compiled code, which the engine's hooks on BatchNorm inputs never see. Save the model "
+    "with torch.save(model) (then open it with trust) or as a state_dict of a registered one."
+)
+GUESSED_SIDES = (32, 28, 64, 96, 224)  # tried in turn when the metadata names no input size
+UNREGISTERED_ARCH = "{cls} (the file's own module, not registered)"
+
+
+def _guessed_size_notice(meta: Mapping[str, Any] | None, metadata: ModelMetadata) -> list[str]:
+    if meta and meta.get("input_size"):
+        return []
+    h, w = metadata.input_size
+    return [
+        f"The file names no input size: {h}×{w} is the first size tried that the module maps "
+        "to class scores; set the right one before trusting any number."
+    ]
+
+
+def own_module(
+    path: Path, state_dict: Mapping[str, Tensor], meta: Mapping[str, Any] | None
+) -> tuple[nn.Module, ModelMetadata]:
+    """Trusted only: the pickled nn.Module of ``path`` as the model (CPU, eval) and its metadata.
+
+    The child has already parsed the file with the user's consent, but a module cannot come
+    back from it as tensors: it is unpickled again here, and must hold exactly the weights the
+    child read (the file did not change in between). The class count comes from one forward
+    pass on zeros of the metadata's input size, or of the first guessed size that runs.
+    """
+    kind = _sniff(path)
+    obj = (
+        _read_pickle(path, kind, True) if kind in ("legacy", "pickle") else _torch_load(path, True)
+    )
+    if isinstance(obj, Mapping):  # {"model": module, "epoch": ...} as training scripts save
+        obj = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), nn.Module)), obj)
+    if not isinstance(obj, nn.Module):
+        raise ArchitectureMismatch("It holds no module of its own to use instead.")
+    model = obj.cpu().eval()
+    mine = _clean_state_dict(model.state_dict(), path)
+    same = mine.keys() == state_dict.keys() and all(
+        mine[k].shape == v.shape and torch.equal(mine[k], v) for k, v in state_dict.items()
+    )
+    if not same:
+        raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
+    merged = dict(meta or {})
+    convs = [v for v in state_dict.values() if v.dim() == 4]
+    channels = merged.get("in_channels") or (int(convs[0].shape[1]) if convs else 3)
+    sides: list[Any] = [merged["input_size"]] if merged.get("input_size") else []
+    sides += [(s, s) for s in GUESSED_SIDES]
+    for size in sides:
+        hw = tuple(size) if isinstance(size, (list, tuple)) else (int(size), int(size))
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, int(channels), *hw))
+        except Exception:  # noqa: BLE001 - a size the module does not accept: try the next
+            continue
+        if isinstance(out, Tensor) and out.dim() == 2:
+            break
+    else:
+        raise CheckpointError(
+            f"{path.name} holds a module ({type(model).__name__}) that maps no "
+            f"{channels}-channel input of {', '.join(str(s) for s in GUESSED_SIDES)} pixels to "
+            "class scores; give its input_size in the metadata."
+        )
+    merged.update(
+        arch=UNREGISTERED_ARCH.format(cls=type(model).__name__),
+        num_classes=int(out.shape[1]),
+        in_channels=int(channels),
+        input_size=list(hw),
+    )
+    metadata = ModelMetadata.from_dict(merged)
+    _check_metadata_trigger(metadata)
+    return model, metadata
 
 
 def _check_path(path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.architectures import ARCHITECTURES
 from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata, sidecar_path
 from core.errors import BnpError
 from core.masks import PruneMask
@@ -205,6 +206,11 @@ def export_model(
     state_dict, or safetensors with our metadata in its header."""
     if fmt not in EXPORT_FORMATS:
         raise BnpError(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.")
+    if fmt == "seed" and metadata is not None and metadata.arch not in ARCHITECTURES:
+        raise BnpError(
+            f"The seed format is reopened by its architecture, and {metadata.arch} is not "
+            "registered: export as state_dict (with a sidecar of metadata) or safetensors."
+        )
     state_dict = pruned_state_dict(model, mask)
     meta = metadata.to_dict() if metadata is not None else None
     if meta is not None and mask is not None:

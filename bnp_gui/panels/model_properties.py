@@ -1,8 +1,11 @@
 """Model properties: what was opened, in one persistent pane (architecture, input, classes,
-attack, trigger image, target class), or the empty-state hint before anything is open."""
+attack, trigger image, target class; the layers the engine skips grouped by reason, which
+methods apply and why not, the file's notices), or the empty-state hint before anything is
+open."""
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -11,6 +14,8 @@ from PySide6.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from bnp_gui.class_names import class_names, label_text
 from bnp_gui.image_util import tensor_pixmap
 from bnp_gui.session import Session
+from core.graph import method_availability
+from core.inspection import METHOD_NAMES
 
 EMPTY_HINT = (
     "<b>No model open.</b><br>Open or drop a checkpoint here (File › Open Checkpoint, Ctrl+O), "
@@ -40,10 +45,15 @@ class ModelPropertiesPanel(QWidget):
             ("attack", "Attack"),
             ("target", "Target class"),
             ("trigger", "ASR trigger"),
+            ("methods", "Methods"),
+            ("skipped", "Skipped layers"),
+            ("notices", "About the file"),
         ):
             label = QLabel("–")
             label.setWordWrap(True)
             label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+            if key in ("methods", "skipped", "notices"):
+                label.setTextFormat(Qt.RichText)  # lines joined by <br>, the text escaped
             form.addRow(f"{title}:", label)
             self.fields[key] = label
         self.trigger_image = QLabel()
@@ -113,6 +123,31 @@ class ModelPropertiesPanel(QWidget):
         else:
             f["trigger"].setText(f"none ({s.trigger_error})" if s.trigger_error else "none")
         self.trigger_image.setPixmap(self._trigger_pixmap())
+        self._layers_and_methods()
+
+    def _layers_and_methods(self) -> None:
+        """What the engine leaves out and why: as `bnp info` lists it, in the pane."""
+        inspection = self.session.inspection
+        found = inspection.discovery
+        lines = []
+        for method, (applies, why) in method_availability(inspection.model, found).items():
+            verdict = "applies" if applies else "<b>cannot apply</b>"
+            lines.append(f"{METHOD_NAMES[method]} {verdict}: {escape(why)}")
+        self.fields["methods"].setText("<br>".join(lines))
+        groups: dict[tuple[str, str], list[str]] = {}
+        for skipped in found.skipped:  # one entry per kind and reason, as in `bnp info`
+            groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
+        entries = []
+        for (kind, reason), names in groups.items():
+            shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
+            entries.append(f"{len(names)} {escape(kind)} ({escape(shown)}): {escape(reason)}")
+        self.fields["skipped"].setText(
+            "<br>".join(entries) if entries else f"none (layers traced by {found.traced_by})"
+        )
+        notices = inspection.ckpt.notices
+        self.fields["notices"].setText(
+            "<br>".join(f"• {escape(n)}" for n in notices) if notices else "nothing to note"
+        )
 
     def _trigger_pixmap(self):
         from PySide6.QtGui import QPixmap
