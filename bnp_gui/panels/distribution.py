@@ -31,6 +31,7 @@ class DistributionPanel(QWidget):
         self.layer_box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
         self.layer_box.currentIndexChanged.connect(self._redraw)
         self.info = QLabel(" ")
+        self.info.setWordWrap(True)  # long counts wrap rather than widen the window
 
         self.plot = pg.PlotWidget()
         self.plot.setMenuEnabled(False)

@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QDoubleSpinBox,
     QFileDialog,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
@@ -111,11 +112,11 @@ class SuspectsPanel(QWidget):
         top.addWidget(QLabel("ACC budget"))
         top.addWidget(self.budget)
         top.addStretch(1)
-        marks = QHBoxLayout()
-        for button in (self.mark_poisoned, self.mark_clean, self.unmark):
-            marks.addWidget(button)
-        marks.addStretch(1)
-        marks.addWidget(self.export_button)
+        marks = QGridLayout()  # two rows: the panel must fit beside the others on a 1440-px screen
+        marks.addWidget(self.mark_poisoned, 0, 0)
+        marks.addWidget(self.mark_clean, 0, 1)
+        marks.addWidget(self.unmark, 1, 0)
+        marks.addWidget(self.export_button, 1, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)

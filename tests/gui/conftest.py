@@ -40,6 +40,14 @@ def _app_identity(qapp, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_settings():
+    """Each GUI test starts from empty settings: thresholds another test left behind (Suggest,
+    Reset, a session file) must not change this test's numbers."""
+    QSettings().clear()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _garbage_collected_like_the_app():
     """Each GUI test collects cycles only on the GUI thread, as make_application arranges; the
     engine tests that run after them get Python's automatic collection back."""
