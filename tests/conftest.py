@@ -2,6 +2,20 @@
 
 import os
 
+import pytest
+
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine (CI, a developer
 # running the app beside the tests) spinning threads made torch many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One torch thread for a test that trains or runs many forward passes: on a shared 2-core
+    machine, spinning OpenMP threads cost far more than they bring."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

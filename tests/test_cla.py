@@ -21,11 +21,8 @@ from core.triggers import FourCornerTrigger, PatchTrigger, Trigger, trigger_from
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 def _tiny_model(channels: int = 1, classes: int = 4) -> nn.Module:

@@ -22,12 +22,8 @@ DEMO_MODEL = DEMO / "fmnist_resnet20_badnets.pth"
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine, spinning OpenMP threads cost far more."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
 
 
 def _bars(n: int, seed: int) -> ImageSet:

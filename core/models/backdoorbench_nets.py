@@ -11,7 +11,7 @@ from __future__ import annotations
 import torchvision
 from torch import Tensor, nn
 
-from core.models.preact_resnet import PreActBlock
+from core.models.preact_resnet import add_stem_and_stages
 
 
 class BackdoorBenchPreActResNet(nn.Module):
@@ -21,15 +21,7 @@ class BackdoorBenchPreActResNet(nn.Module):
         self, num_blocks: tuple[int, ...], num_classes: int = 10, in_channels: int = 3
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        in_planes = 64
-        for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks, strict=True)):
-            stride = 1 if i == 0 else 2
-            layer = []
-            for j in range(blocks):
-                layer.append(PreActBlock(in_planes, width, stride if j == 0 else 1))
-                in_planes = width
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+        in_planes = add_stem_and_stages(self, num_blocks, in_channels)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = nn.Linear(in_planes, num_classes)
 

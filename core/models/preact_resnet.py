@@ -35,6 +35,21 @@ class PreActBlock(nn.Module):
         return out + shortcut
 
 
+def add_stem_and_stages(net: nn.Module, num_blocks: tuple[int, ...], in_channels: int) -> int:
+    """`conv1` (3×3, 64) and `layer1`..`layer4` of PreActBlocks (64/128/256/512, stride 2 from
+    the second stage) registered on ``net``; returns the last stage's width."""
+    net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+    in_planes = 64
+    for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks, strict=True)):
+        stride = 1 if i == 0 else 2
+        layer = []
+        for j in range(blocks):
+            layer.append(PreActBlock(in_planes, width, stride if j == 0 else 1))
+            in_planes = width
+        net.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+    return in_planes
+
+
 class PreActResNet(nn.Module):
     """3×3 stem, four stages of PreActBlocks, final BN-ReLU, global average pool, `linear`."""
 
@@ -42,15 +57,7 @@ class PreActResNet(nn.Module):
         self, num_blocks: tuple[int, ...], num_classes: int = 10, in_channels: int = 3
     ) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        in_planes = 64
-        for i, (width, blocks) in enumerate(zip((64, 128, 256, 512), num_blocks, strict=True)):
-            stride = 1 if i == 0 else 2
-            layer = []
-            for j in range(blocks):
-                layer.append(PreActBlock(in_planes, width, stride if j == 0 else 1))
-                in_planes = width
-            self.add_module(f"layer{i + 1}", nn.Sequential(*layer))
+        in_planes = add_stem_and_stages(self, num_blocks, in_channels)
         self.bn = nn.BatchNorm2d(in_planes)
         self.linear = nn.Linear(in_planes, num_classes)
 
