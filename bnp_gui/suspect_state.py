@@ -248,13 +248,13 @@ class SuspectState(QObject):
         """Find the suggested configuration on a worker, then set the thresholds to it."""
         s = self.session
         if s.inspection is None:
-            s.message.emit("error", "Open a checkpoint first (File › Open).")
+            s.message.emit("error", "Open a checkpoint first (File › Open Checkpoint…).")
             return
         if self.analysis is None or self.probe is None:
             s.message.emit(
                 "error",
                 "Suggest needs the suspect training set and clean samples, analysed: choose "
-                "them with File › Open Data, then Analyze.",
+                "them with File › Open Data…, then Analyze.",
             )
             return
         clean = s.data.get("clean")

@@ -18,8 +18,8 @@ from core.graph import method_availability
 from core.inspection import METHOD_NAMES
 
 EMPTY_HINT = (
-    "<b>No model open.</b><br>Open or drop a checkpoint here (File › Open Checkpoint, Ctrl+O), "
-    "then its data (File › Open Data, Ctrl+D) — or try File › Open Demo."
+    "<b>No model open.</b><br>Open or drop a checkpoint here (File › Open Checkpoint…, Ctrl+O), "
+    "then its data (File › Open Data…, Ctrl+D) — or try File › Open Demo."
 )
 TRIGGER_SIDE = 72
 MAX_WIDTH = 280  # a side pane: the heatmap keeps the room

@@ -16,7 +16,7 @@ from PySide6.QtCore import QTimer
 # Engine work: none of it may run on the GUI thread. Names as the session's jobs reach them.
 ENGINE_FUNCTIONS = (
     ("core.checkpoint", "load_checkpoint"),
-    ("core.inspection", "neuron_graph"),
+    ("core.inspection", "discover_layers"),
     ("core.inspection", "clp_scores"),
     ("core.inspection", "collect_statistics"),
     ("core.inspection", "bnp_scores"),
