@@ -26,7 +26,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=6)
     args = parser.parse_args()
 
-    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtCore import QTimer
+    from qt_wait import event_loop_waiter  # bench/, beside this script
 
     from bnp_gui.app import make_application
     from bnp_gui.data_roles import guess_roles
@@ -36,13 +37,7 @@ def main() -> int:
     app = make_application(["bench"])
     session = Session()
 
-    def wait_until(predicate, timeout_s=300.0):
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out")
-            app.processEvents(QEventLoop.AllEvents, 20)
-            time.sleep(0.002)
+    wait_until = event_loop_waiter(app, 300.0)
 
     if args.checkpoint:
         checkpoint, roles = args.checkpoint, guess_roles(args.data)

@@ -72,6 +72,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from PySide6.QtCore import QEventLoop
+    from qt_wait import event_loop_waiter  # bench/, beside this script
 
     from bnp_gui.app import make_application
     from bnp_gui.data_roles import guess_roles
@@ -86,13 +87,7 @@ def main() -> int:
     print(f"model: {checkpoint}")
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
 
-    def wait_until(predicate, timeout_s=600.0):
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out")
-            app.processEvents(QEventLoop.AllEvents, 20)
-            time.sleep(0.002)
+    wait_until = event_loop_waiter(app, 600.0)
 
     def settle(seconds: float) -> None:
         end = time.monotonic() + seconds

@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--clicks", type=int, default=5)
     args = parser.parse_args()
 
-    from PySide6.QtCore import QEventLoop
+    from qt_wait import event_loop_waiter  # bench/, beside this script
 
     from bnp_gui.app import make_application
     from bnp_gui.demo import demo_files
@@ -40,13 +40,7 @@ def main() -> int:
     window.show()
     s = window.session
 
-    def wait_until(predicate, timeout_s=600.0):
-        deadline = time.monotonic() + timeout_s
-        while not predicate():
-            if time.monotonic() > deadline:
-                raise TimeoutError("timed out")
-            app.processEvents(QEventLoop.AllEvents, 20)
-            time.sleep(0.002)
+    wait_until = event_loop_waiter(app, 600.0)
 
     checkpoint, roles = demo_files()
     print(f"model: {checkpoint}; torch threads {torch.get_num_threads()}, CPUs {os.cpu_count()}")
