@@ -234,8 +234,12 @@ def load_checkpoint(
     cancel: Callable[[], bool] | None = None,
     timeout: float | None = None,
     memory_limit: int | None = None,
+    inputs: Mapping[str, Any] | None = None,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of any supported format into a registered architecture.
+
+    ``inputs`` (the command line's overrides: "size", "mean", "std") replace what the file's
+    metadata says before it is checked, so a wrong field can be corrected rather than refused.
 
     The file is parsed in a child process (`core.isolation`): past ``timeout`` seconds
     (default $BNP_PARSE_TIMEOUT or 120) or ``memory_limit`` bytes (default $BNP_PARSE_MEMORY_MB
@@ -264,6 +268,7 @@ def load_checkpoint(
 
     if meta is None:
         meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
+    meta = _with_inputs(meta, inputs)
 
     try:
         detection = _detect(state_dict, arch, meta)
@@ -953,6 +958,23 @@ def _detect(
         except ArchitectureMismatch:
             pass  # the weights are the truth: fall back to trying every architecture
     return detect_architecture(state_dict)
+
+
+def _with_inputs(
+    meta: Mapping[str, Any] | None, inputs: Mapping[str, Any] | None
+) -> Mapping[str, Any] | None:
+    """The file's metadata without the fields the caller overrides ("size", "mean", "std"), so
+    a wrong field can be corrected instead of refused. The caller's values are checked where
+    they are applied (core.data.InputSpec); a valid size also stands in for the file's here."""
+    inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
+    dropped = {"size": "input_size", "mean": "mean", "std": "std"}
+    if meta is None or not any(k in inputs for k in dropped):
+        return meta
+    kept = {k: v for k, v in meta.items() if k not in {dropped[k] for k in inputs if k in dropped}}
+    size = inputs.get("size")
+    if size is not None and all(isinstance(s, int) and 1 <= s <= MAX_INPUT_SIDE for s in size):
+        kept["input_size"] = list(size)
+    return kept
 
 
 def _metadata(detection: Detection, meta: Mapping[str, Any] | None) -> ModelMetadata:

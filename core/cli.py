@@ -57,7 +57,12 @@ def _input_overrides(args) -> dict:
 def _load(args):
     from core.checkpoint import load_checkpoint
 
-    return load_checkpoint(args.checkpoint, arch=args.arch, trust_pickle=args.trust_pickle)
+    return load_checkpoint(
+        args.checkpoint,
+        arch=args.arch,
+        trust_pickle=args.trust_pickle,
+        inputs=_input_overrides(args),
+    )
 
 
 # ---- bnp info ----------------------------------------------------------------------------

@@ -476,3 +476,22 @@ def test_progress_bar_is_tqdm():
     assert "statistics" in text and "10/10" in text and "100%" in text
     assert bar._bar is None  # closed at done == total
     np.testing.assert_equal(text.count("\n") >= 1, True)
+
+
+@pytest.mark.parametrize(
+    ("meta", "args"),
+    [
+        ({"input_size": [4000, 4000]}, ["--input-size", "28", "28"]),
+        ({"std": [float("nan")]}, ["--std", "0.3"]),
+        ({"mean": [5000.0]}, ["--mean", "0.5"]),
+    ],
+)
+def test_a_bad_metadata_field_is_corrected_by_its_override(tmp_path, capsys, meta, args):
+    """The file's wrong field is refused alone; given on the command line, the model opens."""
+    path = corpus.metadata_checkpoint(tmp_path / "m.pth", **meta)
+    assert main(["info", str(path)]) == 2
+    capsys.readouterr()
+    assert main(["info", str(path), *args]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    if args[0] == "--input-size":
+        assert "1×28×28" in out
