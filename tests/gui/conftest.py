@@ -15,9 +15,35 @@ torch.set_num_threads(2)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from gui_helpers import LONG  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
 
 from bnp_gui.data_roles import DataRoles  # noqa: E402
+
+
+class _PatientBot:
+    """pytest-qt's qtbot with LONG as the default of every wait: its 5 s default is a latency
+    bound in disguise, and a loaded machine broke it (CI must not fail for machine load)."""
+
+    _WAITS = ("waitUntil", "waitSignal", "waitSignals", "waitCallback", "waitExposed", "waitActive")
+
+    def __init__(self, bot):
+        self._bot = bot
+
+    def __getattr__(self, name):
+        attr = getattr(self._bot, name)
+        if name not in self._WAITS:
+            return attr
+
+        def wait(*args, timeout=LONG, **kwargs):
+            return attr(*args, timeout=timeout, **kwargs)
+
+        return wait
+
+
+@pytest.fixture
+def qtbot(qtbot):
+    return _PatientBot(qtbot)
 
 
 @pytest.fixture(scope="session")

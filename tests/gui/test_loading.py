@@ -116,7 +116,7 @@ def test_window_lives_and_closes_while_a_hostile_file_parses(qtbot, tmp_path, na
     timer.start()
     # the event loop runs while the file is parsed (a frozen one never ticks; the first ticks
     # can wait for a garbage collection on a loaded machine, hence no time limit on them) ...
-    qtbot.waitUntil(lambda: len(ticks) >= 20, timeout=30_000)
+    qtbot.waitUntil(lambda: len(ticks) >= 20, timeout=LONG)
     timer.stop()
     assert s.is_busy("load"), window.banner.text()  # ... and the parse goes on: a real hang
     window.close()
