@@ -432,7 +432,12 @@ def module_metadata(
         try:
             with torch.no_grad():
                 out = model(torch.zeros(1, int(channels), *hw))
-        except Exception:  # noqa: BLE001 - a size the module does not accept: try the next
+        except Exception as e:  # noqa: BLE001 - a size the module does not accept: try the next
+            if isinstance(e, MemoryError) or _allocation_failed(e):
+                raise CheckpointError(
+                    f"{path.name} holds a module ({type(model).__name__}) whose forward pass on "
+                    f"one {hw[0]}×{hw[1]} input asks for more memory than allowed or available."
+                ) from None
             continue
         if isinstance(out, Tensor) and out.dim() == 2:
             break

@@ -685,6 +685,16 @@ def convert_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[di
         program, tensors = script_to_program(module)
     except Refused as e:
         raise ArchitectureMismatch(str(e)) from None
+    # the converted module's first run happens here, under the reader's time and memory
+    # limits: a graph that allocates without bound (zeros of a huge constant size) stops here
+    from core.checkpoint import _parse_meta_json, module_metadata
+
+    meta = (
+        _parse_meta_json(extra[TORCHSCRIPT_META_FILE], path)
+        if extra[TORCHSCRIPT_META_FILE]
+        else None
+    )
+    module_metadata(build_module(program, tensors), {}, meta, path)
     return {"program": program}, tensors
 
 
@@ -695,9 +705,8 @@ def _defines_setstate(archive: zipfile.ZipFile) -> str | None:
     tensor record is searched, whatever its folder, so no code path can hide one.
     """
     for info in archive.infolist():
-        parts = info.filename.split("/")
-        if len(parts) >= 2 and parts[-2] == "data" and parts[-1].isdigit():
-            continue  # raw tensor bytes
+        if info.filename.rpartition("/")[2].isdigit():
+            continue  # raw tensor bytes (data/N, constants/N): code is only read from .py
         if info.file_size > 64 * 2**20:
             return info.filename  # no code is that large: treat as hiding something
         if NO_SETSTATE.search(archive.read(info)):

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from core.checkpoint import load_checkpoint
-from core.errors import ArchitectureMismatch, UnsafeCheckpointError
+from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
 from core.export import export_model
 from core.inspection import Inspection
 from core.masks import PruneMask
@@ -211,3 +211,20 @@ def test_torchvision_scripted_nets_convert(name, one_torch_thread):
         assert torch.equal(module(x), scripted(x))
     bns = [n for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(bns) == sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+
+
+class Hoards(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bn = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = torch.zeros([1 << 20, 1 << 16])  # 256 GiB of float32
+        return self.bn(x).mean((2, 3)) + big.sum()
+
+
+def test_converted_graph_that_allocates_without_bound_stops_in_the_reader(tmp_path):
+    path = tmp_path / "hoards.pt"
+    torch.jit.save(torch.jit.script(Hoards().eval()), str(path))
+    with pytest.raises(CheckpointError, match="asks for more memory than allowed"):
+        load_checkpoint(path, memory_limit=2**30)
