@@ -61,7 +61,8 @@ TENSOR_OPS = frozenset(
     cat stack channel_shuffle pixel_shuffle pixel_unshuffle pad constant_pad_nd
     reflection_pad1d reflection_pad2d replication_pad1d replication_pad2d
     upsample_nearest2d upsample_bilinear2d
-    add add_ sub sub_ rsub mul mul_ div div_ neg pow sqrt rsqrt exp log abs sign reciprocal
+    add add_ sub sub_ rsub mul mul_ div div_ floor_divide neg pow sqrt rsqrt exp log abs sign
+    reciprocal
     mean sum amax amin max min norm
     to type_as detach clone size dim numel zeros zeros_like ones ones_like full full_like
     eq ne lt gt le ge logical_not logical_and logical_or where any all
@@ -89,8 +90,17 @@ SCALAR_OPS = {
     "__or__": operator.or_,
     "__getitem__": operator.getitem,
 }
+# Arithmetic of traced sizes (prim::NumToTensor values) with numbers.
+NUM_OPS = {
+    "floor_divide": operator.floordiv,
+    "floordiv": operator.floordiv,
+    "mul": operator.mul,
+    "add": operator.add,
+    "sub": operator.sub,
+}
 OPERATORS = {f"operator.{f.__name__}": f for f in SCALAR_OPS.values()}
 SIMPLE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
+PART_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")  # one component of a dotted module path
 MAX_STEPS = 2_000_000  # nodes visited while unrolling loops: a bound for hostile graphs
 NO_SETSTATE = re.compile(rb"__setstate__")
 
@@ -228,6 +238,8 @@ class _Converter:
             if not all(_static(v) for v in ins) or not isinstance(ins[0], str):
                 raise Refused("it formats a string from the input")
             env[outs[0]] = ins[0].format(*ins[1:])
+        elif kind == "aten::__contains__" and all(_static(v) for v in ins):
+            env[outs[0]] = ins[1] in ins[0]
         elif kind in ("prim::min", "prim::max") and all(_static(v) for v in ins):
             env[outs[0]] = (min if kind == "prim::min" else max)(*ins)
         elif kind == "prim::RaiseException":
@@ -403,6 +415,15 @@ class _Converter:
         if name in SCALAR_OPS and not _takes_tensors(schema):
             target = f"operator.{SCALAR_OPS[name].__name__}"
             env[outs[0]] = self._emit("call_function", target, tuple(self._encode(v) for v in ins))
+            return
+        if name in NUM_OPS and any(isinstance(v, _Num) for v in ins[:2]) and len(ins) == 2:
+            # traced arithmetic on sizes (channels // groups): numbers, kept as numbers
+            a, b = (v.value if isinstance(v, _Num) else v for v in ins)
+            if _static(a) and _static(b):
+                env[outs[0]] = _Num(NUM_OPS[name](a, b))
+            else:
+                op = f"operator.{NUM_OPS[name].__name__}"
+                env[outs[0]] = _Num(self._emit("call_function", op, (a, b)))
             return
         if name not in TENSOR_OPS:
             raise Refused(f"it uses {kind}, which is not on the list of pure tensor operations")
@@ -844,7 +865,7 @@ def _decode(value: Any, nodes: list) -> Any:
 
 
 def _checked_path(path: Any) -> str:
-    if not isinstance(path, str) or not all(SIMPLE_NAME.match(p) for p in path.split(".")):
+    if not isinstance(path, str) or not all(PART_NAME.match(p) for p in path.split(".")):
         raise CheckpointError(f"The converted graph names a module or tensor {path!r}.")
     return path
 
