@@ -101,7 +101,8 @@ NUM_OPS = {
 OPERATORS = {f"operator.{f.__name__}": f for f in SCALAR_OPS.values()}
 SIMPLE_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 PART_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,200}$")  # one component of a dotted module path
-MAX_STEPS = 2_000_000  # nodes visited while unrolling loops: a bound for hostile graphs
+MAX_STEPS = 500_000  # graph nodes visited (loops unrolled): a bound for hostile graphs
+MAX_NODES = 100_000  # operations in the converted module
 NO_SETSTATE = re.compile(rb"__setstate__")
 
 
@@ -169,6 +170,8 @@ class _Converter:
         self._block(graph, env)
         outputs = [env[v] for v in graph.outputs()]
         result = outputs[0] if len(outputs) == 1 else tuple(outputs)
+        if isinstance(result, tuple) and result and all(v is None for v in result[1:]):
+            result = result[0]  # scripted GoogLeNet/Inception: (logits, None, None) in eval
         self._emit("output", "output", (self._encode(result),))
         return {
             "name": str(getattr(self.root, "original_name", "") or "ScriptedModule"),
@@ -180,6 +183,8 @@ class _Converter:
         }
 
     def _emit(self, op: str, target: str, args: tuple = (), kwargs: dict | None = None) -> _Dyn:
+        if len(self.nodes) >= MAX_NODES:
+            raise Refused(f"it converts to more than {MAX_NODES} operations")
         self.nodes.append({"op": op, "target": target, "args": list(args), "kwargs": kwargs or {}})
         return _Dyn(len(self.nodes) - 1)
 
@@ -188,7 +193,7 @@ class _Converter:
         for node in block.nodes():
             self.steps += 1
             if self.steps > MAX_STEPS:
-                raise Refused("its graph unrolls to more than 2 million operations")
+                raise Refused(f"its graph unrolls to more than {MAX_STEPS} operations")
             self._node(node, env)
 
     def _node(self, node: Any, env: dict) -> None:
@@ -322,7 +327,7 @@ class _Converter:
         source = self._sizes_of.get(value) if isinstance(value, _Dyn) else None
         if source is not None:  # len(x.size()) is x.dim()
             return self._emit("call_function", "aten::dim.default", (source,))
-        raise Refused("it takes the length of a list built from the input")
+        raise Refused("it takes the length (aten::len) of a list built from the input")
 
     def _is(self, node: Any, ins: list, negate: bool) -> Any:
         a, b = ins
@@ -403,8 +408,9 @@ class _Converter:
         if name == "__getitem__" and isinstance(ins[0], (list, tuple)) and _static(ins[1]):
             env[outs[0]] = ins[0][ins[1]]
             return
-        if name == "list" and isinstance(ins[0], list):
-            env[outs[0]] = list(ins[0])
+        if name == "list" and isinstance(ins[0], (list, tuple, _Dyn)):
+            # a copy of a list: a fresh Python list, or the list an operation returned
+            env[outs[0]] = ins[0] if isinstance(ins[0], _Dyn) else list(ins[0])
             return
         if name in SCALAR_OPS and not dynamic and all(_static(v) for v in ins):
             try:
@@ -471,6 +477,9 @@ class _Converter:
         elif name == "linear" and len(ins) == 3:
             x, w, b = ins
             spec = self._linear_spec(w, b)
+        elif name in ("layer_norm", "group_norm") and len(ins) == 6:
+            x, size, w, b, eps, _cudnn = ins  # size: normalized_shape, or the group count
+            spec = self._norm_spec(name, size, w, b, eps)
         if spec is None or not isinstance(x, _Dyn) or len(outs) != 1:
             return False
         path, kind, kwargs, tensors = spec
@@ -552,6 +561,27 @@ class _Converter:
             "track_running_stats": mean is not None,
         }
         return path, f"BatchNorm:{kind}", kwargs, tensors
+
+    def _norm_spec(self, name: str, size: Any, w: Any, b: Any, eps: Any):
+        """LayerNorm / GroupNorm as modules, so that the engine lists them as skipped."""
+        if not isinstance(w, _TensorRef) or not (b is None or isinstance(b, _TensorRef)):
+            return None
+        path = self._owner(w, b)
+        if path is None or w.name != f"{path}.weight" or not isinstance(eps, float):
+            return None
+        if b is not None and b.name != f"{path}.bias":
+            return None
+        weight = self.tensors[w.name]
+        tensors = {"weight": w.name, **({"bias": b.name} if b is not None else {})}
+        if name == "layer_norm":
+            if not isinstance(size, list) or list(weight.shape) != size:
+                return None
+            kwargs = {"normalized_shape": size, "eps": eps, "bias": b is not None}
+            return path, "LayerNorm", kwargs, tensors
+        if not isinstance(size, int) or weight.dim() != 1 or b is None:
+            return None
+        kwargs = {"num_groups": size, "num_channels": int(weight.shape[0]), "eps": eps}
+        return path, "GroupNorm", kwargs, tensors
 
     def _linear_spec(self, w, b):
         if not isinstance(w, _TensorRef) or not (b is None or isinstance(b, _TensorRef)):
@@ -802,6 +832,8 @@ MODULE_KINDS: dict[str, Callable[..., nn.Module]] = {
     "BatchNorm:BatchNorm2d": nn.BatchNorm2d,
     "BatchNorm:BatchNorm3d": nn.BatchNorm3d,
     "BatchNorm:any": ScriptedBatchNorm,
+    "LayerNorm": nn.LayerNorm,
+    "GroupNorm": nn.GroupNorm,
 }
 KWARGS = {
     "in_channels",
@@ -819,6 +851,9 @@ KWARGS = {
     "momentum",
     "affine",
     "track_running_stats",
+    "normalized_shape",
+    "num_groups",
+    "num_channels",
 }
 
 
@@ -864,7 +899,15 @@ def _decode(value: Any, nodes: list) -> Any:
     raise CheckpointError("The converted graph holds a value of an unknown kind.")
 
 
+def _keyword(name: Any) -> str:
+    """A keyword argument's name (it is written into the module's generated code)."""
+    if not isinstance(name, str) or not SIMPLE_NAME.match(name) or not name.isidentifier():
+        raise CheckpointError(f"The converted graph passes an argument named {name!r}.")
+    return name
+
+
 def _checked_path(path: Any) -> str:
+    """A dotted module/tensor path of names fx writes into code as they are: plain ones only."""
     if not isinstance(path, str) or not all(PART_NAME.match(p) for p in path.split(".")):
         raise CheckpointError(f"The converted graph names a module or tensor {path!r}.")
     return path
@@ -906,7 +949,7 @@ def build_module(program: Mapping[str, Any], tensors: list[Tensor]) -> fx.GraphM
             kind, kwargs = spec["kind"], dict(spec["kwargs"])
             if kind not in MODULE_KINDS or not set(kwargs) <= KWARGS:
                 raise CheckpointError(f"The converted graph builds a module of kind {kind!r}.")
-            for key in ("kernel_size", "stride", "padding", "dilation"):
+            for key in ("kernel_size", "stride", "padding", "dilation", "normalized_shape"):
                 if isinstance(kwargs.get(key), list):
                     kwargs[key] = tuple(kwargs[key])
             module = MODULE_KINDS[kind](**kwargs)
@@ -924,7 +967,9 @@ def build_module(program: Mapping[str, Any], tensors: list[Tensor]) -> fx.GraphM
         for item in program["nodes"]:
             op, target = item["op"], item["target"]
             args = tuple(_decode(a, nodes) for a in item["args"])
-            kwargs = {str(k): _decode(v, nodes) for k, v in dict(item.get("kwargs") or {}).items()}
+            kwargs = {
+                _keyword(k): _decode(v, nodes) for k, v in dict(item.get("kwargs") or {}).items()
+            }
             if op == "placeholder":
                 node = graph.placeholder("x")
             elif op == "get_attr":

@@ -228,3 +228,31 @@ def test_converted_graph_that_allocates_without_bound_stops_in_the_reader(tmp_pa
     torch.jit.save(torch.jit.script(Hoards().eval()), str(path))
     with pytest.raises(CheckpointError, match="asks for more memory than allowed"):
         load_checkpoint(path, memory_limit=2**30)
+
+
+class LayerNormed(nn.Module):
+    """A BatchNorm net with a LayerNorm head: the LayerNorm must show as a skipped layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+        self.norm = nn.LayerNorm(4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.bn(self.conv(x)).mean((2, 3))))
+
+
+def test_other_norms_become_modules_listed_as_skipped(tmp_path):
+    from core.graph import discover_layers
+
+    net = LayerNormed().eval()
+    original = _save(net, tmp_path / "ln.pt", "script", torch.zeros(1, 3, 16, 16))
+    module = build_module(*script_to_program(original))
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(module(x), original(x))
+    found = discover_layers(module, x[:1])
+    assert [layer.name for layer in found.layers] == ["bn"]
+    assert [(s.name, s.kind) for s in found.skipped] == [("norm", "LayerNorm")]
