@@ -256,3 +256,32 @@ def test_other_norms_become_modules_listed_as_skipped(tmp_path):
     found = discover_layers(module, x[:1])
     assert [layer.name for layer in found.layers] == ["bn"]
     assert [(s.name, s.kind) for s in found.skipped] == [("norm", "LayerNorm")]
+
+
+def test_command_line_info_and_clp_defend_on_an_unregistered_archive(tmp_path, odd, capsys):
+    from core.cli import main as cli_main
+
+    path = tmp_path / "odd.pt"
+    _save(odd, path, "script", torch.zeros(1, 3, 16, 16))
+    assert cli_main(["info", str(path)]) == 0
+    text = capsys.readouterr().out
+    assert "OddNet (the file's own module, not registered)" in text
+    assert "stem.1" in text and "block.bn" in text and "CLP  applies" in text
+    out = tmp_path / "repaired.pt"
+    args = ["defend", str(path), "--method", "clp", "-k", "0.5", "--out", str(out)]
+    assert cli_main([*args, "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    reopened = load_checkpoint(out)
+    ckpt = load_checkpoint(path)
+    x = torch.rand(2, 3, 32, 32)
+    (row,) = [line.split() for line in printed.splitlines() if line.startswith("clp")]
+    pruned = int(row[2])
+    assert pruned > 0
+    with torch.no_grad():
+        assert not torch.equal(reopened.model(x), ckpt.model(x))  # the pruning travelled
+    zeroed = sum(
+        int((m.weight == 0).sum())
+        for m in reopened.model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+    )
+    assert zeroed == pruned
