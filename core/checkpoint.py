@@ -329,12 +329,13 @@ def _own_checkpoint(
 ) -> LoadedCheckpoint:
     """A checkpoint whose model is the file's own module (pickled, or converted TorchScript)."""
     metadata = module_metadata(model, state_dict, meta, path)
-    notices = [OWN_MODULE_NOTICE.format(cls=type(model).__name__)]
+    cls = metadata.arch.removesuffix(UNREGISTERED_TAIL)  # the network's name, as shown
+    notices = [OWN_MODULE_NOTICE.format(cls=cls)]
     if detection is not None:  # its weights fit a registered architecture too
         metadata = _metadata(detection, {**metadata.to_dict(), **dict(meta or {})})
-        notices = [OWN_FITS_NOTICE.format(cls=type(model).__name__, arch=detection.arch)]
+        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch)]
     elif fmt == "torchscript":
-        notices = [SCRIPTED_NOTICE.format(cls=type(model).__name__)]
+        notices = [SCRIPTED_NOTICE.format(cls=cls)]
     no_stats = tuple(
         name
         for name, m in model.named_modules()
@@ -376,7 +377,8 @@ SCRIPTED_NOTICE = (
 )
 NO_MODULE = "It holds no module of its own to use instead."
 GUESSED_SIDES = (32, 28, 64, 96, 224)  # tried in turn when the metadata names no input size
-UNREGISTERED_ARCH = "{cls} (the file's own module, not registered)"
+UNREGISTERED_TAIL = " (the file's own module, not registered)"
+UNREGISTERED_ARCH = "{cls}" + UNREGISTERED_TAIL
 
 
 def _guessed_size_notice(meta: Mapping[str, Any] | None, metadata: ModelMetadata) -> list[str]:
@@ -447,8 +449,12 @@ def module_metadata(
             f"{channels}-channel input of {', '.join(str(s) for s in GUESSED_SIDES)} pixels to "
             "class scores; give its input_size in the metadata."
         )
+    name = type(model).__name__
+    hint = merged.get("arch")
+    if name == "GraphModule" and isinstance(hint, str) and hint.endswith(UNREGISTERED_TAIL):
+        name = hint[: -len(UNREGISTERED_TAIL)]  # our TorchScript export of a converted module
     merged.update(
-        arch=UNREGISTERED_ARCH.format(cls=type(model).__name__),
+        arch=UNREGISTERED_ARCH.format(cls=name),
         num_classes=int(out.shape[1]),
         in_channels=int(channels),
         input_size=list(hw),

@@ -745,7 +745,8 @@ def convert_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[di
         if extra[TORCHSCRIPT_META_FILE]
         else None
     )
-    module_metadata(build_module(program, tensors), {}, meta, path)
+    weights = dict(zip(program["tensors"], tensors, strict=True))  # first conv: its channels
+    module_metadata(build_module(program, tensors), weights, meta, path)
     return {"program": program}, tensors
 
 

@@ -111,6 +111,20 @@ def test_unregistered_torchscript_loads_as_it_is(tmp_path, odd):
     assert clp["stem.1"].shape == (6,) and all(torch.isfinite(v).all() for v in clp.values())
 
 
+def test_one_channel_archive_and_its_export_keep_channels_and_name(tmp_path):
+    net = _randomised(OddNet(channels=1))
+    path = tmp_path / "gray.pt"
+    _save(net, path, "script", torch.zeros(1, 1, 28, 28))
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata.in_channels == 1 and ckpt.metadata.arch.startswith("OddNet ")
+    out = export_model(ckpt.model, tmp_path / "again.pt", fmt="torchscript", metadata=ckpt.metadata)
+    again = load_checkpoint(out)
+    assert again.metadata.in_channels == 1 and again.metadata.arch.startswith("OddNet ")
+    x = torch.rand(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(again.model(x), net(x))
+
+
 def test_torchscript_export_reopens_with_the_same_predictions(tmp_path, odd):
     path = tmp_path / "odd.pt"
     _save(odd, path, "trace", torch.zeros(1, 3, 32, 32))
