@@ -29,6 +29,7 @@ MODEL_FORMATS = {
     "seed": "seed format (.pth: state_dict + trigger + metadata)",
     "state_dict": "bare state_dict (.pth)",
     "safetensors": "safetensors (.safetensors, metadata in header)",
+    "torchscript": "TorchScript (.pt: reopens a model of its own architecture as it is)",
 }
 HEATMAP_PNG = "heatmap.png"
 CURVE_PNG = "tradeoff.png"

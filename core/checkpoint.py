@@ -236,7 +236,9 @@ def load_checkpoint(
     memory_limit: int | None = None,
     inputs: Mapping[str, Any] | None = None,
 ) -> LoadedCheckpoint:
-    """Load a checkpoint of any supported format into a registered architecture.
+    """Load a checkpoint of any supported format into a registered architecture, or use the
+    file's own module: a trusted pickled module as it is, a TorchScript archive of an
+    unregistered network converted into plain layers and allowed operations (`core.scripted`).
 
     ``inputs`` (the command line's overrides: "size", "mean", "std") replace what the file's
     metadata says before it is checked, so a wrong field can be corrected rather than refused.
@@ -270,40 +272,27 @@ def load_checkpoint(
         meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
     meta = _with_inputs(meta, inputs)
 
+    own = bool(info.get("own_module")) and trust_pickle and arch is None
     try:
         detection = _detect(state_dict, arch, meta)
     except ArchitectureMismatch as e:
-        if fmt == "torchscript":
-            raise ArchitectureMismatch(f"{e} {TORCHSCRIPT_UNREGISTERED}") from None
+        if fmt == "torchscript" and arch is None:
+            # the archive's own forward, converted into allowed operations (core.scripted)
+            from core.scripted import load_scripted
+
+            model = load_scripted(
+                path, state_dict, trust_pickle, str(e), cancel, timeout, memory_limit
+            )
+            return _own_checkpoint(path, fmt, model, state_dict, meta, info, extras, trigger)
         carries_module = fmt == "pickled-module" or fmt.startswith("wrapped:")
-        if not carries_module or not trust_pickle or arch is not None:
+        if not own and carries_module and trust_pickle and arch is None:
+            raise ArchitectureMismatch(f"{e} {NO_MODULE}") from None
+        if not own:
             raise
-        # the file carries its own module and the user trusts it: use the module as it is
-        try:
-            model, metadata = own_module(path, state_dict, meta)
-        except ArchitectureMismatch as no_module:
-            raise ArchitectureMismatch(f"{e} {no_module}") from None
-        no_stats = tuple(
-            name
-            for name, m in model.named_modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None
-        )
-        _check_trigger(trigger, path)
-        return LoadedCheckpoint(
-            path=path,
-            format=fmt,
-            model=model,
-            state_dict=state_dict,
-            metadata=metadata,
-            trigger=trigger,
-            poisoned_test=_poisoned_test(info, extras, metadata, path),
-            notices=_notices(info, path)
-            + [OWN_MODULE_NOTICE.format(cls=type(model).__name__)]
-            + _guessed_size_notice(meta, metadata)
-            + running_stats_notice(
-                Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
-            ),
-        )
+        detection = None
+    if own:  # the file carries its own module and the user trusts it: use it as it is
+        model = own_module(path, state_dict)
+        return _own_checkpoint(path, fmt, model, state_dict, meta, info, extras, trigger, detection)
     metadata = _metadata(detection, meta)
     _check_trigger(trigger, path)
     poisoned_test = _poisoned_test(info, extras, metadata, path)
@@ -331,18 +320,70 @@ def load_checkpoint(
 
 # ---- a file that carries its own module (trusted) --------------------------------------------
 
+
+def _own_checkpoint(
+    path: Path,
+    fmt: str,
+    model: nn.Module,
+    state_dict: dict[str, Tensor],
+    meta: Mapping[str, Any] | None,
+    info: Mapping[str, Any],
+    extras: Mapping[str, Tensor],
+    trigger: Tensor | None,
+    detection: Detection | None = None,
+) -> LoadedCheckpoint:
+    """A checkpoint whose model is the file's own module (pickled, or converted TorchScript)."""
+    metadata = module_metadata(model, state_dict, meta, path)
+    cls = metadata.arch.removesuffix(UNREGISTERED_TAIL)  # the network's name, as shown
+    notices = [OWN_MODULE_NOTICE.format(cls=cls)]
+    if detection is not None:  # its weights fit a registered architecture too
+        metadata = _metadata(detection, {**metadata.to_dict(), **dict(meta or {})})
+        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch)]
+    elif fmt == "torchscript":
+        notices = [SCRIPTED_NOTICE.format(cls=cls)]
+    no_stats = tuple(
+        name
+        for name, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_var is None
+    )
+    _check_trigger(trigger, path)
+    return LoadedCheckpoint(
+        path=path,
+        format=fmt,
+        model=model,
+        state_dict=state_dict,
+        metadata=metadata,
+        trigger=trigger,
+        poisoned_test=_poisoned_test(info, extras, metadata, path),
+        notices=_notices(info, path)
+        + notices
+        + _guessed_size_notice(meta, metadata)
+        + running_stats_notice(
+            Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
+        ),
+    )
+
+
 OWN_MODULE_NOTICE = (
     "The file's own module ({cls}) is used as it is: its architecture is not registered. "
-    "Its weights can be exported as a state_dict or safetensors (with a sidecar of metadata); "
-    "the seed format, which is reopened by architecture, needs a registered one."
+    "Export it as TorchScript (--format torchscript) to reopen it as it is; a state_dict or "
+    "safetensors export keeps its weights (with a sidecar of metadata); the seed format, which "
+    "is reopened by architecture, needs a registered one."
 )
-TORCHSCRIPT_UNREGISTERED = (
-    "A TorchScript archive of an unregistered architecture cannot be inspected: its layers run "
-    "as compiled code, which the engine's hooks on BatchNorm inputs never see. Save the model "
-    "with torch.save(model) (then open it with trust) or as a state_dict of a registered one."
+OWN_FITS_NOTICE = (
+    "The file's own module ({cls}) is used as it is, with its own forward; its weights also "
+    "fit {arch}, so exports in the seed, state_dict or safetensors format reopen as {arch} "
+    "(TorchScript exports keep this forward)."
 )
+SCRIPTED_NOTICE = (
+    "The archive's own forward ({cls}) is used as it is: its architecture is not registered, "
+    "and its TorchScript graph was converted into plain layers and allowed tensor operations "
+    "without running its code. Export it as TorchScript (--format torchscript) to reopen it."
+)
+NO_MODULE = "It holds no module of its own to use instead."
 GUESSED_SIDES = (32, 28, 64, 96, 224)  # tried in turn when the metadata names no input size
-UNREGISTERED_ARCH = "{cls} (the file's own module, not registered)"
+UNREGISTERED_TAIL = " (the file's own module, not registered)"
+UNREGISTERED_ARCH = "{cls}" + UNREGISTERED_TAIL
 
 
 def _guessed_size_notice(meta: Mapping[str, Any] | None, metadata: ModelMetadata) -> list[str]:
@@ -355,15 +396,12 @@ def _guessed_size_notice(meta: Mapping[str, Any] | None, metadata: ModelMetadata
     ]
 
 
-def own_module(
-    path: Path, state_dict: Mapping[str, Tensor], meta: Mapping[str, Any] | None
-) -> tuple[nn.Module, ModelMetadata]:
-    """Trusted only: the pickled nn.Module of ``path`` as the model (CPU, eval) and its metadata.
+def own_module(path: Path, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """Trusted only: the pickled nn.Module of ``path`` as the model (CPU, eval).
 
     The child has already parsed the file with the user's consent, but a module cannot come
     back from it as tensors: it is unpickled again here, and must hold exactly the weights the
-    child read (the file did not change in between). The class count comes from one forward
-    pass on zeros of the metadata's input size, or of the first guessed size that runs.
+    child read (the file did not change in between).
     """
     kind = _sniff(path)
     obj = (
@@ -372,7 +410,7 @@ def own_module(
     if isinstance(obj, Mapping):  # {"model": module, "epoch": ...} as training scripts save
         obj = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), nn.Module)), obj)
     if not isinstance(obj, nn.Module):
-        raise ArchitectureMismatch("It holds no module of its own to use instead.")
+        raise ArchitectureMismatch(NO_MODULE)
     model = obj.cpu().eval()
     mine = _clean_state_dict(model.state_dict(), path)
     same = mine.keys() == state_dict.keys() and all(
@@ -380,6 +418,17 @@ def own_module(
     )
     if not same:
         raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
+    return model
+
+
+def module_metadata(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    meta: Mapping[str, Any] | None,
+    path: Path,
+) -> ModelMetadata:
+    """Metadata of a module used as it is: the class count from one forward pass on zeros of
+    the metadata's input size, or of the first guessed size that runs."""
     merged = dict(meta or {})
     convs = [v for v in state_dict.values() if v.dim() == 4]
     channels = merged.get("in_channels") or (int(convs[0].shape[1]) if convs else 3)
@@ -390,7 +439,12 @@ def own_module(
         try:
             with torch.no_grad():
                 out = model(torch.zeros(1, int(channels), *hw))
-        except Exception:  # noqa: BLE001 - a size the module does not accept: try the next
+        except Exception as e:  # noqa: BLE001 - a size the module does not accept: try the next
+            if isinstance(e, MemoryError) or _allocation_failed(e):
+                raise CheckpointError(
+                    f"{path.name} holds a module ({type(model).__name__}) whose forward pass on "
+                    f"one {hw[0]}×{hw[1]} input asks for more memory than allowed or available."
+                ) from None
             continue
         if isinstance(out, Tensor) and out.dim() == 2:
             break
@@ -400,15 +454,19 @@ def own_module(
             f"{channels}-channel input of {', '.join(str(s) for s in GUESSED_SIDES)} pixels to "
             "class scores; give its input_size in the metadata."
         )
+    name = type(model).__name__
+    hint = merged.get("arch")
+    if name == "GraphModule" and isinstance(hint, str) and hint.endswith(UNREGISTERED_TAIL):
+        name = hint[: -len(UNREGISTERED_TAIL)]  # our TorchScript export of a converted module
     merged.update(
-        arch=UNREGISTERED_ARCH.format(cls=type(model).__name__),
+        arch=UNREGISTERED_ARCH.format(cls=name),
         num_classes=int(out.shape[1]),
         in_channels=int(channels),
         input_size=list(hw),
     )
     metadata = ModelMetadata.from_dict(merged)
     _check_metadata_trigger(metadata)
-    return model, metadata
+    return metadata
 
 
 def _check_path(path: Path) -> None:
@@ -504,6 +562,7 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
         extras["trigger"] = trigger
     info = {
         "format": fmt,
+        "own_module": isinstance(raw, _ModuleWeights),
         "names": list(state_dict),
         "extras": list(extras),
         "meta": None if meta is None else _meta_to_json(meta, path),
@@ -882,7 +941,7 @@ def _unsafe_text(path: Path, why: str) -> str:
 def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | None]:
     """(format, raw state_dict, trigger, metadata dict) from a torch.load result."""
     if isinstance(obj, nn.Module):
-        return "pickled-module", obj.state_dict(), None, None
+        return "pickled-module", _ModuleWeights(obj.state_dict()), None, None
     if not isinstance(obj, Mapping):
         raise CheckpointError(
             f"{path.name} holds a {type(obj).__name__}, not a state_dict or a checkpoint dict."
@@ -911,12 +970,16 @@ def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | No
     key = candidates[0]
     inner = obj[key]
     if isinstance(inner, nn.Module):
-        inner = inner.state_dict()
+        inner = _ModuleWeights(inner.state_dict())
     if key == "state_dict" and (trigger is not None or meta is not None):
         fmt = "seed"
     else:
         fmt = f"wrapped:{key}"
     return fmt, inner, (trigger.detach().clone() if trigger is not None else None), meta
+
+
+class _ModuleWeights(dict):
+    """The state_dict of a pickled module (the file carries a module of its own)."""
 
 
 def _holds_weights(value: Any) -> bool:

@@ -380,7 +380,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.2, help="blend weight of a trigger image")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
     p.add_argument("--out", type=Path, help="write the pruned model here")
-    p.add_argument("--format", choices=("seed", "state_dict", "safetensors"))
+    p.add_argument("--format", choices=("seed", "state_dict", "safetensors", "torchscript"))
     p.add_argument("--report", type=Path, help="write a JSON report here")
     _add_input_args(p)
     p.set_defaults(func=cmd_defend)

@@ -29,8 +29,13 @@ from core.errors import BnpError
 from core.masks import PruneMask
 from core.triggers import PatchTrigger
 
-EXPORT_FORMATS = ("seed", "state_dict", "safetensors")
-SUFFIXES = {"seed": ".pth", "state_dict": ".pth", "safetensors": ".safetensors"}
+EXPORT_FORMATS = ("seed", "state_dict", "safetensors", "torchscript")
+SUFFIXES = {
+    "seed": ".pth",
+    "state_dict": ".pth",
+    "safetensors": ".safetensors",
+    "torchscript": ".pt",
+}
 
 
 def format_for_path(path: str | Path) -> str:
@@ -203,7 +208,9 @@ def export_model(
     source: str | Path | None = None,
 ) -> Path:
     """Write the (pruned) model as `fmt`: seed {'state_dict','trigger','meta'}, bare
-    state_dict, or safetensors with our metadata in its header."""
+    state_dict, safetensors with our metadata in its header, or TorchScript (the model traced
+    on zeros of the metadata's input size, the metadata in the archive's extra/bnp_meta.json):
+    the format that reopens a model whose architecture is not registered as it is."""
     if fmt not in EXPORT_FORMATS:
         raise BnpError(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.")
     if fmt == "seed" and metadata is not None and metadata.arch not in ARCHITECTURES:
@@ -227,6 +234,8 @@ def export_model(
             save_torch(obj, tmp)
         elif fmt == "state_dict":
             save_torch(state_dict, tmp)  # no room for metadata: a sidecar JSON beside it
+        elif fmt == "torchscript":
+            _write_bytes(tmp, _traced_bytes(model, mask, metadata, meta))
         else:
             from safetensors.torch import save
 
@@ -239,6 +248,32 @@ def export_model(
         data = json.dumps(json_ready(meta), indent=1).encode("utf-8")
         atomic_write(sidecar_path(path), lambda tmp: _write_bytes(tmp, data))
     return path
+
+
+def _traced_bytes(model: nn.Module, mask, metadata: ModelMetadata | None, meta) -> bytes:
+    """The pruned model traced into a TorchScript archive, with our metadata beside it."""
+    import io
+    import warnings
+
+    from core.checkpoint import TORCHSCRIPT_META_FILE
+
+    if metadata is None:
+        raise BnpError("A TorchScript export needs the model's metadata (its input size).")
+    pruned = copy.deepcopy(model).cpu().eval()
+    if mask is not None:
+        mask.apply_(pruned)
+    example = torch.zeros(1, metadata.in_channels, *metadata.input_size)
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        try:
+            traced = torch.jit.trace(pruned, example, check_trace=False)
+        except Exception as e:  # noqa: BLE001 - tracing fails in many ways on odd modules
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise BnpError(f"The model cannot be exported as TorchScript: {text}") from None
+        buffer = io.BytesIO()
+        extra = {TORCHSCRIPT_META_FILE: json.dumps(json_ready(meta)) if meta is not None else "{}"}
+        torch.jit.save(traced, buffer, _extra_files=extra)
+    return buffer.getvalue()
 
 
 def json_ready(value):

@@ -1,5 +1,6 @@
-"""A file that carries its own module: a pickled nn.Module of an unregistered class is used as it
-is with trust (never without), a TorchScript archive of one is refused with the reason."""
+"""A file that carries its own module is used as it is: a pickled nn.Module with trust (never
+without), registered or not; a TorchScript archive of an unregistered network converted
+(core.scripted, tested in test_torchscript_scripted.py)."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from core.checkpoint import load_checkpoint
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
 from core.export import export_model
 from core.inspection import Inspection
+from core.models.cifar_resnet import CifarResNet
 
 
 class TinyCustomNet(nn.Module):
@@ -85,12 +87,62 @@ def test_own_module_exports_weights_not_seed(tmp_path, custom):
     assert "TinyCustomNet" in (tmp_path / "out_sd.pth.bnp.json").read_text()
 
 
-def test_torchscript_of_unregistered_net_is_refused_with_the_reason(tmp_path, custom):
+def test_torchscript_of_unregistered_net_is_used_as_it_is(tmp_path, custom):
     path = tmp_path / "custom.pt"
     torch.jit.save(torch.jit.trace(custom, torch.zeros(1, 3, 32, 32)), path)
+    x = torch.rand(2, 3, 32, 32)
     for trust in (False, True):
-        with pytest.raises(ArchitectureMismatch, match="compiled code"):
-            load_checkpoint(path, trust_pickle=trust)
+        ckpt = load_checkpoint(path, trust_pickle=trust)
+        assert "TinyCustomNet" in ckpt.metadata.arch and ckpt.metadata.num_classes == 7
+        with torch.no_grad():
+            assert torch.equal(ckpt.model(x), custom(x))
+
+
+class DoubledResNet20(CifarResNet):
+    """cifar_resnet20's weights with a forward of its own (its logits doubled)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2 * super().forward(x)
+
+
+def test_trusted_module_fitting_a_registered_arch_keeps_its_own_forward(tmp_path):
+    from core.architectures import build_model
+
+    torch.manual_seed(2)
+    registered = build_model("cifar_resnet20", 10, 3).eval()
+    own = DoubledResNet20((16, 32, 64), (3, 3, 3), 10, 3).eval()
+    own.load_state_dict(registered.state_dict())
+    path = tmp_path / "doubled.pth"
+    torch.save(own, path)
+    ckpt = load_checkpoint(path, trust_pickle=True)
+    assert type(ckpt.model).__name__ == "DoubledResNet20"
+    assert ckpt.metadata.arch == "cifar_resnet20"  # its weights fit: seed exports reopen so
+    assert any("own forward" in n for n in ckpt.notices)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), 2 * registered(x))
+    # exported as TorchScript: registered weights keep today's path, rebuilt as registered
+    out = export_model(
+        ckpt.model, tmp_path / "doubled.pt", fmt="torchscript", metadata=ckpt.metadata
+    )
+    reopened = load_checkpoint(out)
+    assert reopened.metadata.arch == "cifar_resnet20"
+    with torch.no_grad():
+        assert torch.equal(reopened.model(x), registered(x))
+
+
+def test_trusted_unregistered_module_exported_as_torchscript_reopens_as_it_is(tmp_path, custom):
+    path = tmp_path / "custom.pth"
+    torch.save(custom, path)
+    ckpt = load_checkpoint(path, trust_pickle=True)
+    out = export_model(
+        ckpt.model, tmp_path / "custom.pt", fmt="torchscript", metadata=ckpt.metadata
+    )
+    reopened = load_checkpoint(out)  # no trust needed: its graph is converted, not run
+    assert reopened.metadata.input_size == ckpt.metadata.input_size
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(reopened.model(x), custom(x))
 
 
 def test_torchscript_resnet20_gives_the_registered_layers_and_scores(tmp_path):
