@@ -18,7 +18,8 @@ prune (many k give the same mask), the unpruned model's predictions come from th
 pass, a mask that surely misses the goal is rejected after a first chunk of suspected samples,
 a clean-accuracy count stops once the budget is surely exceeded, a configuration is searched
 only over the k that prune no more than the best found so far, and, with no repair, a
-configuration whose most pruning mask cannot beat the best estimate so far is not searched.
+configuration is searched for its lowest estimate within budget only when the largest k that
+would match the best estimate so far stays within the budget.
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ class _Search:
         self.target = analysis.target
         self.unpruned = unpruned  # set name → the unpruned model's predictions (or missing)
         self.asr_cache: dict[tuple, AsrEstimate] = {}
-        self.rejected: dict[tuple, AsrEstimate] = {}  # screened out: a lower bound only
+        self.rejected: dict[tuple, tuple[float, AsrEstimate]] = {}  # screened out: goal, bound
         self.acc_cache: dict[tuple, float] = {}
         self.steps = 0
         self.target_rows = (
@@ -184,18 +185,20 @@ class _Search:
             return known[rows]
         return self.probe.predict(name, mask, index=rows, cancel=self.cancel)
 
-    def asr(self, mask: PruneMask, screen: bool = False) -> AsrEstimate:
-        """Estimated ASR of `mask`. With `screen`, a mask that surely misses the goal is
-        rejected after a first chunk of samples (its estimate then only says "above")."""
+    def asr(self, mask: PruneMask, screen: bool = False, goal: float | None = None) -> AsrEstimate:
+        """Estimated ASR of `mask`. With `screen`, a mask that surely misses `goal` (default:
+        the search's) is rejected after a first chunk of samples: its estimate is then only a
+        lower bound, above that goal."""
+        goal = self.goal if goal is None else goal
         key = self.key(mask)
         if key in self.asr_cache:
             return self.asr_cache[key]
-        if screen and key in self.rejected:
-            return self.rejected[key]
+        if screen and key in self.rejected and goal <= self.rejected[key][0]:
+            return self.rejected[key][1]
         self.tick()
         n = len(self.index)
         # with the correction the raw share may exceed the goal by at most the prior
-        allowed = n * (self.goal / 100 * (1 - self.prior) + self.prior) if screen else None
+        allowed = n * (goal / 100 * (1 - self.prior) + self.prior) if screen else None
         preds, hits = [], 0
         for start in range(0, n, SCREEN_CHUNK if screen else max(n, 1)):
             rows = self.index[start : start + (SCREEN_CHUNK if screen else n)]
@@ -203,8 +206,9 @@ class _Search:
             preds.append(pred)
             hits += int((pred == self.target).sum())
             if allowed is not None and hits > allowed + 1e-9:
-                self.rejected[key] = AsrEstimate(100.0 * hits / n, n, target=self.target)
-                return self.rejected[key]
+                estimate = AsrEstimate(100.0 * hits / n, n, target=self.target)
+                self.rejected[key] = (goal, estimate)
+                return estimate
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
         recall = None
         if len(self.target_rows):
@@ -390,8 +394,8 @@ def _smallest(search: _Search, configs, ks, mask_of, good_enough):
     for config in configs:
         if mask_of(config, ks[0])[1].count() == 0:
             continue
-        if best is not None and mask_of(config, ks[-1])[1].count() >= best[0]:
-            continue  # even its smallest pruning is no smaller than the best so far
+        if best is not None and mask_of(config, ks[-1])[1].count() > best[0]:
+            continue  # even its smallest pruning is larger than the best so far
         start = 0  # the smallest k pruning no more than the best so far (counts fall with k)
         if best is not None:
             lo, hi = -1, len(ks) - 1  # ks[hi] prunes ≤ best; ks[lo] (or below) more
@@ -427,18 +431,21 @@ def _smallest(search: _Search, configs, ks, mask_of, good_enough):
 def _best_fallback(search: _Search, configs, ks, mask_of):
     """No repair: the lowest estimated ASR within the budget (ties: fewer neurons, then the
     earlier configuration), as (chosen, combine, mask, estimate, acc); None if nothing fits.
-    A configuration's most pruning mask bounds its estimates from below (the estimate falls as
-    more is pruned), so configurations are taken in the order of that bound and the search
-    stops once the bound cannot beat the best so far."""
-    bounds = []
-    for position, config in enumerate(configs):
-        mask = mask_of(config, ks[0])[1]
-        if mask.count() > 0:
-            bounds.append((search.asr(mask).percent, position, config))
+    Per configuration that is its smallest k within the budget (the estimate falls as more is
+    pruned). Once a best is known, a configuration is searched only if the largest k whose
+    estimate is no higher than the best's stays within the budget; if it does not, every k
+    that would do as well prunes more and costs more accuracy."""
     best = None  # (percent, pruned, position, chosen, combine, mask, estimate, acc)
-    for bound, position, config in sorted(bounds, key=lambda b: (b[0], b[1])):
-        if best is not None and bound > best[0] + 1e-9:
-            break
+    for position, config in enumerate(configs):
+        if mask_of(config, ks[0])[1].count() == 0:
+            continue
+        if best is not None:
+            bar = best[0]
+            at_most = _largest_k(search, config, ks, mask_of, bar)
+            if at_most is None:
+                continue
+            if not search.within_budget(search.accuracy(mask_of(config, ks[at_most])[1])):
+                continue
         found = _lowest_within_budget(search, config, ks, mask_of)
         if found is None:
             continue
@@ -449,6 +456,29 @@ def _best_fallback(search: _Search, configs, ks, mask_of):
     if best is None:
         return None
     return best[3], best[4], best[5], best[6], best[7]
+
+
+def _largest_k(search: _Search, config, ks, mask_of, bar: float) -> int | None:
+    """Index of the largest k whose (non-empty) mask has an estimate ≤ `bar`; None if none
+    has (bisection, screening against `bar`)."""
+
+    def low(index: int) -> bool:
+        mask = mask_of(config, ks[index])[1]
+        if mask.count() == 0:
+            return False
+        estimate = search.asr(mask, screen=True, goal=bar)
+        return estimate.percent is not None and estimate.percent <= bar + 1e-9
+
+    if not low(0):
+        return None
+    good, bad = 0, len(ks)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if low(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 def _lowest_within_budget(search: _Search, config, ks, mask_of):
