@@ -439,13 +439,8 @@ def _best_fallback(search: _Search, configs, ks, mask_of):
     for position, config in enumerate(configs):
         if mask_of(config, ks[0])[1].count() == 0:
             continue
-        if best is not None:
-            bar = best[0]
-            at_most = _largest_k(search, config, ks, mask_of, bar)
-            if at_most is None:
-                continue
-            if not search.within_budget(search.accuracy(mask_of(config, ks[at_most])[1])):
-                continue
+        if best is not None and not _may_beat(search, config, ks, mask_of, best[0], best[1]):
+            continue
         found = _lowest_within_budget(search, config, ks, mask_of)
         if found is None:
             continue
@@ -458,16 +453,35 @@ def _best_fallback(search: _Search, configs, ks, mask_of):
     return best[3], best[4], best[5], best[6], best[7]
 
 
-def _largest_k(search: _Search, config, ks, mask_of, bar: float) -> int | None:
-    """Index of the largest k whose (non-empty) mask has an estimate ≤ `bar`; None if none
-    has (bisection, screening against `bar`)."""
+def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int) -> bool:
+    """Whether the configuration's smallest k within budget can have a lower estimate than
+    `percent`, or the same with fewer neurons than `pruned`. It can only if the largest k with
+    an estimate below `percent` stays within the budget (more pruning costs more accuracy), or
+    for a tie, if the largest k with an estimate ≤ `percent` prunes fewer and stays within."""
+    below = _largest_k(search, config, ks, mask_of, percent, strict=True)
+    if below is not None and search.within_budget(search.accuracy(mask_of(config, ks[below])[1])):
+        return True
+    at_most = _largest_k(search, config, ks, mask_of, percent)
+    if at_most is None:
+        return False
+    mask = mask_of(config, ks[at_most])[1]
+    return mask.count() < pruned and search.within_budget(search.accuracy(mask))
+
+
+def _largest_k(
+    search: _Search, config, ks, mask_of, bar: float, strict: bool = False
+) -> int | None:
+    """Index of the largest k whose (non-empty) mask has an estimate ≤ `bar` (with `strict`:
+    < `bar`); None if none has (bisection, screening against `bar`)."""
 
     def low(index: int) -> bool:
         mask = mask_of(config, ks[index])[1]
         if mask.count() == 0:
             return False
         estimate = search.asr(mask, screen=True, goal=bar)
-        return estimate.percent is not None and estimate.percent <= bar + 1e-9
+        if estimate.percent is None:
+            return False
+        return estimate.percent < bar - 1e-9 if strict else estimate.percent <= bar + 1e-9
 
     if not low(0):
         return None
@@ -483,13 +497,22 @@ def _largest_k(search: _Search, config, ks, mask_of, bar: float) -> int | None:
 
 def _lowest_within_budget(search: _Search, config, ks, mask_of):
     """Per configuration, the smallest k whose clean accuracy stays within the budget
-    (bisection), with its estimate; None where even its largest k costs too much."""
+    (bisection, started from the accuracies already counted), with its estimate; None where
+    even its largest k costs too much."""
     hi = len(ks) - 1  # the largest k that prunes anything
     while hi >= 0 and mask_of(config, ks[hi])[1].count() == 0:
         hi -= 1
     if hi < 0:
         return None
     lo = -1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
+    for index in range(hi + 1):  # what earlier steps already know narrows the bisection
+        known = search.acc_cache.get(search.key(mask_of(config, ks[index])[1]))
+        if known is None:
+            continue
+        if search.within_budget(known):
+            hi = index
+            break
+        lo = index
     if not search.within_budget(search.accuracy(mask_of(config, ks[hi])[1])):
         return None
     while hi - lo > 1:
