@@ -185,9 +185,7 @@ def test_reused_predictions_give_the_same_suggestion(backdoored):
     p, probe, analysis = backdoored
     fast = suggest(p.inspection, analysis, p.train, p.clean, probe=probe)
     forwards = probe.forwards
-    plain = suggest(
-        p.inspection, analysis, p.train, p.clean, probe=probe, reuse_statistics=False
-    )
+    plain = suggest(p.inspection, analysis, p.train, p.clean, probe=probe, reuse_statistics=False)
     assert probe.forwards > forwards  # the plain one ran the unpruned model again
     assert (fast.methods, fast.combine, fast.pruned) == (plain.methods, plain.combine, plain.pruned)
     assert _key(fast.mask) == _key(plain.mask) and fast.why == plain.why
