@@ -6,7 +6,7 @@ One statistics pass = `Inspection.collect` over the demo's clean (500) and suspe
 samples, what the window's Analyze runs. The suggestion = suspect analysis (scores, split,
 target) + `core.suggest.suggest` with its probe, everything that follows the analysis. Rounds
 alternate the two; the medians and their ratio are printed (target: suggestion ≤ 5 s on 2
-cores).
+cores), with the machine's load average, since other jobs slow both.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def main() -> None:
         suggest_times.append(time.perf_counter() - start)
     stats_s, suggest_s = statistics.median(stats_times), statistics.median(suggest_times)
     print(f"threads             {args.threads}")
+    print(f"load average        {os.getloadavg()[0]:.1f} (1 min, at the end)")
     print(f"statistics pass     {stats_s:6.2f} s  (1000 samples; rounds {_fmt(stats_times)})")
     print(f"suggestion          {suggest_s:6.2f} s  (rounds {_fmt(suggest_times)}; target ≤ 5 s)")
     print(f"ratio               {suggest_s / stats_s:6.2f} × one statistics pass")

@@ -57,13 +57,19 @@ class Statistics:
 
     layers: dict[str, LayerStatistics]
     n_samples: int
+    # N int64: the unpruned model's predicted class per sample (the pass runs the whole model
+    # anyway); None where its output is not one row of class scores per sample
+    predictions: torch.Tensor | None = None
 
     def merge(self, other: Statistics) -> Statistics:
         """Statistics of both data sets as if collected in one pass."""
         if self.layers.keys() != other.layers.keys():
             raise BnpError("Cannot merge statistics collected on different layers.")
         layers = {name: stats.merge(other.layers[name]) for name, stats in self.layers.items()}
-        return Statistics(layers, self.n_samples + other.n_samples)
+        predictions = None
+        if self.predictions is not None and other.predictions is not None:
+            predictions = torch.cat([self.predictions, other.predictions])
+        return Statistics(layers, self.n_samples + other.n_samples, predictions)
 
 
 def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
@@ -175,6 +181,7 @@ def collect_statistics(
     running = {layer.name: _Running(layer.channels) for layer in layers}
     collector = _Collector(model, layers)
     total, done = len(images), 0
+    predictions: list[torch.Tensor] | None = []
     try:
         with torch.inference_mode():
             while done < total:
@@ -184,7 +191,7 @@ def collect_statistics(
                 x = spec.prepare(images.images[done:end], trigger).to(device)
                 try:
                     collector.batch.clear()
-                    model(x)
+                    out = model(x)
                 except torch.OutOfMemoryError:
                     if batch_size == 1 or device.type != "cuda":
                         raise
@@ -193,10 +200,15 @@ def collect_statistics(
                     continue
                 for name, (means, m2, maxima, hw) in collector.batch.items():
                     running[name].add(means.cpu(), m2.cpu(), maxima.cpu(), hw)
+                if predictions is not None:
+                    if isinstance(out, torch.Tensor) and out.ndim == 2 and len(out) == len(x):
+                        predictions.append(out.argmax(1).cpu())
+                    else:
+                        predictions = None
                 done = end
                 if progress is not None:
                     progress(done, total)
     finally:
         collector.remove()
     stats = {name: r.result() for name, r in running.items()}
-    return Statistics(stats, total)
+    return Statistics(stats, total, torch.cat(predictions) if predictions else None)

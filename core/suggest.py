@@ -2,16 +2,29 @@
 
 Among the configurations the window offers (one method, or several combined by union or
 intersection, at a shared threshold k), the suggestion is the one pruning the fewest neurons
-whose *estimated* ASR (`core.suspects`) is at most `asr_goal` while the accuracy on the clean
-labelled samples drops at most `acc_budget` points. The search uses that pruning more neurons
-(a smaller k) lowers the ASR and the accuracy: per configuration, a bisection over k finds the
-largest k whose estimated ASR is low enough, then one accuracy check decides. When no
-configuration repairs within the budget, the suggestion says so and names the configuration
-with the lowest estimated ASR that stays within it.
+whose *estimated* ASR (`core.suspects`) is low enough while the accuracy on the clean labelled
+samples drops at most `acc_budget` points. "Low enough" is asked of the estimate's 95 % upper
+bound (Wilson, from the n suspected samples): at most `asr_goal`, or, where n is too small for
+any bound that low, the bound of an estimate of zero — the lowest n samples can show. Only when
+no configuration meets that does a point estimate ≤ `asr_goal` count, and the explanation
+says it rests on too few samples. The search uses that pruning more neurons (a smaller k)
+lowers the ASR and the accuracy: per configuration, a bisection over k finds the largest k whose
+estimate is low enough, then one accuracy check decides. When no configuration repairs within
+the budget, the suggestion says so and names the configuration with the lowest estimated ASR
+that stays within it.
+
+Evaluations are kept cheap without changing the answer: masks are cached by the neurons they
+prune (many k give the same mask), the unpruned model's predictions come from the statistics
+pass, a mask that surely misses the goal is rejected after a first chunk of suspected samples,
+a clean-accuracy count stops once the budget is surely exceeded, a configuration is searched
+only over the k that prune no more than the best found so far, and, with no repair, a
+configuration is searched for its lowest estimate within budget only when the largest k that
+would match the best estimate so far stays within the budget.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +81,7 @@ class Suggestion:
     asr_goal: float = ASR_GOAL
     tried: int = 0  # masks evaluated
     mask: PruneMask = field(default_factory=PruneMask, repr=False)
+    sure: bool = False  # repairs, and the estimate's 95 % upper bound says so too
 
     @property
     def clean_acc_drop(self) -> float | None:
@@ -93,6 +107,10 @@ class Suggestion:
             "acc_budget": self.acc_budget,
             "asr_goal": self.asr_goal,
             "n_suspected": self.estimate.n,
+            "estimated_asr_upper95": None
+            if self.estimate.percent is None
+            else round(upper_bound(self.estimate.percent, self.estimate.n), 2),
+            "sure": self.sure,
         }
 
 
@@ -104,17 +122,37 @@ def describe(methods: Mapping[str, float], combine: str) -> str:
     return sign.join(f"{METHOD_NAMES[m]} k={k:g}" for m, k in methods.items())
 
 
+def upper_bound(percent: float, n: int) -> float:
+    """95 % Wilson upper bound (%) of an estimated share `percent` of `n` samples, the share
+    taken as estimated (after the target-class correction, not rounded to whole samples)."""
+    if n <= 0:
+        return 100.0
+    z, p = 1.96, min(max(percent / 100, 0.0), 1.0)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return 100 * min(1.0, centre + half)
+
+
+def required_bound(goal: float, n: int) -> float:
+    """The upper bound an estimate from `n` samples must reach to count as a sure repair: the
+    goal, or, where `n` is too small for any bound that low, the bound of an estimate of 0."""
+    return max(goal, upper_bound(0.0, n))
+
+
 class _Search:
     """Cached estimated ASR and clean accuracy of masks (keyed by the pruned neurons)."""
 
-    def __init__(self, probe, analysis, clean_labels, goal, budget, cancel, progress, total):
+    def __init__(
+        self, probe, analysis, clean_labels, goal, budget, cancel, progress, total, unpruned
+    ):
         self.probe, self.analysis, self.goal, self.budget = probe, analysis, goal, budget
         self.clean_labels = clean_labels
         self.cancel, self.progress, self.total = cancel, progress, total
         self.index = analysis.suspected_index()
         self.target = analysis.target
+        self.unpruned = unpruned  # set name → the unpruned model's predictions (or missing)
         self.asr_cache: dict[tuple, AsrEstimate] = {}
-        self.rejected: dict[tuple, AsrEstimate] = {}  # screened out: a lower bound only
+        self.rejected: dict[tuple, tuple[float, AsrEstimate]] = {}  # screened out: goal, bound
         self.acc_cache: dict[tuple, float] = {}
         self.steps = 0
         self.target_rows = (
@@ -140,33 +178,41 @@ class _Search:
         if self.progress is not None:
             self.progress(min(self.steps, self.total - 1), self.total)
 
-    def asr(self, mask: PruneMask, screen: bool = False) -> AsrEstimate:
-        """Estimated ASR of `mask`. With `screen`, a mask that surely misses the goal is
-        rejected after a first chunk of samples (its estimate then only says "above")."""
+    def predict(self, name: str, mask: PruneMask, rows: torch.Tensor) -> torch.Tensor:
+        """Predictions of `rows` of one probe set; the unpruned model's from the statistics."""
+        known = self.unpruned.get(name)
+        if known is not None and mask.count() == 0:
+            return known[rows]
+        return self.probe.predict(name, mask, index=rows, cancel=self.cancel)
+
+    def asr(self, mask: PruneMask, screen: bool = False, goal: float | None = None) -> AsrEstimate:
+        """Estimated ASR of `mask`. With `screen`, a mask that surely misses `goal` (default:
+        the search's) is rejected after a first chunk of samples: its estimate is then only a
+        lower bound, above that goal."""
+        goal = self.goal if goal is None else goal
         key = self.key(mask)
         if key in self.asr_cache:
             return self.asr_cache[key]
-        if screen and key in self.rejected:
-            return self.rejected[key]
+        if screen and key in self.rejected and goal <= self.rejected[key][0]:
+            return self.rejected[key][1]
         self.tick()
         n = len(self.index)
         # with the correction the raw share may exceed the goal by at most the prior
-        allowed = n * (self.goal / 100 * (1 - self.prior) + self.prior) if screen else None
+        allowed = n * (goal / 100 * (1 - self.prior) + self.prior) if screen else None
         preds, hits = [], 0
         for start in range(0, n, SCREEN_CHUNK if screen else max(n, 1)):
             rows = self.index[start : start + (SCREEN_CHUNK if screen else n)]
-            pred = self.probe.predict("train", mask, index=rows, cancel=self.cancel)
+            pred = self.predict("train", mask, rows)
             preds.append(pred)
             hits += int((pred == self.target).sum())
             if allowed is not None and hits > allowed + 1e-9:
-                self.rejected[key] = AsrEstimate(100.0 * hits / n, n, target=self.target)
-                return self.rejected[key]
+                estimate = AsrEstimate(100.0 * hits / n, n, target=self.target)
+                self.rejected[key] = (goal, estimate)
+                return estimate
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
         recall = None
         if len(self.target_rows):
-            clean_pred = self.probe.predict(
-                "clean", mask, index=self.target_rows, cancel=self.cancel
-            )
+            clean_pred = self.predict("clean", mask, self.target_rows)
             recall = float((clean_pred == self.target).double().mean())
         self.asr_cache[key] = asr_from_predictions(pred, self.target, self.prior, recall)
         return self.asr_cache[key]
@@ -187,7 +233,7 @@ class _Search:
         step = self.probe.batch_size
         for start in range(0, n, step):
             rows = torch.arange(start, min(start + step, n))
-            pred = self.probe.predict("clean", mask, index=rows, cancel=self.cancel)
+            pred = self.predict("clean", mask, rows)
             errors += int((pred != self.clean_labels[rows]).sum())
             if allowed_errors is not None and errors > allowed_errors + 1e-9:
                 break
@@ -199,7 +245,29 @@ class _Search:
         return self.acc_before is None or acc >= self.acc_before - self.budget - 1e-9
 
     def repaired(self, estimate: AsrEstimate) -> bool:
+        """The point estimate is at most the goal."""
         return estimate.percent is not None and estimate.percent <= self.goal + 1e-9
+
+    def sure(self, estimate: AsrEstimate) -> bool:
+        """The estimate's 95 % upper bound is at most the goal (or as low as n samples show)."""
+        if not self.repaired(estimate):
+            return False
+        bound = upper_bound(estimate.percent, estimate.n)
+        return bound <= required_bound(self.goal, estimate.n) + 1e-9
+
+
+def _unpruned_predictions(inspection, train: ImageSet, clean: ImageSet) -> dict:
+    """The unpruned model's predictions of both sets, as the statistics pass recorded them
+    (only where that pass saw sets of these sizes; otherwise the probe computes them)."""
+    out = {}
+    for name, stats, data in (
+        ("train", inspection.train_stats, train),
+        ("clean", inspection.clean_stats, clean),
+    ):
+        known = getattr(stats, "predictions", None)
+        if known is not None and data is not None and len(known) == len(data):
+            out[name] = known
+    return out
 
 
 def suggest(
@@ -215,9 +283,12 @@ def suggest(
     probe: MaskProbe | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    reuse_statistics: bool = True,
 ) -> Suggestion:
-    """The smallest pruning (method, k, combination) whose estimated ASR is ≤ `asr_goal` while
-    the clean accuracy drops at most `acc_budget` points; says so plainly when none does."""
+    """The smallest pruning (method, k, combination) whose estimated ASR is surely ≤
+    `asr_goal` while the clean accuracy drops at most `acc_budget` points (see the module
+    docstring for "surely"); says so plainly when none does. `reuse_statistics`: take the
+    unpruned model's predictions from the statistics pass (False: compute them again)."""
     if clean is None or len(clean) == 0:
         raise BnpError("A suggestion needs clean labelled samples to check accuracy: pass --clean.")
     if not (acc_budget >= 0) or acc_budget != acc_budget or acc_budget == float("inf"):
@@ -232,7 +303,10 @@ def suggest(
         probe.add("clean", clean.images)
     configs = configurations(available)
     total = max(2, len(configs) * (len(ks).bit_length() + 2) + 2)
-    search = _Search(probe, analysis, clean.labels, asr_goal, acc_budget, cancel, progress, total)
+    unpruned = _unpruned_predictions(inspection, train, clean) if reuse_statistics else {}
+    search = _Search(
+        probe, analysis, clean.labels, asr_goal, acc_budget, cancel, progress, total, unpruned
+    )
     none_estimate = search.asr(PruneMask()) if analysis.target is not None else AsrEstimate(None, 0)
     if analysis.target is None:
         if progress is not None:
@@ -252,61 +326,42 @@ def suggest(
         )
     scores = {m: inspection.scores(m) for m in available}
     channels = inspection.channels
+    built: dict[tuple, tuple[dict[str, float], PruneMask]] = {}
 
     def mask_of(config, k) -> tuple[dict[str, float], PruneMask]:
-        names, combine = config
-        chosen = {m: k for m in names}
-        return chosen, build_mask(scores, chosen, combine, channels=channels)
+        if (config, k) not in built:
+            names, combine = config
+            chosen = {m: k for m in names}
+            built[config, k] = chosen, build_mask(scores, chosen, combine, channels=channels)
+        return built[config, k]
 
-    best: tuple | None = None  # (pruned, -acc, chosen, combine, mask, estimate, acc)
-    for config in configs:
-        # most pruning first: if even the smallest k does not repair, this configuration can't
-        lo_chosen, lo_mask = mask_of(config, ks[0])
-        if lo_mask.count() == 0:
-            continue
-        if best is not None and mask_of(config, ks[-1])[1].count() >= best[0]:
-            continue  # even its smallest pruning is no smaller than the best so far
-        if not search.repaired(search.asr(lo_mask, screen=True)):
-            continue
-        # bisection: the largest k (fewest neurons) whose estimate still repairs
-        good, bad = 0, len(ks)  # ks[good] repairs; ks[bad] (or beyond) does not
-        while bad - good > 1:
-            mid = (good + bad) // 2
-            _chosen, mask = mask_of(config, ks[mid])
-            if best is not None and mask.count() > best[0]:
-                good = mid  # larger than the best so far anyway: look at larger k only
-                continue
-            if mask.count() > 0 and search.repaired(search.asr(mask, screen=True)):
-                good = mid
-            else:
-                bad = mid
-        chosen, mask = mask_of(config, ks[good])
-        if best is not None and mask.count() > best[0]:
-            continue
-        acc = search.accuracy(mask)
-        if not search.within_budget(acc):
-            continue
-        candidate = (mask.count(), -acc, chosen, config[1], mask, search.asr(mask), acc)
-        if best is None or candidate[:2] < best[:2]:
-            best = candidate
+    best = _smallest(search, configs, ks, mask_of, search.sure)
+    sure = best is not None
+    if best is None:  # no estimate is low enough to be sure: a point estimate ≤ goal, said so
+        best = _smallest(search, configs, ks, mask_of, search.repaired)
     if progress is not None:
         progress(total, total)
     if best is not None:
         pruned, _neg, chosen, combine, mask, estimate, acc = best
         drop = search.acc_before - acc
+        bound = upper_bound(estimate.percent, estimate.n)
         why = (
             f"{describe(chosen, combine)} is the smallest pruning ({pruned} neurons) whose "
             f"estimated ASR is {estimate.percent:.1f} % (≤ {asr_goal:g} %, from "
-            f"{estimate.n} suspected samples) at a clean-accuracy cost of {drop:.1f} points "
-            f"(budget {acc_budget:g})."
+            f"{estimate.n} suspected samples"
+            + (
+                f", 95 % upper bound {bound:.1f} %"
+                if sure
+                else f"; but its 95 % upper bound, {bound:.1f} %, is above what "
+                f"{estimate.n} samples can show — the repair is uncertain"
+            )
+            + f") at a clean-accuracy cost of {drop:.1f} points (budget {acc_budget:g})."
         )
         return Suggestion(
             chosen, combine, pruned, search.acc_before, acc, estimate, True, why,
-            acc_budget, asr_goal, search.steps, mask,
+            acc_budget, asr_goal, search.steps, mask, sure,
         )  # fmt: skip
-    fallback = None  # no repair: the lowest estimated ASR within the budget, looked for now
-    for config in configs:
-        fallback = _consider_fallback(search, fallback, config, ks, mask_of)
+    fallback = _best_fallback(search, configs, ks, mask_of)
     if fallback is None:
         why = (
             f"No configuration repairs within the budget: every candidate pruning costs more "
@@ -329,34 +384,145 @@ def suggest(
     )  # fmt: skip
 
 
-def _consider_fallback(search: _Search, fallback, config, ks, mask_of):
-    """Keep the lowest estimated ASR among masks within the budget: per configuration, the
-    smallest k whose clean accuracy stays within it (bisection)."""
+def _smallest(search: _Search, configs, ks, mask_of, good_enough):
+    """The fewest-neuron mask (ties: the higher clean accuracy) that is `good_enough` and within
+    the budget, as (pruned, -acc, chosen, combine, mask, estimate, acc); None if there is none.
+    Per configuration only the k whose masks prune no more than the best so far are searched:
+    the most pruning of them first (if it is not good enough, none is), then a bisection for
+    the largest k that still is."""
+    best: tuple | None = None
+    for config in configs:
+        if mask_of(config, ks[0])[1].count() == 0:
+            continue
+        if best is not None and mask_of(config, ks[-1])[1].count() > best[0]:
+            continue  # even its smallest pruning is larger than the best so far
+        start = 0  # the smallest k pruning no more than the best so far (counts fall with k)
+        if best is not None:
+            lo, hi = -1, len(ks) - 1  # ks[hi] prunes ≤ best; ks[lo] (or below) more
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if mask_of(config, ks[mid])[1].count() <= best[0]:
+                    hi = mid
+                else:
+                    lo = mid
+            start = hi
+        start_mask = mask_of(config, ks[start])[1]
+        if start_mask.count() == 0 or not good_enough(search.asr(start_mask, screen=True)):
+            continue
+        # bisection: the largest k (fewest neurons) whose estimate is still good enough
+        good, bad = start, len(ks)  # ks[good] is; ks[bad] (or beyond) is not
+        while bad - good > 1:
+            mid = (good + bad) // 2
+            mask = mask_of(config, ks[mid])[1]
+            if mask.count() > 0 and good_enough(search.asr(mask, screen=True)):
+                good = mid
+            else:
+                bad = mid
+        chosen, mask = mask_of(config, ks[good])
+        acc = search.accuracy(mask)
+        if not search.within_budget(acc):
+            continue
+        candidate = (mask.count(), -acc, chosen, config[1], mask, search.asr(mask), acc)
+        if best is None or candidate[:2] < best[:2]:
+            best = candidate
+    return best
+
+
+def _best_fallback(search: _Search, configs, ks, mask_of):
+    """No repair: the lowest estimated ASR within the budget (ties: fewer neurons, then the
+    earlier configuration), as (chosen, combine, mask, estimate, acc); None if nothing fits.
+    Per configuration that is its smallest k within the budget (the estimate falls as more is
+    pruned). Once a best is known, a configuration is searched only if the largest k whose
+    estimate is no higher than the best's stays within the budget; if it does not, every k
+    that would do as well prunes more and costs more accuracy."""
+    best = None  # (percent, pruned, position, chosen, combine, mask, estimate, acc)
+    for position, config in enumerate(configs):
+        if mask_of(config, ks[0])[1].count() == 0:
+            continue
+        if best is not None and not _may_beat(search, config, ks, mask_of, best[0], best[1]):
+            continue
+        found = _lowest_within_budget(search, config, ks, mask_of)
+        if found is None:
+            continue
+        chosen, mask, estimate, acc = found
+        candidate = (estimate.percent, mask.count(), position, chosen, config[1], mask, estimate)
+        if best is None or candidate[:3] < best[:3]:
+            best = candidate + (acc,)
+    if best is None:
+        return None
+    return best[3], best[4], best[5], best[6], best[7]
+
+
+def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int) -> bool:
+    """Whether the configuration's smallest k within budget can have a lower estimate than
+    `percent`, or the same with fewer neurons than `pruned`. It can only if the largest k with
+    an estimate below `percent` stays within the budget (more pruning costs more accuracy), or
+    for a tie, if the largest k with an estimate ≤ `percent` prunes fewer and stays within."""
+    below = _largest_k(search, config, ks, mask_of, percent, strict=True)
+    if below is not None and search.within_budget(search.accuracy(mask_of(config, ks[below])[1])):
+        return True
+    at_most = _largest_k(search, config, ks, mask_of, percent)
+    if at_most is None:
+        return False
+    mask = mask_of(config, ks[at_most])[1]
+    return mask.count() < pruned and search.within_budget(search.accuracy(mask))
+
+
+def _largest_k(
+    search: _Search, config, ks, mask_of, bar: float, strict: bool = False
+) -> int | None:
+    """Index of the largest k whose (non-empty) mask has an estimate ≤ `bar` (with `strict`:
+    < `bar`); None if none has (bisection, screening against `bar`)."""
+
+    def low(index: int) -> bool:
+        mask = mask_of(config, ks[index])[1]
+        if mask.count() == 0:
+            return False
+        estimate = search.asr(mask, screen=True, goal=bar)
+        if estimate.percent is None:
+            return False
+        return estimate.percent < bar - 1e-9 if strict else estimate.percent <= bar + 1e-9
+
+    if not low(0):
+        return None
+    good, bad = 0, len(ks)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if low(mid):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
+def _lowest_within_budget(search: _Search, config, ks, mask_of):
+    """Per configuration, the smallest k whose clean accuracy stays within the budget
+    (bisection, started from the accuracies already counted), with its estimate; None where
+    even its largest k costs too much."""
     hi = len(ks) - 1  # the largest k that prunes anything
     while hi >= 0 and mask_of(config, ks[hi])[1].count() == 0:
         hi -= 1
     if hi < 0:
-        return fallback
+        return None
     lo = -1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
-    chosen, mask = mask_of(config, ks[hi])
-    if not search.within_budget(search.accuracy(mask)):
-        return fallback
+    for index in range(hi + 1):  # what earlier steps already know narrows the bisection
+        known = search.acc_cache.get(search.key(mask_of(config, ks[index])[1]))
+        if known is None:
+            continue
+        if search.within_budget(known):
+            hi = index
+            break
+        lo = index
+    if not search.within_budget(search.accuracy(mask_of(config, ks[hi])[1])):
+        return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        _c, m = mask_of(config, ks[mid])
-        if search.within_budget(search.accuracy(m)):
+        if search.within_budget(search.accuracy(mask_of(config, ks[mid])[1])):
             hi = mid
         else:
             lo = mid
     chosen, mask = mask_of(config, ks[hi])
-    estimate = search.asr(mask)
-    acc = search.accuracy(mask)
-    if fallback is None or (estimate.percent, mask.count()) < (
-        fallback[3].percent,
-        fallback[2].count(),
-    ):
-        return (chosen, config[1], mask, estimate, acc)
-    return fallback
+    return chosen, mask, search.asr(mask), search.accuracy(mask)
 
 
 def _lower_first(text: str) -> str:
