@@ -16,11 +16,11 @@ deviation over the clean samples.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
-from core.mixture import two_modes
 from core.statistics import Statistics
 
 FEATURE_LAYERS = 3  # the last BatchNorm layers whose per-sample means are the features
@@ -63,6 +63,33 @@ def lloyd(
         assigned = near_p
         centre_p, centre_c = x[near_p].mean(0), x[~near_p].mean(0)
     return centre_p, centre_c
+
+
+def anchored_mixture(values: torch.Tensor, seeds: torch.Tensor, steps: int = 200) -> torch.Tensor:
+    """Which `values` belong to a second Gaussian beside a first held at N(0, 1) (EM over the
+    second's weight, mean and variance, started at the `seeds`): the high component."""
+    x = values.double()
+    start = seeds & (x > 0)
+    if not start.any():
+        return torch.zeros_like(x, dtype=torch.bool)
+    w = max(float(start.double().mean()), 1.0 / len(x))
+    mu = float(x[start].mean())
+    var = max(float(x[start].var()) if int(start.sum()) > 1 else 1.0, 1.0)
+    log_null = -0.5 * x.square()
+    resp = start.double()
+    for _ in range(steps):
+        log_high = -0.5 * (math.log(var) + (x - mu).square() / var)
+        resp = torch.sigmoid(math.log(w) + log_high - math.log(1 - w) - log_null)
+        total = float(resp.sum())
+        if total < 1e-9 or total > len(x) - 1e-9:
+            break
+        new_w = total / len(x)
+        mu = float((resp * x).sum() / total)
+        var = max(float((resp * (x - mu).square()).sum() / total), 1.0)
+        if abs(new_w - w) < 1e-9:
+            break
+        w = new_w
+    return (resp > 0.5) & (x > 0)
 
 
 def _scale(clean: torch.Tensor) -> torch.Tensor:
@@ -112,9 +139,11 @@ def split_target_class(
         return ClusterSplit(nothing, zeros, 1.0, 0.0, False, "no two clusters")
     margin[rows] = (xs @ (axis / length) - float(ref_proj.mean())) / spread
     ref_margin = (ref_proj - ref_proj.mean()) / spread
-    # the poisoned cluster is spread wider along the axis than the clean one: the cut between
-    # them is where a two-component mixture with a variance each puts it, not halfway
-    high, cut, _separation = two_modes(margin[rows])
+    # the clean samples of the target sit at N(0, 1) on this axis (their margins are z-scores
+    # against the clean reference); the poisoned cluster, spread wider, is the second component
+    # of a mixture whose first is held at N(0, 1): the cut falls where the two meet, not halfway
+    high = anchored_mixture(margin[rows], seeds[rows])
+    cut = float(margin[rows][high].min()) if high.any() else math.inf
     poisoned = nothing.clone()
     poisoned[rows] = high
     clean_share = float((ref_margin > cut).double().mean())
