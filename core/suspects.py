@@ -11,6 +11,13 @@ clean mean and std) over the evidence neurons; a two-component Gaussian mixture 
 splits the poisoned (high) mode off. Behaviour confirms it: the model classifies the high-mode
 samples as their common label (the target), and pruning the evidence neurons stops that.
 
+Once a target is named, the suspect samples carrying its label are split by their late
+activations (`core.activation_clusters`, Chen et al. 2018), anchored to the clean samples of the
+target: this finds the poisoned samples whose neuron maxima stay low (a full-image blend). The
+split is used only where the clean target samples stay on their side; a sample's score then adds
+its z on the clean → poisoned axis to its neuron score. Without a target nothing is split, so a
+clean model still gets no invented one.
+
 Without clean samples the reference is the suspect set itself (median, MAD) and the evidence
 neurons are EP's flags at k = 3 — weaker, and said so in the warnings.
 """
