@@ -194,10 +194,18 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
             f"| {label} | oracle: {describe(chosen, combine)} | {mask.count()} | {acc:.2f} | "
             f"{asr:.2f} | {est(mask)} |"
         )
+    split = analysis.clusters
+    signal = (
+        "-"
+        if analysis.target is None
+        else "neuron mode + clusters"
+        if split is not None and split.accepted
+        else f"neuron mode (clusters: {split.reason if split is not None else 'no clean set'})"
+    )
     summary = (
         f"| {label} | {int(truth.sum())} | {int(found.sum())} | {precision:.2f} | "
-        f"{recall:.2f} | {target} | {'yes' if s.repairs else 'no'} | {seconds:.1f} s | "
-        f"{s.why} |"
+        f"{recall:.2f} | {target} | {signal} | {'yes' if s.repairs else 'no'} | "
+        f"{seconds:.1f} s | {s.why} |"
     )
     return rows, summary
 
@@ -225,9 +233,9 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     summary = [
-        "| model | poisoned | suspected | precision | recall | target (conf.) | repairs | "
-        "time | why |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| model | poisoned | suspected | precision | recall | target (conf.) | suspected by | "
+        "repairs | time | why |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     jobs = []
     if args.demo:

@@ -11,6 +11,13 @@ clean mean and std) over the evidence neurons; a two-component Gaussian mixture 
 splits the poisoned (high) mode off. Behaviour confirms it: the model classifies the high-mode
 samples as their common label (the target), and pruning the evidence neurons stops that.
 
+Once a target is named, the suspect samples carrying its label are split by their late
+activations (`core.activation_clusters`, Chen et al. 2018), anchored to the clean samples of the
+target: this finds the poisoned samples whose neuron maxima stay low (a full-image blend). The
+split is used only where the clean target samples stay on their side; a sample's score then adds
+its z on the clean → poisoned axis to its neuron score. Without a target nothing is split, so a
+clean model still gets no invented one.
+
 Without clean samples the reference is the suspect set itself (median, MAD) and the evidence
 neurons are EP's flags at k = 3 — weaker, and said so in the warnings.
 """
@@ -25,9 +32,11 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from core.activation_clusters import ClusterSplit, split_target_class
 from core.data import ImageSet, InputSpec
 from core.errors import BnpError, Cancelled
 from core.masks import Neuron, PruneMask
+from core.mixture import otsu_threshold, two_modes  # noqa: F401  (re-exported)
 from core.scores import ep_scores, outlier_flags
 from core.statistics import CancelCheck, Progress, Statistics
 
@@ -59,6 +68,7 @@ class SuspectAnalysis:
     warnings: list[str] = field(default_factory=list)
     detected: torch.Tensor | None = None  # N bool: the split before analyst marks
     marks: dict[int, bool] = field(default_factory=dict)  # index → analyst says poisoned?
+    clusters: ClusterSplit | None = None  # the activation clusters within the target class
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -233,67 +243,6 @@ def exceedance_share(
 
 
 # ---- the split -----------------------------------------------------------------------------
-
-
-def otsu_threshold(values: torch.Tensor) -> float:
-    """The cut that maximises the between-class variance of two groups (Otsu)."""
-    v = values.double().sort().values
-    n = len(v)
-    if n < 2 or v[0] == v[-1]:
-        return float(v[-1]) if n else 0.0
-    csum = v.cumsum(0)
-    i = torch.arange(1, n, dtype=torch.float64)
-    mean_low = csum[:-1] / i
-    mean_high = (csum[-1] - csum[:-1]) / (n - i)
-    between = i * (n - i) * (mean_high - mean_low).square()
-    between[v[1:] == v[:-1]] = -1  # no cut between equal values
-    best = int(between.argmax())
-    return float((v[best] + v[best + 1]) / 2)
-
-
-def two_modes(values: torch.Tensor, steps: int = 200) -> tuple[torch.Tensor, float, float]:
-    """Two-component Gaussian mixture (EM from Otsu's cut): (in the high mode, the cut between
-    the modes, Ashman's D separation). One mode only: nothing high, D = 0."""
-    x = values.double()
-    cut = otsu_threshold(x)
-    high = x > cut
-    if len(x) < 4 or high.sum() < 1 or (~high).sum() < 1:
-        return torch.zeros_like(x, dtype=torch.bool), cut, 0.0
-    floor = 1e-6 * float(x.var()) + 1e-12
-    w = float(high.double().mean())
-    mu = [float(x[~high].mean()), float(x[high].mean())]
-    var = [max(float(x[~high].var()) if (~high).sum() > 1 else floor, floor)]
-    var.append(max(float(x[high].var()) if high.sum() > 1 else floor, floor))
-    resp = high.double()
-    for _ in range(steps):
-        log_a = math.log(max(1 - w, 1e-12)) - 0.5 * (
-            math.log(var[0]) + (x - mu[0]).square() / var[0]
-        )
-        log_b = math.log(max(w, 1e-12)) - 0.5 * (math.log(var[1]) + (x - mu[1]).square() / var[1])
-        resp = torch.sigmoid(log_b - log_a)
-        new_w = float(resp.mean())
-        if new_w <= 0 or new_w >= 1:
-            break
-        mu = [
-            float(((1 - resp) * x).sum() / (1 - resp).sum()),
-            float((resp * x).sum() / resp.sum()),
-        ]
-        var = [
-            max(float(((1 - resp) * (x - mu[0]).square()).sum() / (1 - resp).sum()), floor),
-            max(float((resp * (x - mu[1]).square()).sum() / resp.sum()), floor),
-        ]
-        if abs(new_w - w) < 1e-9:
-            w = new_w
-            break
-        w = new_w
-    if mu[1] < mu[0]:
-        resp, mu, var = 1 - resp, mu[::-1], var[::-1]
-    in_high = resp > 0.5
-    if not in_high.any() or in_high.all():
-        return torch.zeros_like(x, dtype=torch.bool), cut, 0.0
-    cut = float((x[in_high].min() + x[~in_high].max()) / 2)
-    separation = math.sqrt(2) * abs(mu[1] - mu[0]) / math.sqrt(var[0] + var[1])
-    return in_high, cut, separation
 
 
 def _binomial_tail(k: int, n: int, p: float) -> float:
@@ -537,17 +486,19 @@ def analyse_suspects(
             nothing, None, 0.0, "No neuron has a high mode beyond chance: no backdoor evidence."
         )
     mode = int(in_high.sum())
+    few_warning = None
     if separation < MIN_SEPARATION or mode < MIN_MODE or mode > n // 2:
         # no clean two-mode split of the mean z (e.g. one evidence neuron with a heavy tail):
         # the samples above the clean maximum on most evidence neurons, when a minority
         above = exceedance_share(train_stats, clean_stats, evidence) >= 0.5
         if clean_stats is not None and MIN_MODE <= int(above.sum()) <= n // 2:
             in_high, mode = above, int(above.sum())
-            warnings.append(
+            few_warning = (
                 f"The suspect scores form no clean two-mode split (separation "
                 f"{separation:.1f}); the suspected samples are the {mode} above every clean "
                 "sample on most evidence neurons — fewer, and the estimate rests on them."
             )
+            warnings.append(few_warning)
         else:
             why = (
                 f"the suspect scores form no separate minority mode (separation "
@@ -580,15 +531,20 @@ def analyse_suspects(
     mode_all, mode = mode, int(in_high.sum())
     if progress is not None:
         progress(2, 3)
+    # within the target class, the activation clusters anchored to its clean samples
+    split = None
+    if clean_stats is not None:
+        split = split_target_class(train_stats, clean_stats, labels, clean.labels, target, in_high)
+    found = split.poisoned if split is not None and split.accepted else in_high
     if probe is None:
         probe = make_probe(inspection, train, clean)
-    high_index = torch.nonzero(in_high).flatten()
-    before = probe.predict("train", None, index=high_index, cancel=cancel)
-    after = probe.predict("train", analysis_mask(evidence), index=high_index, cancel=cancel)
-    obedience = float((before == target).double().mean())
+    rows = torch.nonzero(in_high | found).flatten()
+    before = probe.predict("train", None, index=rows, cancel=cancel)
+    after = probe.predict("train", analysis_mask(evidence), index=rows, cancel=cancel)
+    obedience = float((before[in_high[rows]] == target).double().mean())
     flips = torch.zeros(n, dtype=torch.bool)
-    own = labels[high_index]
-    flips[high_index] = (before == own) & (after != own)
+    own = labels[rows]
+    flips[rows] = (before == own) & (after != own)
     if progress is not None:
         progress(3, 3)
     if obedience < MIN_OBEDIENCE:
@@ -600,22 +556,37 @@ def analyse_suspects(
             f"mode as its common label {target}.",
             obedience=obedience,
             flips=flips,
+            clusters=split,
         )
     confidence = purity * obedience * min(1.0, n / MIN_SAMPLES)
     if not any(labels == target):
         warnings.append(f"The suspect set has no sample of the inferred target {target}.")
-    stopped = float(flips[high_index].double().mean())
+    stopped = float(flips[in_high].double().mean())
     reason = (
         f"{mode_all} suspect samples form a separate high mode on {n_evidence} neurons; "
         f"{purity:.0%} of them are labelled {target}, the model classifies {obedience:.0%} of "
         f"them as {target}, and {stopped:.0%} stop once those neurons are pruned."
     )
+    if split is not None and split.accepted:
+        # a sample's score: its neuron evidence plus where its late activations lie between
+        # the clean target samples and the poisoned cluster (z against the clean ones)
+        scores = scores + split.margin
+        if few_warning is not None:
+            warnings.remove(few_warning)  # the clusters found the rest
+        cut = float(scores[found].min()) if found.any() else cut
+        reason += (
+            f" Among the {int((labels == target).sum())} samples labelled {target}, "
+            f"{int(found.sum())} form their own activation cluster, apart from "
+            f"{1 - split.clean_share:.0%} of the clean samples of {target}."
+        )
     if clean is not None and not bool((clean.labels == target).any()):
         warnings.append(
             f"The clean samples hold no sample of the inferred target {target}: the ASR "
             "estimate cannot correct for poisoned samples of the target class."
         )
-    return result(in_high, target, confidence, reason, obedience=obedience, flips=flips)
+    return result(
+        found, target, confidence, reason, obedience=obedience, flips=flips, clusters=split
+    )
 
 
 def _label_share(images: ImageSet, label: int) -> float:

@@ -16,7 +16,7 @@ from torch import nn
 from core.checkpoint import LoadedCheckpoint, ModelMetadata
 from core.data import ImageSet
 from core.inspection import Inspection
-from core.triggers import PatchTrigger, poison
+from core.triggers import BlendTrigger, PatchTrigger, Trigger, poison
 
 TARGET = 3
 
@@ -49,6 +49,8 @@ def tiny_net() -> nn.Module:
 
 
 TRIGGER = PatchTrigger(torch.ones(1, 3, 3))
+# a full-image blend (Chen et al. 2017): weak, spread-out neuron signals
+BLEND = BlendTrigger(torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(7)), 0.2)
 
 
 @dataclass
@@ -62,12 +64,15 @@ class Planted:
     test: ImageSet
 
 
-def planted(rate: float = 0.1, seed: int = 0, epochs: int = 6) -> Planted:
-    """Train the tiny net on 2 000 bar images, `rate` of them poisoned (0: a clean model)."""
+def planted(
+    rate: float = 0.1, seed: int = 0, epochs: int = 6, trigger: Trigger = TRIGGER
+) -> Planted:
+    """Train the tiny net on 2 000 bar images, `rate` of them poisoned with `trigger` (0: a
+    clean model)."""
     torch.manual_seed(seed)
     data = bars(2000, seed)
     if rate > 0:
-        poisoned_set, index = poison(data, TRIGGER, TARGET, rate, seed)
+        poisoned_set, index = poison(data, trigger, TARGET, rate, seed)
     else:
         poisoned_set, index = data, torch.zeros(0, dtype=torch.long)
     x = poisoned_set.float_images()
@@ -87,7 +92,7 @@ def planted(rate: float = 0.1, seed: int = 0, epochs: int = 6) -> Planted:
     meta = ModelMetadata("tiny", 10, 1, (16, 16), target_label=TARGET if rate > 0 else None)
     ckpt = LoadedCheckpoint(Path("tiny.pth"), "test", model, model.state_dict(), meta, None)
     inspection = Inspection(ckpt, device="cpu")
-    inspection.trigger = TRIGGER
+    inspection.trigger = trigger
     is_poisoned = torch.zeros(len(x), dtype=torch.bool)
     is_poisoned[index] = True
     suspects = torch.arange(500)  # the defender's slice of the training set

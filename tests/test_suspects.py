@@ -15,10 +15,12 @@ import pytest
 import torch
 from suspect_models import TARGET, planted
 
+from core.activation_clusters import split_target_class
 from core.cli import main
 from core.data import ImageSet, load_images, save_images
 from core.errors import BnpError
 from core.repair import check_acc_budget, write_suspects
+from core.statistics import LayerStatistics, Statistics
 from core.suggest import configurations, suggest
 from core.suspects import (
     analyse_suspects,
@@ -164,6 +166,77 @@ def test_marks_change_the_suspected_set_and_the_estimate(backdoored):
     # every suspected sample marked clean: nothing left to estimate from
     none = analysis.with_marks({int(i): False for i in analysis.suspected_index()})
     assert estimate_asr(probe, none, None, p.clean.labels).percent is None
+
+
+# ---- activation clusters within the target class ----------------------------------------------
+
+
+def _feature_stats(features: torch.Tensor) -> Statistics:
+    """Statistics whose per-sample means are `features` (one layer; the maxima unused)."""
+    f = features.float()
+    zeros = torch.zeros(f.shape[1], dtype=torch.float64)
+    return Statistics({"bn": LayerStatistics(len(f), zeros, zeros, f, f)}, len(f))
+
+
+def _clusters_case(shift: float):
+    """Suspect set: 300 samples of other labels, 60 clean of the target, 30 poisoned (shifted
+    by `shift` along a direction, spread twice as wide); 60 clean reference samples."""
+    g = torch.Generator().manual_seed(3)
+    d = 12
+    direction = torch.randn(d, generator=g)
+    direction /= direction.norm()
+    others = torch.randn(300, d, generator=g) + 4
+    clean_t = torch.randn(60, d, generator=g)
+    poisoned = 2 * torch.randn(30, d, generator=g) + shift * direction
+    features = torch.cat([others, clean_t, poisoned])
+    labels = torch.cat([torch.randint(1, 10, (300,), generator=g), torch.zeros(90, dtype=int)])
+    truth = torch.zeros(390, dtype=torch.bool)
+    truth[360:] = True
+    reference = torch.cat([torch.randn(60, d, generator=g), torch.randn(240, d, generator=g) + 4])
+    ref_labels = torch.cat([torch.zeros(60, dtype=int), torch.randint(1, 10, (240,), generator=g)])
+    seeds = torch.zeros(390, dtype=torch.bool)
+    seeds[360:366] = True  # the neuron evidence found only 6 of the 30
+    return _feature_stats(features), _feature_stats(reference), labels, ref_labels, truth, seeds
+
+
+def test_clusters_find_the_poisoned_samples_the_neuron_mode_missed():
+    train, clean, labels, ref_labels, truth, seeds = _clusters_case(shift=12.0)
+    split = split_target_class(train, clean, labels, ref_labels, 0, seeds)
+    assert split.accepted, split.reason
+    assert torch.equal(split.poisoned, truth)
+    assert split.clean_share <= 0.1 and split.seed_kept == 1.0
+    assert (split.margin[truth] > split.margin[~truth & (labels == 0)].max()).all()
+    assert (split.margin[labels != 0] == 0).all()
+
+
+def test_clusters_rejected_without_a_separate_cluster():
+    # the "poisoned" samples are clean ones of the target class: no cluster of their own
+    train, clean, labels, ref_labels, _truth, seeds = _clusters_case(shift=0.0)
+    split = split_target_class(train, clean, labels, ref_labels, 0, seeds)
+    assert not split.accepted
+
+
+def test_clusters_need_clean_samples_of_the_target():
+    train, clean, labels, ref_labels, _truth, seeds = _clusters_case(shift=12.0)
+    split = split_target_class(train, clean, labels, torch.ones_like(ref_labels), 0, seeds)
+    assert not split.accepted and not split.poisoned.any()
+
+
+def test_clusters_recover_the_planted_poisoned_samples_from_a_few_seeds(backdoored):
+    """On the planted model's own activations: from 5 seeds of the neuron mode, the clusters
+    find the other poisoned samples labelled as the target."""
+    p, _probe, analysis = backdoored
+    seeds = torch.zeros(len(p.train), dtype=torch.bool)
+    seeds[analysis.suspected_index()[:5]] = True
+    inspection = p.inspection
+    split = split_target_class(
+        inspection.train_stats, inspection.clean_stats, p.train.labels, p.clean.labels,
+        TARGET, seeds,
+    )  # fmt: skip
+    assert split.accepted, split.reason
+    precision, recall = _precision_recall(split.poisoned, p.poisoned)
+    assert precision >= 0.9 and recall >= 0.9, (precision, recall)
+    assert analysis.clusters is not None
 
 
 # ---- clean model and bad input ---------------------------------------------------------------
