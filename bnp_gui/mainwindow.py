@@ -46,7 +46,7 @@ from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
-from core.inspection import METHOD_NAMES, METHODS
+from core.methods import METHOD_NAMES, METHODS
 from core.progress import format_duration
 
 MAX_RECENT = 8

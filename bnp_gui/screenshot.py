@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.session import CURVE_KS, DIRECTION
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    pass
 
 
 class ScreenshotWhenReady(QObject):
@@ -72,6 +75,8 @@ def most_suspicious(session) -> tuple[str, int] | None:
     zs = session.zscores.get(method) or {}
     flags = session.flags.get(method) or {}
     sign = 1.0 if DIRECTION[method] == "high" else -1.0
+    import torch
+
     for layer, _ in reversed(session.layers):
         flagged = flags.get(layer)
         if flagged is not None and bool(flagged.any()) and zs.get(layer) is not None:
