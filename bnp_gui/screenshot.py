@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.session import CURVE_KS, DIRECTION
-
-if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
-    pass
 
 
 class ScreenshotWhenReady(QObject):
@@ -75,7 +71,7 @@ def most_suspicious(session) -> tuple[str, int] | None:
     zs = session.zscores.get(method) or {}
     flags = session.flags.get(method) or {}
     sign = 1.0 if DIRECTION[method] == "high" else -1.0
-    import torch
+    import torch  # the engine has loaded: an analysis is on screen
 
     for layer, _ in reversed(session.layers):
         flagged = flags.get(layer)

@@ -20,7 +20,12 @@ from core.errors import BnpError, DataError
 from core.evaluation import Metrics, evaluate, sample_subset
 from core.graph import NeuronLayer, discover_layers
 from core.masks import Neuron, PruneMask
-from core.methods import DIRECTION, METHODS, ZERO_BETA
+from core.methods import (  # noqa: F401 - METHOD_NAMES: re-exported, as before
+    DIRECTION,
+    METHOD_NAMES,
+    METHODS,
+    ZERO_BETA,
+)
 from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags, z_scores
 from core.statistics import CancelCheck, Progress, Statistics, collect_statistics
 from core.triggers import PatchTrigger, Trigger
