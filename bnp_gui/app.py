@@ -42,10 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def import_pyqtgraph():
+    """pyqtgraph, without the CUDA runtime bindings its RawImageWidget (unused here) tries at
+    import: with torch's CUDA packages installed they cost 0.2–0.5 s of the window's start.
+    They are hidden only while pyqtgraph imports; torch imports them as usual later."""
+    hidden = "cuda.bindings.runtime"
+    if "pyqtgraph" in sys.modules or hidden in sys.modules:
+        import pyqtgraph
+
+        return pyqtgraph
+    sys.modules[hidden] = None  # an import of it raises ImportError, which pyqtgraph expects
+    try:
+        import pyqtgraph
+    finally:
+        if hidden in sys.modules and sys.modules[hidden] is None:
+            del sys.modules[hidden]
+    return pyqtgraph
+
+
 def make_application(argv: list[str] | None = None):
     """The QApplication, named so that QSettings find the right place, pyqtgraph configured."""
-    import pyqtgraph as pg
     from PySide6.QtWidgets import QApplication
+
+    pg = import_pyqtgraph()
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
     app.setOrganizationName(ORG_NAME)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyqtgraph as pg
-import pyqtgraph.exporters
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPalette
 from PySide6.QtWidgets import (
@@ -603,7 +602,9 @@ class MainWindow(QMainWindow):
     @staticmethod
     def save_plot_png(plot: pg.PlotWidget, path: str) -> None:
         """The plot at its on-screen size (scaling would shrink legends against axes)."""
-        exporter = pg.exporters.ImageExporter(plot.getPlotItem())
+        from pyqtgraph.exporters import ImageExporter  # on export only, not at the start
+
+        exporter = ImageExporter(plot.getPlotItem())
         exporter.export(path)
 
     # ------------------------------------------------------------------ palette / settings
