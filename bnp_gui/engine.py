@@ -30,12 +30,17 @@ ENGINE_MODULES = (
     "core.export",
     "core.suspects",
     "core.suggest",
+    "core.repair",
 )
 LOADING_TEXT = "Loading the engine (PyTorch)…"
 
 
 def import_engine() -> None:
-    """Import every module of ENGINE_MODULES (run on the engine's thread)."""
+    """Import every module of ENGINE_MODULES (run on the engine's thread), after starting the
+    checkpoint parser's own process (it imports torch too, meanwhile: the first open is fast)."""
+    from core.isolation import prestart
+
+    prestart()
     for name in ENGINE_MODULES:
         importlib.import_module(name)
 
