@@ -31,13 +31,19 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG_HOME = tempfile.mkdtemp(prefix="bench-startup-")
 DEMO_CHECKPOINT = ROOT / "resources" / "demo" / "fmnist_resnet20_badnets.pth"
 
+IDLE_S = 10.0  # how long the control run ("idle": the engine never loads) watches the GUI thread
+
 # Run in the child: the real `bnp-gui` entry point, with an application-wide event filter that
 # reports the first paint of any widget of the main window, then (`until` = "ready") the engine
-# being loaded with the GUI thread's longest stall meanwhile, and exits at once.
+# being loaded, or ("opened", with --demo) the demo's checkpoint open, or ("idle") IDLE_S seconds
+# without the engine, with the GUI thread's longest stall meanwhile, and exits at once.
 FIRST_PAINT = """
 import json, os, sys, time
 t0, until, grab = float(sys.argv[1]), sys.argv[2], sys.argv[3]
 import bnp_gui.app as appmod
+import bnp_gui.engine
+if until == "idle":
+    bnp_gui.engine.Engine.start = lambda self: None
 
 def report(**values):
     print(json.dumps(values), flush=True)
@@ -59,17 +65,22 @@ def watch(app):
             if until == "paint":
                 QTimer.singleShot(0, lambda: report(paint=self.painted))
                 return False
-            self.gaps, self.last = [], time.perf_counter()
+            self.gaps, self.last, self.window = [], time.perf_counter(), window
             self.timer = QTimer()
             self.timer.timeout.connect(self.tick)
             self.timer.start(10)
-            window.engine.ready.connect(self.ready)
+            if until == "ready":
+                window.engine.ready.connect(self.ready)
             window.engine.failed.connect(lambda why: report(error=why))
             return False
         def tick(self):
             now = time.perf_counter()
             self.gaps.append(now - self.last)
             self.last = now
+            if until == "opened" and self.window.session.inspection is not None:
+                self.ready()
+            if until == "idle" and time.time() - t0 > self.painted + IDLE_S:
+                self.ready()
         def ready(self):
             self.tick()
             report(paint=self.painted, ready=time.time() - t0, stall=max(self.gaps) - 0.010)
@@ -82,7 +93,7 @@ make = appmod.make_application
 appmod.make_application = lambda *a, **k: watch(make(*a, **k))
 sys.argv = ["bnp-gui"]
 appmod.main(sys.argv[4:] if len(sys.argv) > 4 else [])
-"""
+""".replace("IDLE_S", repr(IDLE_S))
 
 
 def _env() -> dict[str, str]:
@@ -164,14 +175,19 @@ def main() -> int:
         cases.append(("bnp-gui: window painted", painted))
         cases.append(("bnp-gui --demo: window painted", lambda: painted("--demo")))
         cases.append(("bnp-gui CKPT: window painted", lambda: painted(str(DEMO_CHECKPOINT))))
-        stalls: list[float] = []
+        stalls: dict[str, list[float]] = {"ready": [], "idle": [], "opened": []}
 
-        def engine_ready() -> tuple[float, float]:
-            values = run_window("ready")
-            stalls.append(values["stall"])
+        def until(what: str, *argv: str) -> tuple[float, float]:
+            values = run_window(what, argv)
+            stalls[what].append(values["stall"])
             return values["ready"], values["cpu"]
 
+        def engine_ready() -> tuple[float, float]:
+            return until("ready")
+
         cases.append(("bnp-gui: engine loaded behind", engine_ready))
+        cases.append(("bnp-gui --demo: checkpoint open", lambda: until("opened", "--demo")))
+        cases.append((f"bnp-gui, no engine, {IDLE_S:g} s", lambda: until("idle")))
 
     print(f"load average at the start {os.getloadavg()[0]:.2f}")
     # interleaved rounds, so that a change in machine load hits every case alike
@@ -200,10 +216,15 @@ def main() -> int:
             f"{median / torch_median:>15.2f} {cpu:>7.3f} {cpu / torch_cpu:>12.2f}"
         )
     if not args.no_window:
-        print(
-            f"GUI thread's longest stall while the engine loads: median "
-            f"{statistics.median(stalls):.3f} s, max {max(stalls):.3f} s"
-        )
+        for what, during in (
+            ("ready", "while the engine loads"),
+            ("opened", "until the demo is open"),
+            ("idle", f"in {IDLE_S:g} s without the engine (control)"),
+        ):
+            print(
+                f"GUI thread's longest stall {during}: median "
+                f"{statistics.median(stalls[what]):.3f} s, max {max(stalls[what]):.3f} s"
+            )
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
     return 0
 
