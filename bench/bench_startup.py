@@ -78,11 +78,12 @@ def watch(app):
             self.gaps.append(now - self.last)
             self.last = now
             if until == "opened" and self.window.session.inspection is not None:
-                self.ready()
+                self.ready(ticked=True)
             if until == "idle" and time.time() - t0 > self.painted + IDLE_S:
-                self.ready()
-        def ready(self):
-            self.tick()
+                self.ready(ticked=True)
+        def ready(self, ticked=False):
+            if not ticked:
+                self.gaps.append(time.perf_counter() - self.last)
             report(paint=self.painted, ready=time.time() - t0, stall=max(self.gaps) - 0.010)
     if not hasattr(app, "_first_paint"):
         app._first_paint = FirstPaint()
