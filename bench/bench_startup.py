@@ -92,8 +92,8 @@ def watch(app):
 
 make = appmod.make_application
 appmod.make_application = lambda *a, **k: watch(make(*a, **k))
-sys.argv = ["bnp-gui"]
-appmod.main(sys.argv[4:] if len(sys.argv) > 4 else [])
+args, sys.argv = sys.argv[4:], ["bnp-gui"]
+appmod.main(args)
 """.replace("IDLE_S", repr(IDLE_S))
 
 
