@@ -146,6 +146,7 @@ class EngineStatus(QWidget):
         self.busy.setTextVisible(False)
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addStretch(1)  # text and bar side by side, whatever width the status bar gives
         layout.addWidget(self.label)
         layout.addWidget(self.busy)
         engine.ready.connect(self.hide)

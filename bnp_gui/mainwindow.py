@@ -232,8 +232,8 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.eta_label)
         bar.addPermanentWidget(self.progress_bar)
         bar.addPermanentWidget(self.cancel_button)
-        bar.addPermanentWidget(self.device_label)
         bar.addPermanentWidget(EngineStatus(self.engine))
+        bar.addPermanentWidget(self.device_label)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
         action = QAction(text, self)
