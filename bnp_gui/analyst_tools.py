@@ -195,7 +195,7 @@ class AnalystTools(QObject):
     def open_session_dialog(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self.window, "Open session", "", SESSION_FILTER)
         if path:
-            self.open_session(path)
+            self.window.engine.when_ready(lambda: self.open_session(path), "The session opens")
 
     def open_session(self, path: str) -> None:
         """Load the checkpoint, then input settings, trigger, decisions and data; analyse."""

@@ -1,7 +1,8 @@
 """Entry point of ``bnp-gui``: command line, QApplication, the window, and the screenshot mode.
 
-Start-up paints a splash screen before anything imports torch (seconds on a busy machine), then
-loads the engine and the window behind it; `bnp-gui -h` imports neither Qt nor torch.
+Start-up paints the window before anything imports torch (seconds on a busy machine): the engine
+loads on a worker thread (bnp_gui/engine.py) and what the command line opens waits for it;
+`bnp-gui -h` imports neither Qt nor torch.
 """
 
 from __future__ import annotations
@@ -41,10 +42,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def import_pyqtgraph():
+    """pyqtgraph, without the CUDA runtime bindings its RawImageWidget (unused here) tries at
+    import: with torch's CUDA packages installed they cost 0.2–0.5 s of the window's start.
+    They are hidden only while pyqtgraph imports; torch imports them as usual later."""
+    hidden = "cuda.bindings.runtime"
+    if "pyqtgraph" in sys.modules or hidden in sys.modules:
+        import pyqtgraph
+
+        return pyqtgraph
+    sys.modules[hidden] = None  # an import of it raises ImportError, which pyqtgraph expects
+    try:
+        import pyqtgraph
+    finally:
+        if hidden in sys.modules and sys.modules[hidden] is None:
+            del sys.modules[hidden]
+    return pyqtgraph
+
+
 def make_application(argv: list[str] | None = None):
     """The QApplication, named so that QSettings find the right place, pyqtgraph configured."""
-    import pyqtgraph as pg
     from PySide6.QtWidgets import QApplication
+
+    pg = import_pyqtgraph()
 
     app = QApplication.instance() or QApplication(argv if argv is not None else sys.argv[:1])
     app.setOrganizationName(ORG_NAME)
@@ -88,52 +108,20 @@ def install_excepthook(window) -> None:
     sys.excepthook = hook
 
 
-def show_splash(app):
-    """A splash screen (icon, name, 'loading the engine…') painted at once, before torch loads."""
-    from PySide6.QtCore import QRect, Qt
-    from PySide6.QtGui import QColor, QIcon, QPainter, QPixmap
-    from PySide6.QtWidgets import QSplashScreen
-
-    pixmap = QPixmap(420, 160)
-    pixmap.fill(QColor("#f4f4f4"))
-    painter = QPainter(pixmap)
-    QIcon(str(Path(__file__).with_name("icon.svg"))).paint(painter, QRect(24, 32, 96, 96))
-    painter.setPen(QColor("#303030"))
-    font = painter.font()
-    font.setPointSize(16)
-    painter.setFont(font)
-    painter.drawText(QRect(140, 40, 270, 40), Qt.AlignmentFlag.AlignLeft, "BNP Inspector")
-    font.setPointSize(10)
-    painter.setFont(font)
-    painter.drawText(QRect(140, 90, 270, 30), Qt.AlignmentFlag.AlignLeft, "loading the engine…")
-    painter.end()
-    splash = QSplashScreen(pixmap)
-    splash.show()
-    splash.repaint()
-    app.processEvents()
-    return splash
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    splash = None
-    if not args.screenshot:  # paint something before pyqtgraph and torch load
-        from PySide6.QtWidgets import QApplication
-
-        splash = show_splash(QApplication.instance() or QApplication(sys.argv[:1]))
     app = make_application()
-    import torch  # noqa: F401 - the engine, loaded while the splash shows
-
     from bnp_gui.data_roles import guess_roles
+    from bnp_gui.engine import Engine, start_after_first_paint
     from bnp_gui.mainwindow import MainWindow
-    from bnp_gui.screenshot import ScreenshotWhenReady
 
     if args.dark:
         from bnp_gui.palette import dark_palette
 
         app.setStyle("Fusion")  # the platform style may ignore a palette
         app.setPalette(dark_palette())
-    window = MainWindow(persist=not args.screenshot, interactive=not args.screenshot)
+    engine = Engine()  # torch loads on a worker thread once the window has painted
+    window = MainWindow(persist=not args.screenshot, interactive=not args.screenshot, engine=engine)
     if args.presentation:
         window.tools.presentation_action.setChecked(True)
         window.tools.presentation.set(True)
@@ -146,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         window.resize(w, h)
     window.show()
-    if splash is not None:
-        splash.finish(window)
+    start_after_first_paint(window, engine.start)
+    # what the command line asks for waits in the engine's queue, in this order
     if args.demo:
         window.open_demo(analyze=True)
     else:
@@ -160,10 +148,13 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 window.show_message("error", f"--data: {args.data} is not a folder.")
     if args.screenshot:
+        from bnp_gui.screenshot import ScreenshotWhenReady
+
         shooter = ScreenshotWhenReady(window, args.screenshot, args.screenshot_timeout)
         shooter.done.connect(app.quit)
         shooter.start()
     code = app.exec()
+    engine.wait()  # an import cannot be interrupted: let it end before the thread is destroyed
     window.session.shutdown()  # quit without closing the window (--screenshot): join workers
     if args.screenshot:  # the picture is written either way; say whether it shows an analysis
         return 0 if Path(args.screenshot).is_file() and shooter.complete else 1

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from core.data import ImageSet, load_images
 from core.errors import DataError
+
+if TYPE_CHECKING:  # the engine (torch) is imported when data are read, on a worker thread
+    from core.data import ImageSet
 
 ROLES = ("clean", "train", "test")
 ROLE_LABELS = {
@@ -71,6 +74,8 @@ def guess_roles(folder: str | Path) -> DataRoles:
 
 def load_roles(roles: DataRoles, cancel=None) -> dict[str, ImageSet]:
     """Read every given role's images; raises DataError naming the role that failed."""
+    from core.data import load_images
+
     sets: dict[str, ImageSet] = {}
     for role in ROLES:
         path = roles.get(role)

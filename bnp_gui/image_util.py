@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QImage, QPixmap
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
 
 
 def tensor_pixmap(image: torch.Tensor, side: int) -> QPixmap:
     """A C×H×W float [0, 1] (or uint8) image as a pixmap scaled to ``side`` pixels, with
     sharp pixels (a 3×3 trigger must stay a 3×3 pattern)."""
     x = image.detach().cpu()
+    import torch
+
     if x.dtype == torch.uint8:
         x = x.float() / 255
     x = x.clamp(0, 1)

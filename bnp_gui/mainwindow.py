@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyqtgraph as pg
-import pyqtgraph.exporters
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
 from PySide6.QtGui import QAction, QKeySequence, QPalette
 from PySide6.QtWidgets import (
@@ -35,6 +34,7 @@ from bnp_gui.dialogs.input_spec import InputSpecDialog
 from bnp_gui.dialogs.open_data import OpenDataDialog
 from bnp_gui.dialogs.trigger import TriggerDialog
 from bnp_gui.dialogs.trust import confirm_trust
+from bnp_gui.engine import Engine, EngineStatus
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
@@ -46,7 +46,7 @@ from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
-from core.inspection import METHOD_NAMES, METHODS
+from core.methods import METHOD_NAMES, METHODS
 from core.progress import format_duration
 
 MAX_RECENT = 8
@@ -121,12 +121,19 @@ class MainWindow(QMainWindow):
     closed = Signal()
 
     def __init__(
-        self, session: Session | None = None, *, persist: bool = True, interactive: bool = True
+        self,
+        session: Session | None = None,
+        *,
+        persist: bool = True,
+        interactive: bool = True,
+        engine: Engine | None = None,
     ) -> None:
         """``persist=False`` (``--screenshot``): defaults only, nothing read from or written to
         the user's settings, so the picture is the same on every machine. ``interactive=False``
-        (``--screenshot``): no question dialogs; what would be asked is shown as an error."""
+        (``--screenshot``): no question dialogs; what would be asked is shown as an error.
+        ``engine``: still loading (bnp-gui's start), opening waits for it; None: ready."""
         super().__init__()
+        self.engine = engine or Engine.loaded(self)
         self.session = session or Session(self)
         self.persist = persist
         self.interactive = interactive
@@ -187,6 +194,9 @@ class MainWindow(QMainWindow):
         s.data_changed.connect(self._update_actions)
         s.scores_changed.connect(self._update_actions)
         s.selection_changed.connect(self._update_actions)
+        self.engine.waiting.connect(lambda text: self.show_message("info", text))
+        self.engine.failed.connect(self._engine_failed)
+        self.engine.ready.connect(self._update_actions)
         if persist:
             self._restore_settings()
         else:
@@ -222,6 +232,7 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.eta_label)
         bar.addPermanentWidget(self.progress_bar)
         bar.addPermanentWidget(self.cancel_button)
+        bar.addPermanentWidget(EngineStatus(self.engine))
         bar.addPermanentWidget(self.device_label)
 
     def _action(self, text: str, slot, shortcut=None, tip: str = "") -> QAction:
@@ -361,6 +372,7 @@ class MainWindow(QMainWindow):
         self.analyze_action.setEnabled(loaded and bool(s.data) and not collecting)
         self.cancel_action.setEnabled(collecting or s.is_busy("load") or s.is_busy("export"))
         self.export_action.setEnabled(loaded)
+        self.open_as_action.setEnabled(self.engine.is_ready)  # its dialog lists the engine's
         self.trigger_action.setEnabled(True)
         self.spec_action.setEnabled(loaded)
         for action in (self.prune_action, self.keep_action, self.auto_action):
@@ -409,9 +421,15 @@ class MainWindow(QMainWindow):
                 self.banner.hide()
         self._update_actions()
 
+    def _engine_failed(self, why: str) -> None:
+        self.show_message("error", f"The engine (PyTorch) could not be loaded: {why}")
+
     # ------------------------------------------------------------------ open
     def open_checkpoint(self, path: str, **kwargs) -> None:
-        self.session.open_checkpoint(path, **kwargs)
+        """Open now, or once the engine has loaded (bnp-gui's start)."""
+        self.engine.when_ready(
+            lambda: self.session.open_checkpoint(path, **kwargs), f"{Path(path).name} opens"
+        )
 
     def open_dialog(self) -> None:
         start = self.settings.value("last_dir", str(Path.home()))
@@ -432,7 +450,7 @@ class MainWindow(QMainWindow):
     def open_data(self, roles: DataRoles, trigger=None) -> None:
         if trigger is not None:
             self.session.trigger_source = trigger
-        self.session.set_data(roles)
+        self.engine.when_ready(lambda: self.session.set_data(roles), "The data open")
 
     def open_data_dialog(self) -> None:
         dialog = OpenDataDialog(self.session.roles, self.session.trigger_source, self)
@@ -443,6 +461,10 @@ class MainWindow(QMainWindow):
             self.open_data(dialog.roles(), dialog.trigger_source())
 
     def open_demo(self, analyze: bool = True) -> None:
+        """Open the bundled demo (once the engine has loaded) and analyse it."""
+        self.engine.when_ready(lambda: self._open_demo(analyze), "The demo opens")
+
+    def _open_demo(self, analyze: bool) -> None:
         try:
             checkpoint, roles = demo_files()
         except BnpError as exc:
@@ -452,7 +474,7 @@ class MainWindow(QMainWindow):
         self.session.trigger_source = type(self.session.trigger_source)()
         apply(self.session, PAPER_DEFAULTS)  # the README's numbers, whatever was saved
         self.session.view_method = "bnp"
-        self.open_checkpoint(checkpoint)
+        self.session.open_checkpoint(checkpoint)
         self.session.set_data(roles)
 
     def _demo_triggered(self) -> None:
@@ -580,7 +602,9 @@ class MainWindow(QMainWindow):
     @staticmethod
     def save_plot_png(plot: pg.PlotWidget, path: str) -> None:
         """The plot at its on-screen size (scaling would shrink legends against axes)."""
-        exporter = pg.exporters.ImageExporter(plot.getPlotItem())
+        from pyqtgraph.exporters import ImageExporter  # on export only, not at the start
+
+        exporter = ImageExporter(plot.getPlotItem())
         exporter.export(path)
 
     # ------------------------------------------------------------------ palette / settings

@@ -9,11 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from core.figure import score_matrix
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,8 @@ def build_grid(
 
 def threshold_value(scores: torch.Tensor, k: float, direction: str) -> float | None:
     """Score value of the layer's threshold mean_L ± k·std_L (None when it is undefined)."""
+    import torch
+
     values = scores[~torch.isnan(scores)].double()
     if values.numel() < 2:
         return None
@@ -83,6 +88,8 @@ def threshold_value(scores: torch.Tensor, k: float, direction: str) -> float | N
 
 def k_from_value(scores: torch.Tensor, value: float, direction: str) -> float | None:
     """Inverse of ``threshold_value``: the k that puts a layer's threshold at ``value``."""
+    import torch
+
     values = scores[~torch.isnan(scores)].double()
     if values.numel() < 2:
         return None

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # computed on worker threads, once the engine has loaded
+    import torch
 
 PLOT_SAMPLES = 128  # clean images, and as many triggered ones (60-bin histograms)
 CACHE_BYTES = 256 * 2**20  # the newest layer is always kept, older ones within this budget

@@ -22,8 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from core.export import SUFFIXES, export_model, write_json
-from core.inspection import METHOD_NAMES, build_mask
+from core.methods import METHOD_NAMES
 
 MODEL_FORMATS = {
     "seed": "seed format (.pth: state_dict + trigger + metadata)",
@@ -41,6 +40,8 @@ REPORT_VERSION = 2
 
 def model_path(folder: str | Path, checkpoint: str, fmt: str) -> Path:
     """``<folder>/<checkpoint stem>_pruned<suffix>``."""
+    from core.export import SUFFIXES
+
     stem = Path(checkpoint).stem if checkpoint else "model"
     return Path(folder) / f"{stem}_pruned{SUFFIXES[fmt]}"
 
@@ -209,6 +210,7 @@ def defend_command(
 def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, list]:
     """Full-set before/after of the exact mask, then the missing curve points (progress: all)."""
     from bnp_gui.trigger_source import measure
+    from core.inspection import build_mask
 
     test = plan.test
     if test is None:
@@ -257,6 +259,9 @@ def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, lis
 
 def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
     """Measure the plan's mask on the full set, write model, report.json and report.html."""
+    from core.export import export_model, write_json
+    from core.inspection import build_mask
+
     folder = Path(plan.folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
     mask = build_mask(
@@ -287,6 +292,8 @@ def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
 
 def build_report(inspection, plan: ExportPlan, mask, before, after, path: Path) -> dict:
     """report.json's content: ``bnp defend --report``'s keys, the window's decisions, provenance."""
+    from core.inspection import build_mask
+
     ckpt = inspection.ckpt
     counts, neurons = mask.per_layer_counts(), mask.neurons()
     methods = list(plan.methods)

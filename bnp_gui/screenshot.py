@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.session import CURVE_KS, DIRECTION
@@ -72,6 +71,8 @@ def most_suspicious(session) -> tuple[str, int] | None:
     zs = session.zscores.get(method) or {}
     flags = session.flags.get(method) or {}
     sign = 1.0 if DIRECTION[method] == "high" else -1.0
+    import torch  # the engine has loaded: an analysis is on screen
+
     for layer, _ in reversed(session.layers):
         flagged = flags.get(layer)
         if flagged is not None and bool(flagged.any()) and zs.get(layer) is not None:

@@ -4,6 +4,10 @@ Widgets read the state from here and send intents back (``open_checkpoint``, ``s
 ``select_neuron`` ...); every change is announced by a signal. All computation is done by the
 engine (``core``) on worker threads through the ``Runner``: this object only keeps results and
 decides what to recompute. Nothing here touches a widget.
+
+Importing and constructing a Session does not import torch (the window paints before the engine
+has loaded, bnp_gui/engine.py): the engine is imported where it is used, on worker threads or in
+slots that only run once a checkpoint is open.
 """
 
 from __future__ import annotations
@@ -13,9 +17,8 @@ import functools
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
@@ -24,9 +27,13 @@ from bnp_gui.suspect_state import SuspectState
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
-from core.inspection import DIRECTION, METHOD_NAMES, METHODS, Inspection, build_mask, method_flags
 from core.masks import PruneMask
-from core.scores import z_scores
+from core.methods import DIRECTION, METHOD_NAMES, METHODS
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.inspection import Inspection
 
 __all__ = ["DIRECTION", "K_MAX", "K_MIN", "Session", "valid_threshold"]
 
@@ -87,6 +94,8 @@ def valid_threshold(value: Any) -> float | None:
 def batchnorm_warning(model: torch.nn.Module) -> str:
     """A warning naming BatchNorm channels whose running variance is ≤ 0 or whose running
     statistics are not finite ("" when none): their scores are infinite or undefined."""
+    import torch
+
     broken = {}
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.BatchNorm2d) and module.running_var is not None:
@@ -221,6 +230,10 @@ class Session(QObject):
 
     def current_mask(self) -> PruneMask:
         """The mask of the current decisions, from cached scores (equal to Inspection.mask)."""
+        if not self.scores:  # nothing opened yet (the engine may still be loading)
+            return PruneMask()
+        from core.inspection import build_mask
+
         return build_mask(
             self.scores,
             self.mask_methods(),
@@ -255,6 +268,7 @@ class Session(QObject):
 
         def load(job: Job):
             from core.checkpoint import load_checkpoint
+            from core.inspection import Inspection
 
             ckpt = load_checkpoint(
                 path, arch=arch, trust_pickle=trust_pickle, **_cancel_argument(load_checkpoint, job)
@@ -293,6 +307,8 @@ class Session(QObject):
     def _loaded(self, path: str, inspection: Inspection | None) -> None:
         if inspection is None:
             return
+        from core.scores import z_scores
+
         for lane in ("collect", "preview", "curve", "neuron"):
             self.runner.cancel(lane, notify=False)  # started for the previous model meanwhile
         self.checkpoint_path = path
@@ -411,6 +427,8 @@ class Session(QObject):
         except (BnpError, TypeError, ValueError) as exc:
             self._report_error("Invalid input settings", exc)
             return
+        from core.scores import z_scores
+
         self.scores = {"clp": self.inspection.clp}
         self.zscores = {"clp": z_scores(self.inspection.clp)}
         self._invalidate_metrics()
@@ -443,6 +461,8 @@ class Session(QObject):
             self.runner.cancel(lane, notify=False)
 
         def collect(job: Job):
+            from core.scores import z_scores
+
             inspection.collect(
                 clean, train, progress=job.progress, cancel=job.cancelled, batch_size=BATCH_SIZE
             )
@@ -554,9 +574,15 @@ class Session(QObject):
 
     def _recompute_flags(self, emit: bool = True, only: str | None = None) -> None:
         """Flags per method (or only one) and the combined mask, from cached scores."""
-        if only is not None and only in self.scores:
+        if not self.scores:  # nothing opened: no engine call (it may still be loading)
+            self.flags = {}
+        elif only is not None and only in self.scores:
+            from core.inspection import method_flags
+
             self.flags[only] = method_flags(self.scores, only, self.thresholds[only])
         else:
+            from core.inspection import method_flags
+
             self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
         if emit:
@@ -725,6 +751,8 @@ class Session(QObject):
             return
 
         def curve(job: Job):
+            from core.inspection import build_mask
+
             for k in todo:
                 mask = build_mask(scores, {method: k}, "union", (), (), channels)
                 metrics = measure(

@@ -68,15 +68,13 @@ def _resolve(entry, base: Path) -> str:
 
 def save(session, path: str | Path) -> Path:
     """Write the session's state as JSON (atomically); returns the path (suffix added)."""
-    from bnp_gui.report import spec_overrides
-    from core.export import atomic_write
-
     path = Path(path).expanduser()
     if path.suffix != SUFFIX:
         path = path.with_name(path.name + SUFFIX)
-    if session.inspection is None:
+    if session.inspection is None:  # before any engine import: it may still be loading
         raise SessionFileError("Nothing to save: open a checkpoint first.")
-    from bnp_gui.report import sha256_file
+    from bnp_gui.report import sha256_file, spec_overrides
+    from core.export import atomic_write
 
     base = path.parent
     source = session.trigger_source

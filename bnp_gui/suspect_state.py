@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.inspection import METHODS
+from core.methods import METHODS
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
 
 ESTIMATE_DEBOUNCE_MS = 150
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from core.data import ImageSet, load_images
 from core.errors import DataError
-from core.evaluation import Metrics, attack_victims
-from core.inspection import checkpoint_trigger
+
+if TYPE_CHECKING:  # the engine (torch) is imported where it is used, on worker threads
+    from core.data import ImageSet
+    from core.evaluation import Metrics
 
 Kind = Literal["checkpoint", "image", "folder", "none"]
 BATCH_SIZE = 128  # cancellation takes effect at the next batch
@@ -64,6 +65,8 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
     if target is None and ckpt is not None and ckpt.metadata is not None:
         target = ckpt.metadata.target_label
     if source.kind == "checkpoint":
+        from core.inspection import checkpoint_trigger
+
         trig = checkpoint_trigger(ckpt) if ckpt is not None else None  # engine's own rule
         if trig is None:
             raise DataError(
@@ -86,6 +89,9 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
             source.path, kind=source.placement, size=source.size, alpha=source.alpha
         )
         return ResolvedTrigger(source, int(target), trigger=trig)
+    from core.data import load_images
+    from core.evaluation import attack_victims
+
     poisoned = attack_victims(load_images(source.path), int(target))
     return ResolvedTrigger(source, int(target), poisoned=poisoned)
 

@@ -87,7 +87,7 @@ class Job(QThread):
         self.requestInterruption()
 
     def run(self) -> None:  # worker thread
-        import torch  # imported by the app before Qt; no_grad is per thread, so enter it here
+        import torch  # loaded by now (bnp_gui/engine.py); no_grad is per thread: enter it here
 
         try:
             with self.holding(self._lock) if self._lock is not None else contextlib.nullcontext():

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # scores are tensors; the module itself needs no torch (the window's empty grid)
+    import torch
 
 
 def score_matrix(scores: Mapping[str, torch.Tensor] | None, layers) -> np.ndarray:

@@ -20,15 +20,15 @@ from core.errors import BnpError, DataError
 from core.evaluation import Metrics, evaluate, sample_subset
 from core.graph import NeuronLayer, discover_layers
 from core.masks import Neuron, PruneMask
+from core.methods import (  # noqa: F401 - METHOD_NAMES: re-exported, as before
+    DIRECTION,
+    METHOD_NAMES,
+    METHODS,
+    ZERO_BETA,
+)
 from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags, z_scores
 from core.statistics import CancelCheck, Progress, Statistics, collect_statistics
 from core.triggers import PatchTrigger, Trigger
-
-METHODS = ("ep", "bnp", "clp")
-METHOD_NAMES = {"ep": "EP", "bnp": "BNP", "clp": "CLP"}
-# direction of the outlier rule and whether pruning also zeroes β (SPEC §1)
-DIRECTION = {"ep": "low", "bnp": "high", "clp": "high"}
-ZERO_BETA = {"ep": False, "bnp": False, "clp": True}
 
 Scores = Mapping[str, Mapping[str, torch.Tensor]]  # method → layer → per-neuron scores
 

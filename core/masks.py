@@ -3,16 +3,19 @@
 A `PruneMask` says, per BatchNorm layer, which channels get γ = 0 and which also get β = 0
 (CLP). `parameters()` gives masked copies of the affected BatchNorm parameters for previews
 through `torch.func.functional_call` (the loaded weights stay untouched); `apply_()` writes
-the same zeros into a model for export, so both give the same arithmetic.
+the same zeros into a model for export, so both give the same arithmetic. Torch is imported where
+it is used: the window holds an empty mask before the engine has loaded.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 Neuron = tuple[str, int]
 
@@ -21,7 +24,7 @@ def true_channels(flags: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     """``{layer: [channels]}`` of the True entries of per-layer booleans; empty layers left out."""
     out = {}
     for name, f in flags.items():
-        idx = torch.nonzero(f).flatten().tolist()
+        idx = f.nonzero().flatten().tolist()
         if idx:
             out[name] = idx
     return out
@@ -42,6 +45,8 @@ class PruneMask:
         return cls(gamma, beta)
 
     def _combine(self, other: PruneMask, op) -> PruneMask:
+        import torch
+
         def merge(a: dict, b: dict) -> dict:
             out = {}
             for name in a.keys() | b.keys():
@@ -59,10 +64,14 @@ class PruneMask:
 
     def union(self, other: PruneMask) -> PruneMask:
         """Neurons pruned by either mask (β zeroed where either zeroes it)."""
+        import torch
+
         return self._combine(other, torch.logical_or)
 
     def intersection(self, other: PruneMask) -> PruneMask:
         """Neurons pruned by both masks; β zeroed where either mask zeroes it."""
+        import torch
+
         gamma = self._combine(other, torch.logical_and).gamma
         beta = self._combine(other, torch.logical_or).beta
         return PruneMask(gamma, {name: b & gamma[name] for name, b in beta.items()})
@@ -77,6 +86,8 @@ class PruneMask:
         """This mask with neurons forced in (γ = 0, and β = 0 when `zero_beta`) or kept."""
         gamma = {name: m.clone() for name, m in self.gamma.items()}
         beta = {name: m.clone() for name, m in self.beta.items()}
+
+        import torch
 
         def row(masks: dict, name: str) -> torch.Tensor:
             if name not in masks:
@@ -127,6 +138,8 @@ class PruneMask:
 
     def apply_(self, model: nn.Module) -> None:
         """Write the zeros into `model` itself (for export)."""
+        import torch
+
         modules = dict(model.named_modules())
         with torch.no_grad():
             for key, value in self.parameters(model).items():

@@ -12,8 +12,6 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.architectures import ARCHITECTURES
-
 
 class ArchitectureDialog(QDialog):
     """A list of the registered architectures, with the engine's explanation."""
@@ -23,6 +21,8 @@ class ArchitectureDialog(QDialog):
     ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Choose the architecture")
+        from core.architectures import ARCHITECTURES  # torch: the window opens it once loaded
+
         self.combo = QComboBox()
         for name, spec in ARCHITECTURES.items():
             self.combo.addItem(f"{name} ({spec.family})", name)

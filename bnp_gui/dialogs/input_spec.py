@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -14,7 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.data import InputSpec
+if TYPE_CHECKING:
+    from core.data import InputSpec
 
 
 def _parse_floats(text: str) -> tuple[float, ...] | None:

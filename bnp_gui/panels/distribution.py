@@ -7,15 +7,19 @@ layer, as in the papers); the cheap redraw follows the drag, the session debounc
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import pyqtgraph as pg
-import torch
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.neuron_grid import k_from_value, threshold_value
 from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.session import DIRECTION, K_MAX, K_MIN, Session
-from core.inspection import METHOD_NAMES
+from core.methods import METHOD_NAMES
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
 
 INFINITE_WHY = "a BatchNorm running variance of 0 divides by zero (the checkpoint is broken)"
 
@@ -111,6 +115,8 @@ class DistributionPanel(QWidget):
             self.line.hide()
             self.info.setText("no scores for this layer" if self.current_layer() else " ")
             return
+        import torch
+
         values = s[~torch.isnan(s)].double().numpy()
         infinite = int(np.isinf(values).sum())
         values = values[np.isfinite(values)]
@@ -140,6 +146,8 @@ class DistributionPanel(QWidget):
             return
         k = self.session.thresholds[method]
         value = threshold_value(s, k, DIRECTION[method])
+        import torch
+
         if value is None:
             self.line.hide()
             infinite = int(torch.isinf(s).sum())

@@ -4,14 +4,17 @@ after pruning (class names), so an audience sees the backdoor fire and then fail
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.class_names import class_names
 from bnp_gui.image_util import tensor_pixmap
 from bnp_gui.session import Session
+
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
 
 N_EXAMPLES = 6
 
@@ -40,6 +43,8 @@ def pick_examples(session, n: int = N_EXAMPLES) -> tuple[torch.Tensor, torch.Ten
             seen.add(label)
             if len(chosen) == n:
                 break
+    import torch
+
     index = torch.tensor(chosen, dtype=torch.long)
     return data.images[index], data.labels[index], stamp
 

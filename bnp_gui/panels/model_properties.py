@@ -14,8 +14,7 @@ from PySide6.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from bnp_gui.class_names import class_names, label_text
 from bnp_gui.image_util import tensor_pixmap
 from bnp_gui.session import Session
-from core.graph import method_availability
-from core.inspection import METHOD_NAMES
+from core.methods import METHOD_NAMES
 
 EMPTY_HINT = (
     "<b>No model open.</b><br>Open or drop a checkpoint here (File › Open Checkpoint…, Ctrl+O), "
@@ -130,6 +129,8 @@ class ModelPropertiesPanel(QWidget):
         inspection = self.session.inspection
         found = inspection.discovery
         lines = []
+        from core.graph import method_availability
+
         for method, (applies, why) in method_availability(inspection.model, found).items():
             verdict = "applies" if applies else "<b>cannot apply</b>"
             lines.append(f"{METHOD_NAMES[method]} {verdict}: {escape(why)}")

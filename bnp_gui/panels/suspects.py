@@ -7,8 +7,9 @@ Thumbnails are scaled without smoothing, large enough to see a 3×3 patch on a 2
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import (
@@ -25,6 +26,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
+    import torch
+
 THUMB = 84  # pixels: a 28×28 image at 3×, a 32×32 one at 2.6×
 MAX_SHOWN = 60
 SUSPECTED = QColor(248, 215, 218)
@@ -34,6 +38,8 @@ HIGHLIGHT = QColor(255, 225, 120)
 def thumbnail(image: torch.Tensor, size: int = THUMB) -> QPixmap:
     """One C×H×W image (uint8 or float in [0, 1]) as a pixmap, nearest-neighbour scaled."""
     x = image.detach().cpu()
+    import torch
+
     if x.dtype != torch.uint8:
         x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
     a = np.ascontiguousarray(x.permute(1, 2, 0).numpy())
@@ -139,6 +145,8 @@ class SuspectsPanel(QWidget):
         if a is None:
             return []
         # by score, marks aside: a sample marked clean stays in view, so it can be unmarked
+        import torch
+
         order = torch.argsort(a.scores, descending=True, stable=True).tolist()
         highlight = self.state.highlight
         if highlight is not None:
