@@ -2,9 +2,12 @@
 
 A checkpoint is a stranger's file: it is parsed in a child process (`core.isolation`) under a
 wall-clock limit, a memory limit and the caller's cancel, and only plain tensors and JSON come
-back. Pickled files are only ever read with `torch.load(weights_only=True)`; TorchScript archives
-are read as data (`core.torchscript`), their code never run; anything that needs full unpickling
-(which can run arbitrary code) is refused unless the caller opts in with `trust_pickle=True`.
+back. Pickled files are only ever read with `torch.load(weights_only=True)`; a TorchScript
+archive's weights are read as data (`core.torchscript`) and its forward is converted into
+allowed operations (`core.scripted`; used when no registered architecture fits, or when it
+computes something else than the registered one's), its code never run; anything that needs
+full unpickling (which can run arbitrary code) is refused unless the caller opts in with
+`trust_pickle=True`.
 Zip sizes are checked before anything is unpacked, and metadata is validated when it is read.
 Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts (metadata in a `<file>.bnp.json`
 sidecar when we wrote them), `{'model'|'net'|'state_dict': ...}` wrappers, `module.`/`model.`

@@ -1,7 +1,12 @@
 """Use a TorchScript archive's own forward as a plain module, without running the file's code.
 
-A TorchScript archive whose weights fit no registered architecture still carries its network:
-the graph of its ``forward``. This module turns that graph into a ``torch.fx.GraphModule``:
+A TorchScript archive carries its network: the graph of its ``forward``. When its weights fit
+no registered architecture, that graph is the only way to use it; when they fit one, the
+archive's forward may still compute something else (a normalisation step, scaled logits, a
+skipped block), so it is converted too and compared with the registered build on a seeded
+probe input (``check_own_forward``): the registered model is kept when the outputs agree within
+float32 rounding, the converted one used (and said) when they do not. This module turns that
+graph into a ``torch.fx.GraphModule``:
 
 * every ``aten::conv{1,2,3}d`` / ``aten::_convolution`` (not transposed), ``aten::batch_norm``
   and ``aten::linear`` whose weights are attributes of one submodule (``self.layer1.0.bn1``)
