@@ -434,3 +434,25 @@ def test_probe_comparison_tolerates_rounding_only():
     assert forward_difference(net, net, 3, (8, 8)) is None
     doubled = _resnet20(Doubled)
     assert "differ by up to" in forward_difference(net, doubled, 3, (8, 8))
+
+
+@pytest.mark.slow
+def test_torchvision_resnet18_archive_that_normalises_its_input_keeps_its_forward(tmp_path):
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class Normalises(ResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._forward_impl((x - 0.5) / 0.25)
+
+    torch.manual_seed(1)
+    net = Normalises(BasicBlock, [2, 2, 2, 2], num_classes=4).eval()
+    path = tmp_path / "normalises.pt"
+    meta = {"bnp_meta.json": json.dumps({"input_size": [32, 32]})}  # a tiny probe
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, str(path), _extra_files=meta)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata.arch == "resnet18" and ckpt.metadata.input_size == (32, 32)
+    assert any("differs from the registered resnet18's" in n for n in ckpt.notices)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), scripted(x))
