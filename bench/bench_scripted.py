@@ -1,9 +1,10 @@
 """Opening a TorchScript archive of an unregistered network (its graph converted, core.scripted)
 beside opening the same weights as a registered one and beside `torch.jit.load` of the file.
 
-For each torchvision net, the scripted archive of the net itself (registered: read as data and
-rebuilt) and of a wrapper holding it as `.inner` (unregistered: converted) are opened with
-`load_checkpoint` (the reader process already started); figures are medians of --repeat runs.
+For each torchvision net, the scripted archive of the net itself (registered: read as data,
+rebuilt, and its forward converted and checked against the rebuilt one's) and of a wrapper
+holding it as `.inner` (unregistered: converted) are opened with `load_checkpoint` (the reader
+process already started); figures are medians of --repeat runs.
 
 A second table prices the check of a registered archive's own forward (converted in the reader
 and compared with the registered build on a probe): `load_checkpoint` of the scripted
