@@ -2,9 +2,12 @@
 
 A checkpoint is a stranger's file: it is parsed in a child process (`core.isolation`) under a
 wall-clock limit, a memory limit and the caller's cancel, and only plain tensors and JSON come
-back. Pickled files are only ever read with `torch.load(weights_only=True)`; TorchScript archives
-are read as data (`core.torchscript`), their code never run; anything that needs full unpickling
-(which can run arbitrary code) is refused unless the caller opts in with `trust_pickle=True`.
+back. Pickled files are only ever read with `torch.load(weights_only=True)`; a TorchScript
+archive's weights are read as data (`core.torchscript`) and its forward is converted into
+allowed operations (`core.scripted`; used when no registered architecture fits, or when it
+computes something else than the registered one's), its code never run; anything that needs
+full unpickling (which can run arbitrary code) is refused unless the caller opts in with
+`trust_pickle=True`.
 Zip sizes are checked before anything is unpacked, and metadata is validated when it is read.
 Formats: the seed's `{'state_dict', 'trigger'}`, bare state_dicts (metadata in a `<file>.bnp.json`
 sidecar when we wrote them), `{'model'|'net'|'state_dict': ...}` wrappers, `module.`/`model.`
@@ -239,6 +242,8 @@ def load_checkpoint(
     """Load a checkpoint of any supported format into a registered architecture, or use the
     file's own module: a trusted pickled module as it is, a TorchScript archive of an
     unregistered network converted into plain layers and allowed operations (`core.scripted`).
+    A TorchScript archive whose weights fit a registered architecture is converted too and
+    compared with it on a fixed probe input: its own forward is used when it differs.
 
     ``inputs`` (the command line's overrides: "size", "mean", "std") replace what the file's
     metadata says before it is checked, so a wrong field can be corrected rather than refused.
@@ -306,6 +311,33 @@ def load_checkpoint(
             f"cannot be loaded: {str(e).splitlines()[0]}"
         ) from None
     model.eval()
+    if fmt == "torchscript" and arch is None:
+        # the archive carries its own forward: use it when it is not the registered one's
+        from core.scripted import check_own_forward
+
+        check = check_own_forward(
+            path,
+            model,
+            state_dict,
+            detection.arch,
+            metadata.in_channels,
+            metadata.input_size,
+            trust_pickle,
+            cancel,
+            timeout,
+            memory_limit,
+        )
+        if check.module is not None:
+            notice = OWN_FORWARD_NOTICE.format(arch=detection.arch, how=check.difference)
+            known = {  # the size and channels the registered build was probed with
+                **(meta or {}),
+                "input_size": list(metadata.input_size),
+                "in_channels": metadata.in_channels,
+            }
+            return _own_checkpoint(
+                path, fmt, check.module, state_dict, known, info, extras, trigger, detection, notice
+            )
+        notices += [check.notice] if check.notice else []
     return LoadedCheckpoint(
         path=path,
         format=fmt,
@@ -331,8 +363,10 @@ def _own_checkpoint(
     extras: Mapping[str, Tensor],
     trigger: Tensor | None,
     detection: Detection | None = None,
+    notice: str | None = None,
 ) -> LoadedCheckpoint:
-    """A checkpoint whose model is the file's own module (pickled, or converted TorchScript)."""
+    """A checkpoint whose model is the file's own module (pickled, or converted TorchScript);
+    ``notice`` replaces the one said about it."""
     metadata = module_metadata(model, state_dict, meta, path)
     cls = metadata.arch.removesuffix(UNREGISTERED_TAIL)  # the network's name, as shown
     notices = [OWN_MODULE_NOTICE.format(cls=cls)]
@@ -341,6 +375,8 @@ def _own_checkpoint(
         notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch)]
     elif fmt == "torchscript":
         notices = [SCRIPTED_NOTICE.format(cls=cls)]
+    if notice is not None:
+        notices = [notice]
     no_stats = tuple(
         name
         for name, m in model.named_modules()
@@ -379,6 +415,13 @@ SCRIPTED_NOTICE = (
     "The archive's own forward ({cls}) is used as it is: its architecture is not registered, "
     "and its TorchScript graph was converted into plain layers and allowed tensor operations "
     "without running its code. Export it as TorchScript (--format torchscript) to reopen it."
+)
+OWN_FORWARD_NOTICE = (
+    "The archive's forward differs from the registered {arch}'s ({how} on a fixed probe "
+    "input), so the archive's own is used: its TorchScript graph converted into plain layers "
+    "and allowed tensor operations without running its code. A TorchScript export "
+    "(--format torchscript) keeps this forward; seed, state_dict and safetensors exports "
+    "reopen as {arch}, with {arch}'s forward."
 )
 NO_MODULE = "It holds no module of its own to use instead."
 GUESSED_SIDES = (32, 28, 64, 96, 224)  # tried in turn when the metadata names no input size

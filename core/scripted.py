@@ -1,7 +1,12 @@
 """Use a TorchScript archive's own forward as a plain module, without running the file's code.
 
-A TorchScript archive whose weights fit no registered architecture still carries its network:
-the graph of its ``forward``. This module turns that graph into a ``torch.fx.GraphModule``:
+A TorchScript archive carries its network: the graph of its ``forward``. When its weights fit
+no registered architecture, that graph is the only way to use it; when they fit one, the
+archive's forward may still compute something else (a normalisation step, scaled logits, a
+skipped block), so it is converted too and compared with the registered build on a seeded
+probe input (``check_own_forward``): the registered model is kept when the outputs agree within
+float32 rounding, the converted one used (and said) when they do not. This module turns that
+graph into a ``torch.fx.GraphModule``:
 
 * every ``aten::conv{1,2,3}d`` / ``aten::_convolution`` (not transposed), ``aten::batch_norm``
   and ``aten::linear`` whose weights are attributes of one submodule (``self.layer1.0.bn1``)
@@ -40,7 +45,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
+from core.errors import ArchitectureMismatch, Cancelled, CheckpointError, UnsafeCheckpointError
 
 # Pure tensor operations the converted module may call (aten names, any overload).
 TENSOR_OPS = frozenset(
@@ -784,35 +789,129 @@ def load_scripted(
     tensors: the file must not change in between); ``mismatch`` is why no registered
     architecture fits, said first when the forward cannot be converted.
     """
-    from core.isolation import default_memory_limit, run_isolated
-
     try:
-        parsed = run_isolated(
-            "core.scripted:convert_file",
-            str(path.absolute()),
-            bool(trust_pickle),
-            memory_limit or default_memory_limit(),
-            what=f"Converting {path.name}",
-            error=CheckpointError,
-            timeout=timeout,
-            memory_limit=memory_limit,
-            cancel=cancel,
-        )
+        program, tensors = _convert_in_child(path, trust_pickle, cancel, timeout, memory_limit)
     except ArchitectureMismatch as e:
         raise ArchitectureMismatch(
             f"{path.name} is a TorchScript archive whose own forward cannot be used as it is: "
             f"{e}. Nor do its weights fit a registered architecture: {mismatch}"
         ) from None
+    return _built(path, program, tensors, state_dict)
+
+
+def _convert_in_child(
+    path: Path,
+    trust_pickle: bool,
+    cancel: Callable[[], bool] | None,
+    timeout: float | None,
+    memory_limit: int | None,
+) -> tuple[Mapping[str, Any], list[Tensor]]:
+    """(program, tensors) of the archive's forward, from ``convert_file`` in the reader child."""
+    from core.isolation import default_memory_limit, run_isolated
+
+    parsed = run_isolated(
+        "core.scripted:convert_file",
+        str(path.absolute()),
+        bool(trust_pickle),
+        memory_limit or default_memory_limit(),
+        what=f"Converting {path.name}",
+        error=CheckpointError,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        cancel=cancel,
+    )
     info = parsed.info if isinstance(parsed.info, Mapping) else {}
     if not isinstance(info.get("program"), Mapping):
         raise CheckpointError(f"Converting {path.name} failed: no program came back.")
-    module = build_module(info["program"], parsed.tensors)
+    return info["program"], parsed.tensors
+
+
+def _built(
+    path: Path, program: Mapping[str, Any], tensors: list[Tensor], state_dict: Mapping[str, Tensor]
+) -> fx.GraphModule:
+    """The converted module, its weights checked against the first read's."""
+    module = build_module(program, tensors)
     for key, value in module.state_dict().items():
         if key in state_dict and not (
             state_dict[key].shape == value.shape and torch.equal(state_dict[key], value)
         ):
             raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
     return module
+
+
+# ---- an archive whose weights fit a registered architecture: is its forward the same? -----------
+
+PROBE_SEED = 0
+PROBE_COUNT = 2  # seeded N(0, 1) images of the metadata's input size
+PROBE_RTOL, PROBE_ATOL = 1e-4, 1e-5  # the atol is relative to the logits' largest magnitude
+FORWARD_UNCHECKED = (
+    "The archive's weights fit {arch} and are used in {arch}'s forward; the archive's own "
+    "forward could not be checked against it: {why}"
+)
+
+
+@dataclass(frozen=True)
+class ForwardCheck:
+    """What comparing an archive's own forward with the registered build's found."""
+
+    module: fx.GraphModule | None  # the archive's own forward when it differs, else None
+    difference: str | None = None  # how the outputs differ (when ``module`` is set)
+    notice: str | None = None  # why the forward could not be checked (when it could not)
+
+
+def check_own_forward(
+    path: Path,
+    registered: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    arch: str,
+    in_channels: int,
+    input_size: tuple[int, int],
+    trust_pickle: bool,
+    cancel: Callable[[], bool] | None = None,
+    timeout: float | None = None,
+    memory_limit: int | None = None,
+) -> ForwardCheck:
+    """Convert the archive's forward (in the child, as ``load_scripted``) and compare it with
+    ``registered`` (eval mode, weights loaded) on a fixed probe; the converted module comes
+    back only when the outputs differ. A forward that cannot be converted (an op off the
+    allow-list, a data-dependent branch, a graph torch cannot load) is reported, not raised;
+    ``Cancelled`` and a file that changed while read are raised."""
+    try:
+        program, tensors = _convert_in_child(path, trust_pickle, cancel, timeout, memory_limit)
+    except Cancelled:
+        raise
+    except CheckpointError as e:  # refused (ArchitectureMismatch), unreadable, over the limits
+        why = " ".join(str(e).split())[:300]
+        return ForwardCheck(None, notice=FORWARD_UNCHECKED.format(arch=arch, why=why))
+    module = _built(path, program, tensors, state_dict)
+    difference = forward_difference(registered, module, in_channels, input_size)
+    return ForwardCheck(module, difference) if difference else ForwardCheck(None)
+
+
+def forward_difference(
+    registered: nn.Module, own: nn.Module, in_channels: int, input_size: tuple[int, int]
+) -> str | None:
+    """None when ``own`` gives ``registered``'s outputs on the probe (within float32 rounding),
+    else how they differ, in a few words."""
+    generator = torch.Generator().manual_seed(PROBE_SEED)
+    x = torch.randn(PROBE_COUNT, in_channels, *input_size, generator=generator)
+    with torch.no_grad():
+        want = registered(x)
+        try:
+            got = own(x)
+        except Exception as e:  # noqa: BLE001 - the archive's forward may reject the probe
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            return f"it fails on a {input_size[0]}×{input_size[1]} input ({text[:200]})"
+    if not isinstance(got, Tensor) or got.shape != want.shape:
+        shape = tuple(got.shape) if isinstance(got, Tensor) else type(got).__name__
+        return f"its output is {shape}, not {tuple(want.shape)}"
+    finite = want[torch.isfinite(want)]
+    largest = float(finite.abs().max()) if finite.numel() else 0.0
+    atol = PROBE_ATOL * max(1.0, largest)
+    if torch.allclose(got, want, rtol=PROBE_RTOL, atol=atol, equal_nan=True):
+        return None
+    gap = float((got - want).abs().nan_to_num(nan=math.inf).max())
+    return f"outputs differ by up to {gap:.3g} where the registered logits reach {largest:.3g}"
 
 
 class ScriptedBatchNorm(nn.BatchNorm2d):

@@ -7,6 +7,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from core.checkpoint import load_checkpoint
@@ -14,7 +15,14 @@ from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointE
 from core.export import export_model
 from core.inspection import Inspection
 from core.masks import PruneMask
-from core.scripted import Refused, build_module, convert_file, script_to_program
+from core.models.cifar_resnet import CifarResNet, cifar_resnet20
+from core.scripted import (
+    Refused,
+    build_module,
+    convert_file,
+    forward_difference,
+    script_to_program,
+)
 from tests import corpus_checkpoints as corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* are deprecated
@@ -299,3 +307,152 @@ def test_command_line_info_and_clp_defend_on_an_unregistered_archive(tmp_path, o
         if isinstance(m, nn.BatchNorm2d)
     )
     assert zeroed == pruned
+
+
+# ---- archives whose weights fit a registered architecture: whose forward is used? -------------
+
+
+class SameForward(CifarResNet):
+    """cifar_resnet20's forward, scriptable (no layer4 branch): the registered one's outputs."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class Doubled(CifarResNet):
+    """cifar_resnet20's weights with its own forward: twice the logits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return 2 * self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class SkipsABlock(CifarResNet):
+    """cifar_resnet20's weights; its forward leaves out the last block of the last stage."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3[1](self.layer3[0](self.layer2(self.layer1(out))))
+        return self.linear(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+class BranchesOnInput(CifarResNet):
+    """cifar_resnet20's weights; a data-dependent branch the converter refuses."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.linear(
+            F.adaptive_avg_pool2d(self.layer3(self.layer2(self.layer1(out))), 1).flatten(1)
+        )
+        if bool(x.mean() > 10.0):
+            return -out
+        return out
+
+
+def _resnet20(cls=CifarResNet) -> nn.Module:
+    torch.manual_seed(5)
+    net = _randomised(cifar_resnet20())
+    other = cls((16, 32, 64), (3, 3, 3), 10, 3)
+    other.load_state_dict(net.state_dict())
+    return other.eval()
+
+
+def _script(module: nn.Module, path) -> torch.jit.ScriptModule:
+    torch.jit.save(torch.jit.script(module), str(path))
+    return torch.jit.load(str(path))  # the test made this file: running it here is safe
+
+
+@pytest.mark.parametrize("how", ["trace", "script"])
+def test_registered_archive_with_the_registered_forward_loads_as_registered(tmp_path, how):
+    net = _resnet20()
+    path = tmp_path / "same.pt"
+    if how == "trace":
+        torch.jit.save(torch.jit.trace(net, torch.zeros(1, 3, 32, 32)), str(path))
+    else:
+        _script(_resnet20(SameForward), path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata.arch == "cifar_resnet20" and type(ckpt.model) is CifarResNet
+    assert ckpt.notices == []
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), net(x))
+
+
+@pytest.mark.parametrize("cls", [Doubled, SkipsABlock])
+def test_registered_weights_with_their_own_forward_keep_it(tmp_path, cls):
+    path = tmp_path / "own.pt"
+    scripted = _script(_resnet20(cls), path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.format == "torchscript" and ckpt.metadata.arch == "cifar_resnet20"
+    assert ckpt.metadata.input_size == (32, 32) and ckpt.metadata.num_classes == 10
+    assert type(ckpt.model) is not CifarResNet
+    (notice,) = ckpt.notices
+    assert "differs from the registered cifar_resnet20's" in notice and "own is used" in notice
+    x = torch.rand(3, 3, 32, 32)
+    registered = _resnet20()
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), scripted(x))
+        assert not torch.allclose(ckpt.model(x), registered(x))
+    layers = [layer.name for layer in Inspection(ckpt, device="cpu").layers]
+    assert "bn1" in layers and "layer1.0.bn1" in layers
+    assert ("layer3.2.bn2" in layers) == (cls is Doubled)  # a skipped block has no layers
+
+
+def test_exports_of_an_archive_with_its_own_forward(tmp_path):
+    path = tmp_path / "doubled.pt"
+    scripted = _script(_resnet20(Doubled), path)
+    ckpt = load_checkpoint(path)
+    x = torch.rand(2, 3, 32, 32)
+    # TorchScript keeps the archive's forward: reopened, it is found different again
+    out = export_model(ckpt.model, tmp_path / "e.pt", fmt="torchscript", metadata=ckpt.metadata)
+    again = load_checkpoint(out)
+    assert any("differs from the registered cifar_resnet20's" in n for n in again.notices)
+    # state_dict reopens as the registered architecture, with its forward, as the notice said
+    assert "state_dict" in ckpt.notices[0] and "reopen as cifar_resnet20" in ckpt.notices[0]
+    sd = export_model(ckpt.model, tmp_path / "w.pth", fmt="state_dict", metadata=ckpt.metadata)
+    weights = load_checkpoint(sd)
+    assert type(weights.model) is CifarResNet and weights.notices == []
+    with torch.no_grad():
+        assert torch.allclose(again.model(x), scripted(x), rtol=1e-5, atol=1e-6)
+        assert torch.allclose(2 * weights.model(x), scripted(x), rtol=1e-5, atol=1e-6)
+
+
+def test_registered_archive_whose_forward_cannot_be_converted_says_so(tmp_path):
+    path = tmp_path / "branches.pt"
+    _script(_resnet20(BranchesOnInput), path)
+    ckpt = load_checkpoint(path)
+    assert type(ckpt.model) is CifarResNet and ckpt.metadata.arch == "cifar_resnet20"
+    (notice,) = ckpt.notices
+    assert "could not be checked" in notice and "data-dependent" in notice
+
+
+def test_probe_comparison_tolerates_rounding_only():
+    net = _resnet20()
+    assert forward_difference(net, net, 3, (8, 8)) is None
+    doubled = _resnet20(Doubled)
+    assert "differ by up to" in forward_difference(net, doubled, 3, (8, 8))
+
+
+@pytest.mark.slow
+def test_torchvision_resnet18_archive_that_normalises_its_input_keeps_its_forward(tmp_path):
+    from torchvision.models.resnet import BasicBlock, ResNet
+
+    class Normalises(ResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self._forward_impl((x - 0.5) / 0.25)
+
+    torch.manual_seed(1)
+    net = Normalises(BasicBlock, [2, 2, 2, 2], num_classes=4).eval()
+    path = tmp_path / "normalises.pt"
+    meta = {"bnp_meta.json": json.dumps({"input_size": [32, 32]})}  # a tiny probe
+    scripted = torch.jit.script(net)
+    torch.jit.save(scripted, str(path), _extra_files=meta)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata.arch == "resnet18" and ckpt.metadata.input_size == (32, 32)
+    assert any("differs from the registered resnet18's" in n for n in ckpt.notices)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x), scripted(x))
