@@ -102,3 +102,15 @@ def planted(
     return Planted(
         inspection, train, is_poisoned[suspects], bars(400, seed + 100), bars(1000, seed + 200)
     )
+
+
+def analysed_planted():
+    """(planted model, its MaskProbe, its SuspectAnalysis): the statistics collected on one torch
+    thread, the probe and the analysis made as the window and `bnp defend --auto` make them."""
+    from core.suspects import analyse_suspects, make_probe
+
+    torch.set_num_threads(1)
+    p = planted(rate=0.1)
+    p.inspection.collect(p.clean, p.train)
+    probe = make_probe(p.inspection, p.train, p.clean)
+    return p, probe, analyse_suspects(p.inspection, p.train, p.clean, probe=probe)

@@ -15,7 +15,7 @@ import random
 
 import pytest
 import torch
-from suspect_models import planted
+from suspect_models import analysed_planted
 
 from core.inspection import build_mask
 from core.suggest import (
@@ -26,7 +26,7 @@ from core.suggest import (
     suggest,
     upper_bound,
 )
-from core.suspects import AsrEstimate, analyse_suspects, estimate_asr, make_probe
+from core.suspects import AsrEstimate, estimate_asr
 
 
 @pytest.fixture(autouse=True)
@@ -36,12 +36,7 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def backdoored():
-    torch.set_num_threads(1)
-    p = planted(rate=0.1)
-    p.inspection.collect(p.clean, p.train)
-    probe = make_probe(p.inspection, p.train, p.clean)
-    analysis = analyse_suspects(p.inspection, p.train, p.clean, probe=probe)
-    return p, probe, analysis
+    return analysed_planted()
 
 
 # ---- the bound -----------------------------------------------------------------------------

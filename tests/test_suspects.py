@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from suspect_models import TARGET, planted
+from suspect_models import TARGET, analysed_planted, planted
 
 from core.activation_clusters import split_target_class
 from core.cli import main
@@ -26,7 +26,6 @@ from core.suspects import (
     analyse_suspects,
     estimate_asr,
     high_mode,
-    make_probe,
     otsu_threshold,
     two_modes,
 )
@@ -39,12 +38,7 @@ def _one_thread(one_torch_thread):
 
 @pytest.fixture(scope="module")
 def backdoored():
-    torch.set_num_threads(1)
-    p = planted(rate=0.1)
-    p.inspection.collect(p.clean, p.train)
-    probe = make_probe(p.inspection, p.train, p.clean)
-    analysis = analyse_suspects(p.inspection, p.train, p.clean, probe=probe)
-    return p, probe, analysis
+    return analysed_planted()
 
 
 @pytest.fixture(scope="module")
