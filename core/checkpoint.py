@@ -55,7 +55,7 @@ from core.checks import (
 )
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
-from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
+from core.isolation import MEMORY_ENV, read_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
@@ -255,17 +255,10 @@ def load_checkpoint(
     """
     path = Path(path)
     _check_path(path)
-    parsed = run_isolated(
-        "core.checkpoint:_parse_file",
-        str(path.absolute()),  # the reader's working folder may differ from ours
-        bool(trust_pickle),
-        memory_limit or default_memory_limit(),
-        what=f"Reading {path.name}",
-        error=CheckpointError,
-        timeout=timeout,
-        memory_limit=memory_limit,
-        cancel=cancel,
-    )
+    parsed = read_isolated(
+        "core.checkpoint:_parse_file", path, trust_pickle, "Reading", error=CheckpointError,
+        timeout=timeout, memory_limit=memory_limit, cancel=cancel,
+    )  # fmt: skip
     info = parsed.info
     fmt, names, extra_names = str(info["format"]), list(info["names"]), list(info["extras"])
     state_dict = dict(zip(names, parsed.tensors[: len(names)], strict=True))

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any
 
 from core.errors import BnpError, Cancelled
@@ -138,6 +139,32 @@ def run_isolated(
         conn.close()
         if pid is not None and not finished:
             _kill(pid)
+
+
+def read_isolated(
+    func: str,
+    path: Path,
+    trust_pickle: bool,
+    verb: str,
+    *,
+    error: type[BnpError] = BnpError,
+    timeout: float | None = None,
+    memory_limit: int | None = None,
+    cancel: Cancel | None = None,
+) -> Parsed:
+    """``run_isolated`` for a file reader ``func(absolute path, trust_pickle, memory limit)``;
+    a failure names "<verb> <file name>"."""
+    return run_isolated(
+        func,
+        str(path.absolute()),  # the child's working folder may differ from ours
+        bool(trust_pickle),
+        memory_limit or default_memory_limit(),
+        what=f"{verb} {path.name}",
+        error=error,
+        timeout=timeout,
+        memory_limit=memory_limit,
+        cancel=cancel,
+    )
 
 
 def _receive(conn: Connection, deadline: float, cancel, what, error, timeout) -> bytes:

@@ -807,19 +807,12 @@ def _convert_in_child(
     memory_limit: int | None,
 ) -> tuple[Mapping[str, Any], list[Tensor]]:
     """(program, tensors) of the archive's forward, from ``convert_file`` in the reader child."""
-    from core.isolation import default_memory_limit, run_isolated
+    from core.isolation import read_isolated
 
-    parsed = run_isolated(
-        "core.scripted:convert_file",
-        str(path.absolute()),
-        bool(trust_pickle),
-        memory_limit or default_memory_limit(),
-        what=f"Converting {path.name}",
-        error=CheckpointError,
-        timeout=timeout,
-        memory_limit=memory_limit,
-        cancel=cancel,
-    )
+    parsed = read_isolated(
+        "core.scripted:convert_file", path, trust_pickle, "Converting", error=CheckpointError,
+        timeout=timeout, memory_limit=memory_limit, cancel=cancel,
+    )  # fmt: skip
     info = parsed.info if isinstance(parsed.info, Mapping) else {}
     if not isinstance(info.get("program"), Mapping):
         raise CheckpointError(f"Converting {path.name} failed: no program came back.")
