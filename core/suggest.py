@@ -47,6 +47,7 @@ ACC_BUDGET = 2.0  # points of clean accuracy the repair may cost
 ASR_GOAL = 5.0  # estimated ASR (%) that counts as repaired
 K_GRID = tuple(x / 4 for x in range(4, 25))  # 1.0, 1.25, ..., 6.0
 SCREEN_CHUNK = 16  # suspected samples looked at before a hopeless mask is rejected
+ACC_CHUNK = 64  # clean samples counted between checks whether the budget is surely exceeded
 
 
 def configurations(methods: Sequence[str]) -> list[tuple[tuple[str, ...], str]]:
@@ -154,6 +155,7 @@ class _Search:
         self.asr_cache: dict[tuple, AsrEstimate] = {}
         self.rejected: dict[tuple, tuple[float, AsrEstimate]] = {}  # screened out: goal, bound
         self.acc_cache: dict[tuple, float] = {}
+        self.verdicts: list[tuple[frozenset, bool]] = []  # pruned set, within the budget
         self.steps = 0
         self.target_rows = (
             torch.nonzero(clean_labels == self.target).flatten()
@@ -230,7 +232,7 @@ class _Search:
         if stop and self.acc_before is not None:
             allowed_errors = n * (100 - self.acc_before + self.budget) / 100
         errors = 0
-        step = self.probe.batch_size
+        step = min(ACC_CHUNK, self.probe.batch_size)
         for start in range(0, n, step):
             rows = torch.arange(start, min(start + step, n))
             pred = self.predict("clean", mask, rows)
@@ -243,6 +245,38 @@ class _Search:
 
     def within_budget(self, acc: float) -> bool:
         return self.acc_before is None or acc >= self.acc_before - self.budget - 1e-9
+
+    def fits(self, mask: PruneMask) -> bool:
+        """Whether the clean accuracy of `mask` stays within the budget. Answered without a
+        forward pass where an earlier verdict decides it: a mask pruning a subset of one within
+        the budget is too, one pruning a superset of one over it is over too (the assumption
+        the bisections over k rest on, applied across configurations)."""
+        known = self.known_fit(mask)
+        if known is not None:
+            return known
+        verdict = self.within_budget(self.accuracy(mask))
+        self.verdicts.append((self._pruned(mask), verdict))
+        return verdict
+
+    def known_fit(self, mask: PruneMask) -> bool | None:
+        """`fits(mask)` where counted or implied already, else None."""
+        key = self.key(mask)
+        if key in self.acc_cache:
+            return self.within_budget(self.acc_cache[key])
+        pruned = self._pruned(mask)
+        for other, verdict in self.verdicts:
+            if verdict and pruned <= other or not verdict and other <= pruned:
+                return verdict
+        return None
+
+    @staticmethod
+    def _pruned(mask: PruneMask) -> frozenset:
+        return frozenset(
+            (part, name, int(c))
+            for part, flags in (("gamma", mask.gamma), ("beta", mask.beta))
+            for name, f in flags.items()
+            for c in torch.nonzero(f).flatten().tolist()
+        )
 
     def repaired(self, estimate: AsrEstimate) -> bool:
         """The point estimate is at most the goal."""
@@ -419,8 +453,10 @@ def _smallest(search: _Search, configs, ks, mask_of, good_enough):
             else:
                 bad = mid
         chosen, mask = mask_of(config, ks[good])
-        acc = search.accuracy(mask)
-        if not search.within_budget(acc):
+        if not search.fits(mask):
+            continue
+        acc = search.accuracy(mask, stop=False)
+        if not search.within_budget(acc):  # an implied verdict the count contradicts
             continue
         candidate = (mask.count(), -acc, chosen, config[1], mask, search.asr(mask), acc)
         if best is None or candidate[:2] < best[:2]:
@@ -434,23 +470,26 @@ def _best_fallback(search: _Search, configs, ks, mask_of):
     Per configuration that is its smallest k within the budget (the estimate falls as more is
     pruned). Once a best is known, a configuration is searched only if the largest k whose
     estimate is no higher than the best's stays within the budget; if it does not, every k
-    that would do as well prunes more and costs more accuracy."""
-    best = None  # (percent, pruned, position, chosen, combine, mask, estimate, acc)
+    that would do as well prunes more and costs more accuracy. Accuracy is counted in full
+    only for the winner (a verdict implied by another mask is checked there)."""
+    found_all = []  # (percent, pruned, position, chosen, combine, mask, estimate)
     for position, config in enumerate(configs):
         if mask_of(config, ks[0])[1].count() == 0:
             continue
+        best = min(found_all, key=lambda c: c[:3], default=None)
         if best is not None and not _may_beat(search, config, ks, mask_of, best[0], best[1]):
             continue
         found = _lowest_within_budget(search, config, ks, mask_of)
-        if found is None:
-            continue
-        chosen, mask, estimate, acc = found
-        candidate = (estimate.percent, mask.count(), position, chosen, config[1], mask, estimate)
-        if best is None or candidate[:3] < best[:3]:
-            best = candidate + (acc,)
-    if best is None:
-        return None
-    return best[3], best[4], best[5], best[6], best[7]
+        if found is not None:
+            chosen, mask, estimate = found
+            found_all.append(
+                (estimate.percent, mask.count(), position, chosen, config[1], mask, estimate)
+            )
+    for candidate in sorted(found_all, key=lambda c: c[:3]):
+        acc = search.accuracy(candidate[5], stop=False)
+        if search.within_budget(acc):
+            return candidate[3], candidate[4], candidate[5], candidate[6], acc
+    return None
 
 
 def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int) -> bool:
@@ -459,13 +498,13 @@ def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int)
     an estimate below `percent` stays within the budget (more pruning costs more accuracy), or
     for a tie, if the largest k with an estimate ≤ `percent` prunes fewer and stays within."""
     below = _largest_k(search, config, ks, mask_of, percent, strict=True)
-    if below is not None and search.within_budget(search.accuracy(mask_of(config, ks[below])[1])):
+    if below is not None and search.fits(mask_of(config, ks[below])[1]):
         return True
     at_most = _largest_k(search, config, ks, mask_of, percent)
     if at_most is None:
         return False
     mask = mask_of(config, ks[at_most])[1]
-    return mask.count() < pruned and search.within_budget(search.accuracy(mask))
+    return mask.count() < pruned and search.fits(mask)
 
 
 def _largest_k(
@@ -506,23 +545,23 @@ def _lowest_within_budget(search: _Search, config, ks, mask_of):
         return None
     lo = -1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
     for index in range(hi + 1):  # what earlier steps already know narrows the bisection
-        known = search.acc_cache.get(search.key(mask_of(config, ks[index])[1]))
+        known = search.known_fit(mask_of(config, ks[index])[1])
         if known is None:
             continue
-        if search.within_budget(known):
+        if known:
             hi = index
             break
         lo = index
-    if not search.within_budget(search.accuracy(mask_of(config, ks[hi])[1])):
+    if not search.fits(mask_of(config, ks[hi])[1]):
         return None
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if search.within_budget(search.accuracy(mask_of(config, ks[mid])[1])):
+        if search.fits(mask_of(config, ks[mid])[1]):
             hi = mid
         else:
             lo = mid
     chosen, mask = mask_of(config, ks[hi])
-    return chosen, mask, search.asr(mask), search.accuracy(mask)
+    return chosen, mask, search.asr(mask)
 
 
 def _lower_first(text: str) -> str:

@@ -18,8 +18,10 @@ import torch
 from suspect_models import analysed_planted
 
 from core.inspection import build_mask
+from core.masks import PruneMask
 from core.suggest import (
     _best_fallback,
+    _Search,
     _smallest,
     configurations,
     required_bound,
@@ -96,6 +98,13 @@ class _FakeSearch:
     def within_budget(self, acc):
         return acc >= self.acc_before - self.budget - 1e-9
 
+    def fits(self, mask):  # table masks are not neuron sets: no verdict carries over
+        return self.within_budget(self.accuracy(mask))
+
+    def known_fit(self, mask):
+        known = self.acc_cache.get(mask.key)
+        return None if known is None else self.within_budget(known)
+
     def repaired(self, estimate):
         return estimate.percent <= self.goal + 1e-9
 
@@ -160,6 +169,33 @@ def test_smallest_and_fallback_match_exhaustive_search_on_monotone_tables():
             assert fallback is not None
             assert fallback[1] == c[1] and fallback[0] == {m: k for m in c[0]}
     assert cut_work > 0
+
+
+def test_budget_verdicts_carry_over_to_nested_masks():
+    search = _Search.__new__(_Search)  # only the accuracy bookkeeping, with a counted table
+    search.acc_cache, search.verdicts, search.acc_before, search.budget = {}, [], 90.0, 2.0
+    counted = []
+
+    def mask(gamma, beta=()):
+        flags = {"l": torch.tensor([i in gamma for i in range(6)])}
+        zero = {"l": torch.tensor([i in beta for i in range(6)])} if beta else {}
+        return PruneMask(flags, zero)
+
+    accuracy = {(0, 1, 2): 89.0, (4,): 80.0}
+
+    def count(m, stop=True):
+        pruned = tuple(torch.nonzero(m.gamma["l"]).flatten().tolist())
+        counted.append(pruned)
+        return search.acc_cache.setdefault(search.key(m), accuracy.get(pruned, 85.0))
+
+    search.accuracy = count
+    assert search.fits(mask({0, 1, 2})) is True
+    assert search.fits(mask({0, 2})) is True  # prunes less than one within budget
+    assert search.fits(mask({4})) is False
+    assert search.fits(mask({3, 4})) is False  # prunes more than one over budget
+    assert counted == [(0, 1, 2), (4,)]
+    assert search.known_fit(mask({0, 1, 2}, beta={1})) is None  # zeroes β too: not implied
+    assert search.fits(mask({3})) is False and counted[-1] == (3,)  # unrelated: counted (85)
 
 
 # ---- on a trained model ------------------------------------------------------------------------
