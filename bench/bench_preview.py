@@ -7,7 +7,6 @@ Offscreen Qt; includes the debounce (what the user waits for after releasing the
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -16,22 +15,15 @@ import time
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app sets it (bnp_gui/__init__.py)
 
-import torch  # noqa: E402 - before the QApplication
-
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--data")
-    parser.add_argument("--repeats", type=int, default=6)
-    args = parser.parse_args()
+    from qt_wait import event_loop_waiter, model_and_roles, model_arguments  # bench/
+
+    args = model_arguments(__doc__.splitlines()[0], repeats=6)
 
     from PySide6.QtCore import QTimer
-    from qt_wait import event_loop_waiter  # bench/, beside this script
 
     from bnp_gui.app import make_application
-    from bnp_gui.data_roles import guess_roles
-    from bnp_gui.demo import demo_files
     from bnp_gui.session import PREVIEW_DEBOUNCE_MS, Session
 
     app = make_application(["bench"])
@@ -39,12 +31,7 @@ def main() -> int:
 
     wait_until = event_loop_waiter(app, 300.0)
 
-    if args.checkpoint:
-        checkpoint, roles = args.checkpoint, guess_roles(args.data)
-    else:
-        checkpoint, roles = demo_files()
-    print(f"model: {checkpoint}")
-    print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
+    checkpoint, roles = model_and_roles(args)
     t0 = time.monotonic()
     session.open_checkpoint(checkpoint)
     wait_until(lambda: session.inspection is not None)

@@ -14,7 +14,6 @@ Both against the 100 ms the window aims for, as ratios. Offscreen Qt.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -65,27 +64,17 @@ class Heartbeat:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("checkpoint", nargs="?")
-    parser.add_argument("--data")
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
+    from qt_wait import event_loop_waiter, model_and_roles, model_arguments  # bench/
+
+    args = model_arguments(__doc__.splitlines()[0], repeats=3)
 
     from PySide6.QtCore import QEventLoop
-    from qt_wait import event_loop_waiter  # bench/, beside this script
 
     from bnp_gui.app import make_application
-    from bnp_gui.data_roles import guess_roles
-    from bnp_gui.demo import demo_files
     from bnp_gui.mainwindow import MainWindow
 
     app = make_application(["bench"])
-    if args.checkpoint:
-        checkpoint, roles = args.checkpoint, guess_roles(args.data)
-    else:
-        checkpoint, roles = demo_files()
-    print(f"model: {checkpoint}")
-    print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
+    checkpoint, roles = model_and_roles(args)
 
     wait_until = event_loop_waiter(app, 600.0)
 
