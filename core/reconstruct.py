@@ -28,6 +28,7 @@ model sees is what is stamped, and the per-channel normalisation only rescales t
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +117,9 @@ def stamp(images: torch.Tensor, trigger: TriggerPixels) -> torch.Tensor:
     return torch.where(trigger.pixels, trigger.values.to(images.dtype), images)
 
 
+_LOCK = threading.Lock()  # the window estimates on several workers sharing one probe
+
+
 def reconstruct(
     probe,
     suspected_index: torch.Tensor,
@@ -125,6 +129,11 @@ def reconstruct(
 ) -> Reconstruction:
     """Locate, stamp and validate a trigger from the probe's "train" rows `suspected_index` and
     its "clean" set; the stamped set is added to the probe (cached per suspected set)."""
+    with _LOCK:
+        return _reconstruct(probe, suspected_index, clean_labels, target, cancel)
+
+
+def _reconstruct(probe, suspected_index, clean_labels, target, cancel) -> Reconstruction:
     cache = probe.reconstructions
     key = (target, tuple(suspected_index.tolist()))
     if key in cache:
@@ -167,7 +176,7 @@ def reconstruct(
     base = float((base_pred == target).double().mean())
     where = f"{trigger.count} input values"
     if share < MIN_STAMPED_SHARE or share - base < MIN_LIFT:
-        del probe.inputs[name]
+        probe.inputs.pop(name, None)
         result = Reconstruction(
             trigger, n_suspected, empty, None, False,
             f"Trigger reconstruction not used: {where} read from {n_suspected} suspected samples "
