@@ -11,10 +11,12 @@ samples, the estimate is that definition applied to a reconstruction:
    same value, up to rounding: a pasted patch is the same in every poisoned sample, natural
    content and per-sample perturbations are not) while few clean samples come near that value,
    few of the clean samples of the target class among them (a feature of the target class
-   itself is no trigger). Positions where every image has the same value (padding, an
-   always-black border) fail the second test; a whole-image blend gives no such positions
-   (except where the images are constant, e.g. a black background: then positions the model
-   ignores, which validation rejects).
+   itself is no trigger), and that stands apart from the clean samples' median by at least a
+   quarter of the value range. Positions where every image has the same value (padding, an
+   always-black border) fail the second test. A whole-image blend (1 − α)·x + α·p gives no
+   such positions: where the images vary, the blended samples vary too; where they are
+   constant (a black background), the blend moves them by at most α, and the SPEC's blends
+   use α ≤ 0.2, below the contrast asked for.
 2. **Stamp** those values onto the clean samples whose label is not the target.
 3. **Validate** on the unpruned model: at least half of the stamped set must be classified as the
    target (and clearly more than without the stamp), otherwise the reconstruction does not act
@@ -37,6 +39,7 @@ AGREE_TOLERANCE = 0.01  # of a channel's clean value range: "the same value" (a 
 MIN_AGREE = 0.8  # share of the suspected samples at their median value (some may be clean)
 CLEAN_TOLERANCE = 0.05  # of that range: a clean sample "comes near" the trigger's value
 MAX_CLEAN_MATCH = 0.2  # share of the clean samples that may come that near
+MIN_CONTRAST = 0.25  # of that range: the trigger's value apart from the clean samples' median
 MIN_SUSPECTED = 5  # fewer suspected samples give no reliable median
 MIN_STAMPED_SHARE = 0.5  # share of the stamped set the unpruned model must send to the target
 MIN_LIFT = 0.25  # ... and by this much more than the same samples without the stamp
@@ -84,6 +87,7 @@ def locate_trigger(
     min_agree: float = MIN_AGREE,
     clean_tolerance: float = CLEAN_TOLERANCE,
     max_clean_match: float = MAX_CLEAN_MATCH,
+    min_contrast: float = MIN_CONTRAST,
 ) -> TriggerPixels:
     """Positions where the suspected samples (N×C×H×W) agree on a value few clean samples
     (M×C×H×W) come near: at least `min_agree` of the suspected samples within
@@ -91,7 +95,8 @@ def locate_trigger(
     `max_clean_match` of the clean ones within `clean_tolerance` × that range — nor of the
     clean samples of the target class (`clean_of_target`), so that a feature of the target
     class itself (what a clean-label attack's poisoned samples share with it) is not taken for
-    the trigger."""
+    the trigger — and at least `min_contrast` × that range from the clean samples' median
+    (a blend moves a pixel by at most its α)."""
     suspected, clean = suspected.float(), clean.float()
     channels = clean.shape[1]
     flat = clean.transpose(0, 1).reshape(channels, -1)
@@ -101,6 +106,7 @@ def locate_trigger(
     median = suspected.median(0).values
     agree = _share_near(suspected, median, agree_tolerance * span)
     pixels = (agree >= min_agree) & (_share_near(clean, median, tol) <= max_clean_match)
+    pixels &= (median - clean.median(0).values).abs() >= min_contrast * span[0]
     if clean_of_target is not None and len(clean_of_target):
         near = _share_near(clean_of_target.float(), median, tol)
         pixels &= near <= max_clean_match

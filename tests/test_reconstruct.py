@@ -56,7 +56,7 @@ def test_locator_finds_the_patch_and_not_the_constant_border():
 
     clean = images(300)
     suspected = images(40)
-    patch = torch.tensor([0.9, 0.2, 0.6]).reshape(3, 1, 1)
+    patch = torch.tensor([0.95, 0.05, 0.85]).reshape(3, 1, 1)
     suspected[:, :, 13:16, 13:16] = patch
     suspected[:3] = images(3)  # a few clean samples among the suspected ones
     found = locate_trigger(suspected, clean)
