@@ -132,14 +132,18 @@ def reconstruct(
     clean_labels: torch.Tensor | None,
     target: int | None,
     cancel=None,
+    clean_predictions: torch.Tensor | None = None,
 ) -> Reconstruction:
     """Locate, stamp and validate a trigger from the probe's "train" rows `suspected_index` and
-    its "clean" set; the stamped set is added to the probe (cached per suspected set)."""
+    its "clean" set; the stamped set is added to the probe (cached per suspected set).
+    `clean_predictions`: the unpruned model's predictions of the clean set, where known."""
     with _LOCK:
-        return _reconstruct(probe, suspected_index, clean_labels, target, cancel)
+        return _reconstruct(probe, suspected_index, clean_labels, target, cancel, clean_predictions)
 
 
-def _reconstruct(probe, suspected_index, clean_labels, target, cancel) -> Reconstruction:
+def _reconstruct(
+    probe, suspected_index, clean_labels, target, cancel, clean_predictions
+) -> Reconstruction:
     cache = probe.reconstructions
     key = (target, tuple(suspected_index.tolist()))
     if key in cache:
@@ -177,7 +181,10 @@ def _reconstruct(probe, suspected_index, clean_labels, target, cancel) -> Recons
     values = trigger.values.to(clean.device)
     probe.inputs[name] = torch.where(pixels, values, clean[rows.to(clean.device)])
     before = probe.predict(name, None, cancel=cancel)
-    base_pred = probe.predict("clean", None, index=rows, cancel=cancel)
+    if clean_predictions is not None and len(clean_predictions) == len(clean):
+        base_pred = clean_predictions[rows]
+    else:
+        base_pred = probe.predict("clean", None, index=rows, cancel=cancel)
     share = float((before == target).double().mean())
     base = float((base_pred == target).double().mean())
     where = f"{trigger.count} input values"

@@ -159,7 +159,7 @@ class _Search:
         self.stamped = None
         self.set_name = "train"
         if self.target is not None:
-            found = reconstruction(probe, analysis, clean_labels, cancel)
+            found = reconstruction(probe, analysis, clean_labels, cancel, unpruned.get("clean"))
             if found.accepted:
                 self.stamped, self.set_name = found, found.name
                 self.index = torch.arange(found.n)

@@ -418,10 +418,15 @@ def reconstruction(
     analysis: SuspectAnalysis,
     clean_labels: torch.Tensor | None,
     cancel: CancelCheck | None = None,
+    clean_predictions: torch.Tensor | None = None,
 ) -> Reconstruction:
     """The trigger reconstructed from the suspected samples, validated on the unpruned model
-    (`core.reconstruct`; cached in the probe per suspected set)."""
-    return reconstruct(probe, analysis.suspected_index(), clean_labels, analysis.target, cancel)
+    (`core.reconstruct`; cached in the probe per suspected set). `clean_predictions`: the
+    unpruned model's predictions of the clean set, where already known."""
+    return reconstruct(
+        probe, analysis.suspected_index(), clean_labels, analysis.target, cancel,
+        clean_predictions,
+    )  # fmt: skip
 
 
 def estimate_asr(
