@@ -43,6 +43,7 @@ MIN_CONTRAST = 0.25  # of that range: the trigger's value apart from the clean s
 MIN_SUSPECTED = 5  # fewer suspected samples give no reliable median
 MIN_STAMPED_SHARE = 0.5  # share of the stamped set the unpruned model must send to the target
 MIN_LIFT = 0.25  # ... and by this much more than the same samples without the stamp
+MAX_STAMPED_SETS = 4  # stamped sets kept in a probe (the analyst's marks make new ones)
 
 
 @dataclass
@@ -206,4 +207,7 @@ def _reconstruct(
             share, base, before,
         )  # fmt: skip
     cache[key] = result
+    stamped = [k for k, r in cache.items() if r.name is not None]
+    for old in stamped[:-MAX_STAMPED_SETS]:  # the oldest first (dicts keep insertion order)
+        probe.inputs.pop(cache.pop(old).name, None)
     return result

@@ -13,7 +13,7 @@ import torch
 from suspect_models import BLEND, TARGET, TRIGGER, planted
 
 from core.data import ImageSet
-from core.reconstruct import locate_trigger, stamp
+from core.reconstruct import MAX_STAMPED_SETS, locate_trigger, stamp
 from core.suggest import suggest
 from core.suspects import (
     SuspectAnalysis,
@@ -185,3 +185,19 @@ def test_a_stamp_the_model_ignores_is_not_used():
     assert not reconstruction(probe, none, p.clean.labels).accepted
     assert estimate_asr(probe, none, None, p.clean.labels).percent is None
     assert not any(name.startswith("stamped") for name in probe.inputs)
+
+
+def test_marks_make_new_reconstructions_and_old_stamped_sets_are_dropped(clean_label):
+    p, probe, analysis = clean_label
+    first = reconstruction(probe, analysis, p.clean.labels)
+    suspected = analysis.suspected_index().tolist()
+    names = set()
+    for i in suspected[: MAX_STAMPED_SETS + 2]:
+        marked = analysis.with_marks({i: False})  # one suspected sample marked clean
+        rebuilt = reconstruction(probe, marked, p.clean.labels)
+        assert rebuilt.accepted and rebuilt.n_suspected == analysis.n_suspected - 1
+        names.add(rebuilt.name)
+        assert estimate_asr(probe, marked, None, p.clean.labels).suspected == rebuilt.n_suspected
+    assert len(names) == MAX_STAMPED_SETS + 2 and first.name not in names
+    kept = [name for name in probe.inputs if name.startswith("stamped")]
+    assert len(kept) == MAX_STAMPED_SETS
