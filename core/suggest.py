@@ -4,7 +4,8 @@ Among the configurations the window offers (one method, or several combined by u
 intersection, at a shared threshold k), the suggestion is the one pruning the fewest neurons
 whose *estimated* ASR (`core.suspects`) is low enough while the accuracy on the clean labelled
 samples drops at most `acc_budget` points. "Low enough" is asked of the estimate's 95 % upper
-bound (Wilson, from the n suspected samples): at most `asr_goal`, or, where n is too small for
+bound (Wilson, from the n samples it rests on: stamped clean samples where a trigger was
+reconstructed, else suspected ones): at most `asr_goal`, or, where n is too small for
 any bound that low, the bound of an estimate of zero — the lowest n samples can show. Only when
 no configuration meets that does a point estimate ≤ `asr_goal` count, and the explanation
 says it rests on too few samples. The search uses that pruning more neurons (a smaller k)

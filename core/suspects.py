@@ -20,6 +20,13 @@ clean model still gets no invented one.
 
 Without clean samples the reference is the suspect set itself (median, MAD) and the evidence
 neurons are EP's flags at k = 3 — weaker, and said so in the warnings.
+
+The ASR estimate of a mask (`estimate_asr`) rests, where it can, on a trigger reconstructed
+from the suspected samples (`core.reconstruct`): the share of clean non-target samples stamped
+with it that the pruned model classifies as the target — the ASR's own definition, and right
+for clean-label attacks, whose poisoned samples are genuine target images. Where no trigger is
+found or it fails validation (a blend, a weak backdoor), it is the share of the suspected
+samples still classified as the target, corrected for those of the target class.
 """
 
 from __future__ import annotations
