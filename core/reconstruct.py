@@ -20,7 +20,13 @@ samples, the estimate is that definition applied to a reconstruction:
 2. **Stamp** those values onto the clean samples whose label is not the target.
 3. **Validate** on the unpruned model: at least half of the stamped set must be classified as the
    target (and clearly more than without the stamp), otherwise the reconstruction does not act
-   as the backdoor and is not used.
+   as the backdoor and is not used. Half, because a reconstruction that misses part of the
+   trigger sends fewer stamped samples to the target and would understate every estimate
+   (measured: the background of the blend model, before the contrast test, sent 44 %); the
+   price is that a backdoor whose real ASR is below 50 % keeps the suspected-sample estimate.
+
+Not found (the suspected-sample estimate stays): triggers not pasted at one place with one
+value — random positions, sample-specific or warping triggers, a blend.
 
 The estimated ASR of a mask is then the share of the stamped set the pruned model classifies as
 the target. Everything works on the model's prepared inputs (a `MaskProbe`'s sets): what the
