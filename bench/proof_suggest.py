@@ -13,6 +13,8 @@ recall against the known poisoned set, the target estimate, the suggestion (and 
 real ACC/ASR on --eval-limit test images for: no pruning, each method at k = 3, the suggestion,
 and the oracle — the smallest configuration with test ASR ≤ 5 % within 2 points of ACC, found
 with the test set's trigger (what a defender does not have). --demo adds the bundled model.
+Each row gives the estimated ASR, the estimate from the suspected samples alone (what it was
+before the reconstructed trigger) and the basis used with the number of samples it rests on.
 The clean-label attack (`cla`) is analysed on a model trained earlier (`--model`, e.g. by
 `bench/proof_of_effect.py --attacks cla`), not trained here: its poisoned training set is rebuilt
 the way `core.train.train` built it (same holdout split, seed and PGD against `--clean-model`),
