@@ -13,6 +13,8 @@ recall against the known poisoned set, the target estimate, the suggestion (and 
 real ACC/ASR on --eval-limit test images for: no pruning, each method at k = 3, the suggestion,
 and the oracle — the smallest configuration with test ASR ≤ 5 % within 2 points of ACC, found
 with the test set's trigger (what a defender does not have). --demo adds the bundled model.
+Each row gives the estimated ASR, the estimate from the suspected samples alone (what it was
+before the reconstructed trigger) and the basis used with the number of samples it rests on.
 The clean-label attack (`cla`) is analysed on a model trained earlier (`--model`, e.g. by
 `bench/proof_of_effect.py --attacks cla`), not trained here: its poisoned training set is rebuilt
 the way `core.train.train` built it (same holdout split, seed and PGD against `--clean-model`),
@@ -164,8 +166,13 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
         return m.acc, m.asr
 
     def est(mask):
+        """'estimate | from suspected only | basis' cells."""
         e = estimate_asr(probe, analysis, mask, clean.labels)
-        return "-" if e.percent is None else f"{e.percent:.1f}"
+        if e.percent is None:
+            return "- | - | -"
+        old = estimate_asr(probe, analysis, mask, clean.labels, basis="suspected")
+        basis = f"stamped ({e.n})" if e.basis == "stamped" else f"suspected ({e.n})"
+        return f"{e.percent:.1f} | {old.percent:.1f} | {basis}"
 
     acc0, asr0 = real(None)
     rows = [f"| {label} | none | 0 | {acc0:.2f} | {asr0:.2f} | {est(None)} |"]
@@ -184,9 +191,11 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
     )
     best = oracle(inspection, sample_subset(test, 1000), acc0) if asr0 > 5 else None
     if asr0 <= 5:
-        rows.append(f"| {label} | oracle: nothing to remove (ASR ≤ 5 % unpruned) | 0 | - | - | - |")
+        rows.append(
+            f"| {label} | oracle: nothing to remove (ASR ≤ 5 % unpruned) | 0 | - | - | - | - | - |"
+        )
     elif best is None:
-        rows.append(f"| {label} | oracle: none repairs within 2 points | - | - | - | - |")
+        rows.append(f"| {label} | oracle: none repairs within 2 points | - | - | - | - | - | - |")
     else:
         chosen, combine, mask = best
         acc, asr = real(mask)
@@ -202,6 +211,11 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
         if split is not None and split.accepted
         else f"neuron mode (clusters: {split.reason if split is not None else 'no clean set'})"
     )
+    from core.suspects import reconstruction
+
+    rebuilt = reconstruction(probe, analysis, clean.labels)
+    if analysis.target is not None:
+        print(f"{label}: {rebuilt.reason}", flush=True)
     summary = (
         f"| {label} | {int(truth.sum())} | {int(found.sum())} | {precision:.2f} | "
         f"{recall:.2f} | {target} | {signal} | {'yes' if s.repairs else 'no'} | "
@@ -229,8 +243,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.workdir.mkdir(parents=True, exist_ok=True)
     table = [
-        "| model | configuration | pruned | ACC % | ASR % | est. ASR % |",
-        "|---|---|---|---|---|---|",
+        "| model | configuration | pruned | ACC % | ASR % | est. ASR % | from suspected only % "
+        "| basis (samples) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     summary = [
         "| model | poisoned | suspected | precision | recall | target (conf.) | suspected by | "

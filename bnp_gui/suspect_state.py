@@ -68,9 +68,15 @@ class SuspectState(QObject):
             return "No suspect samples analysed (needs the suspect training set)."
         if a.target is None:
             return f"No backdoor evidence: {a.reason}"
+        e = self.estimate
+        source = (
+            e.source()
+            if e is not None and e.percent is not None
+            else f"{a.n_suspected} suspected samples"
+        )
         return (
             f"Target {a.target} (confidence {a.confidence:.2f}); ASR estimates come from "
-            f"{a.n_suspected} suspected samples — an estimate, not a measurement."
+            f"{source} — an estimate, not a measurement."
         )
 
     def file_of(self, index: int) -> str:

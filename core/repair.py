@@ -26,6 +26,7 @@ from core.suspects import (
     analyse_suspects,
     estimate_asr,
     make_probe,
+    reconstruction,
 )
 
 
@@ -55,7 +56,9 @@ class Repair:
         return self.analysis.target
 
     def estimate(self, mask: PruneMask | None) -> AsrEstimate:
-        """Estimated ASR of `mask` from the suspected samples (never the real trigger)."""
+        """Estimated ASR of `mask`: from clean samples stamped with a trigger reconstructed
+        from the suspected samples where one holds, else from the suspected samples (never the
+        real trigger)."""
         labels = self.clean.labels if self.clean is not None else None
         return estimate_asr(self.probe, self.analysis, mask, labels)
 
@@ -75,6 +78,14 @@ class Repair:
             "estimate": after.to_dict() | {"describe": after.describe()},
             "suspect_samples": self.analysis.records(self.train.files),
         }
+        if self.analysis.target is not None:
+            labels = self.clean.labels if self.clean is not None else None
+            rebuilt = reconstruction(self.probe, self.analysis, labels)
+            fields["trigger_reconstruction"] = {
+                "used": rebuilt.accepted,
+                "why": rebuilt.reason,
+                "values": 0 if rebuilt.trigger is None else rebuilt.trigger.count,
+            }
         if self.suggestion is not None:
             fields["suggestion"] = self.suggestion.to_dict()
         return fields

@@ -4,7 +4,8 @@ Among the configurations the window offers (one method, or several combined by u
 intersection, at a shared threshold k), the suggestion is the one pruning the fewest neurons
 whose *estimated* ASR (`core.suspects`) is low enough while the accuracy on the clean labelled
 samples drops at most `acc_budget` points. "Low enough" is asked of the estimate's 95 % upper
-bound (Wilson, from the n suspected samples): at most `asr_goal`, or, where n is too small for
+bound (Wilson, from the n samples it rests on: stamped clean samples where a trigger was
+reconstructed, else suspected ones): at most `asr_goal`, or, where n is too small for
 any bound that low, the bound of an estimate of zero — the lowest n samples can show. Only when
 no configuration meets that does a point estimate ≤ `asr_goal` count, and the explanation
 says it rests on too few samples. The search uses that pruning more neurons (a smaller k)
@@ -40,7 +41,9 @@ from core.suspects import (
     MaskProbe,
     SuspectAnalysis,
     asr_from_predictions,
+    asr_from_stamped,
     make_probe,
+    reconstruction,
 )
 
 ACC_BUDGET = 2.0  # points of clean accuracy the repair may cost
@@ -107,7 +110,8 @@ class Suggestion:
             "clean_acc_after": self.clean_acc,
             "acc_budget": self.acc_budget,
             "asr_goal": self.asr_goal,
-            "n_suspected": self.estimate.n,
+            "n_suspected": self.estimate.suspected,
+            "estimate_basis": self.estimate.source(),
             "estimated_asr_upper95": None
             if self.estimate.percent is None
             else round(upper_bound(self.estimate.percent, self.estimate.n), 2),
@@ -151,7 +155,17 @@ class _Search:
         self.cancel, self.progress, self.total = cancel, progress, total
         self.index = analysis.suspected_index()
         self.target = analysis.target
-        self.unpruned = unpruned  # set name → the unpruned model's predictions (or missing)
+        self.unpruned = dict(unpruned)  # set name → the unpruned model's predictions
+        # the estimate's basis: clean samples stamped with a reconstructed trigger where one
+        # passes validation, else the suspected samples (`core.suspects.estimate_asr`)
+        self.stamped = None
+        self.set_name = "train"
+        if self.target is not None:
+            found = reconstruction(probe, analysis, clean_labels, cancel, unpruned.get("clean"))
+            if found.accepted:
+                self.stamped, self.set_name = found, found.name
+                self.index = torch.arange(found.n)
+                self.unpruned[found.name] = found.before
         self.asr_cache: dict[tuple, AsrEstimate] = {}
         self.rejected: dict[tuple, tuple[float, AsrEstimate]] = {}  # screened out: goal, bound
         self.acc_cache: dict[tuple, float] = {}
@@ -159,10 +173,14 @@ class _Search:
         self.steps = 0
         self.target_rows = (
             torch.nonzero(clean_labels == self.target).flatten()
-            if clean_labels is not None and self.target is not None
+            if clean_labels is not None and self.target is not None and self.stamped is None
             else torch.zeros(0, dtype=torch.long)
         )
-        self.prior = len(self.target_rows) / len(clean_labels) if clean_labels is not None else 0
+        self.prior = (
+            len(self.target_rows) / len(clean_labels)
+            if clean_labels is not None and self.stamped is None
+            else 0
+        )
         self.acc_before = (
             self.accuracy(PruneMask(), stop=False) if clean_labels is not None else None
         )
@@ -204,14 +222,19 @@ class _Search:
         preds, hits = [], 0
         for start in range(0, n, SCREEN_CHUNK if screen else max(n, 1)):
             rows = self.index[start : start + (SCREEN_CHUNK if screen else n)]
-            pred = self.predict("train", mask, rows)
+            pred = self.predict(self.set_name, mask, rows)
             preds.append(pred)
             hits += int((pred == self.target).sum())
             if allowed is not None and hits > allowed + 1e-9:
                 estimate = AsrEstimate(100.0 * hits / n, n, target=self.target)
+                if self.stamped is not None:
+                    estimate.basis, estimate.n_suspected = "stamped", self.stamped.n_suspected
                 self.rejected[key] = (goal, estimate)
                 return estimate
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        if self.stamped is not None:
+            self.asr_cache[key] = asr_from_stamped(pred, self.target, self.stamped.n_suspected)
+            return self.asr_cache[key]
         recall = None
         if len(self.target_rows):
             clean_pred = self.predict("clean", mask, self.target_rows)
@@ -382,7 +405,7 @@ def suggest(
         why = (
             f"{describe(chosen, combine)} is the smallest pruning ({pruned} neurons) whose "
             f"estimated ASR is {estimate.percent:.1f} % (≤ {asr_goal:g} %, from "
-            f"{estimate.n} suspected samples"
+            f"{estimate.source()}"
             + (
                 f", 95 % upper bound {bound:.1f} %"
                 if sure

@@ -20,6 +20,13 @@ clean model still gets no invented one.
 
 Without clean samples the reference is the suspect set itself (median, MAD) and the evidence
 neurons are EP's flags at k = 3 — weaker, and said so in the warnings.
+
+The ASR estimate of a mask (`estimate_asr`) rests, where it can, on a trigger reconstructed
+from the suspected samples (`core.reconstruct`): the share of clean non-target samples stamped
+with it that the pruned model classifies as the target — the ASR's own definition, and right
+for clean-label attacks, whose poisoned samples are genuine target images. Where no trigger is
+found or it fails validation (a blend, a weak backdoor), it is the share of the suspected
+samples still classified as the target, corrected for those of the target class.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from core.data import ImageSet, InputSpec
 from core.errors import BnpError, Cancelled
 from core.masks import Neuron, PruneMask
 from core.mixture import otsu_threshold, two_modes  # noqa: F401  (re-exported)
+from core.reconstruct import Reconstruction, reconstruct
 from core.scores import ep_scores, outlier_flags
 from core.statistics import CancelCheck, Progress, Statistics
 
@@ -277,6 +285,7 @@ class MaskProbe:
         self.batch_size = batch_size
         self.inputs: dict[str, torch.Tensor] = {}
         self.forwards = 0  # samples run so far (for benchmarks)
+        self.reconstructions: dict = {}  # (target, suspected rows) → Reconstruction
 
     def add(self, name: str, images: torch.Tensor) -> None:
         """Prepare a set of raw images once (conform, normalise, move to the device)."""
@@ -317,25 +326,47 @@ class MaskProbe:
 
 @dataclass
 class AsrEstimate:
-    """The label-free ASR estimate of one mask: percent, from how many samples, 95 % interval."""
+    """The label-free ASR estimate of one mask: percent, from how many samples, 95 % interval,
+    and its basis: "suspected" (the suspected poisoned samples still classified as the target)
+    or "stamped" (clean samples stamped with a trigger reconstructed from them)."""
 
     percent: float | None
-    n: int  # suspected poisoned samples it rests on
+    n: int  # samples it rests on: suspected ones, or stamped clean ones
     low: float | None = None
     high: float | None = None
     target: int | None = None
-    raw: float | None = None  # share of the suspected samples still classified as the target
+    raw: float | None = None  # share of those samples classified as the target
+    basis: str = "suspected"
+    n_suspected: int | None = None  # suspected samples behind it (None: n)
+
+    @property
+    def suspected(self) -> int:
+        """Suspected poisoned samples the estimate comes from."""
+        return self.n if self.n_suspected is None else self.n_suspected
+
+    def source(self) -> str:
+        """E.g. '48 suspected samples' or '451 clean samples stamped with a trigger
+        reconstructed from 48 suspected samples'."""
+        if self.basis == "stamped":
+            return (
+                f"{self.n} clean samples stamped with a trigger reconstructed from "
+                f"{self.suspected} suspected samples"
+            )
+        return f"{self.n} suspected samples"
 
     def describe(self) -> str:
         """E.g. 'estimated ASR 3.9 % (estimate from 48 suspected samples)'."""
         if self.percent is None:
             return "no ASR estimate (no backdoor evidence)"
-        return f"estimated ASR {self.percent:.1f} % (estimate from {self.n} suspected samples)"
+        return f"estimated ASR {self.percent:.1f} % (estimate from {self.source()})"
 
     def to_dict(self) -> dict:
         return {
             "percent": None if self.percent is None else round(self.percent, 2),
-            "n_suspected": self.n,
+            "n_suspected": self.suspected,
+            "n_samples": self.n,
+            "basis": self.basis,
+            "source": self.source(),
             "interval95": None if self.low is None else [round(self.low, 2), round(self.high, 2)],
             "target": self.target,
             "is_estimate": True,
@@ -379,20 +410,55 @@ def asr_from_predictions(
     return AsrEstimate(100 * value, n, low, high, target, 100 * raw)
 
 
+def asr_from_stamped(stamped_pred: torch.Tensor, target: int, n_suspected: int) -> AsrEstimate:
+    """Estimated ASR from the predictions of the clean samples stamped with the reconstructed
+    trigger: the share classified as the target (the ASR's definition, no correction)."""
+    n = len(stamped_pred)
+    hits = int((stamped_pred == target).sum())
+    low, high = _wilson(hits, n)
+    share = 100 * hits / max(n, 1)
+    return AsrEstimate(share, n, low, high, target, share, "stamped", n_suspected)
+
+
+def reconstruction(
+    probe: MaskProbe,
+    analysis: SuspectAnalysis,
+    clean_labels: torch.Tensor | None,
+    cancel: CancelCheck | None = None,
+    clean_predictions: torch.Tensor | None = None,
+) -> Reconstruction:
+    """The trigger reconstructed from the suspected samples, validated on the unpruned model
+    (`core.reconstruct`; cached in the probe per suspected set). `clean_predictions`: the
+    unpruned model's predictions of the clean set, where already known."""
+    return reconstruct(
+        probe, analysis.suspected_index(), clean_labels, analysis.target, cancel,
+        clean_predictions,
+    )  # fmt: skip
+
+
 def estimate_asr(
     probe: MaskProbe,
     analysis: SuspectAnalysis,
     mask: PruneMask | None,
     clean_labels: torch.Tensor | None = None,
     cancel: CancelCheck | None = None,
+    basis: str = "auto",
 ) -> AsrEstimate:
-    """Estimated ASR of `mask`: the suspected poisoned samples (probe set "train") still
-    classified as the inferred target, corrected for those of the target class with the
-    clean set's share and recall of the target (probe set "clean")."""
+    """Estimated ASR of `mask`. Where a trigger reconstructed from the suspected samples
+    passes validation (`core.reconstruct`): the share of the clean samples stamped with it
+    that the pruned model classifies as the target. Otherwise (or with `basis="suspected"`):
+    the suspected poisoned samples (probe set "train") still classified as the inferred
+    target, corrected for those of the target class with the clean set's share and recall of
+    the target (probe set "clean")."""
     target = analysis.target
     index = analysis.suspected_index()
     if target is None or len(index) == 0:
         return AsrEstimate(None, len(index), target=target)
+    if basis == "auto":
+        found = reconstruction(probe, analysis, clean_labels, cancel)
+        if found.accepted:
+            pred = probe.predict(found.name, mask, cancel=cancel)
+            return asr_from_stamped(pred, target, found.n_suspected)
     pred = probe.predict("train", mask, index=index, cancel=cancel)
     prior, recall = target_correction(probe, clean_labels, target, mask, cancel)
     return asr_from_predictions(pred, target, prior, recall)

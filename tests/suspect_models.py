@@ -64,14 +64,42 @@ class Planted:
     test: ImageSet
 
 
+def clean_label_poison(
+    data: ImageSet, trigger: Trigger, rate: float, seed: int, faint: float
+) -> tuple[ImageSet, torch.Tensor]:
+    """A clean-label attack on bar images: round(rate·N) samples of the target class (at most
+    all of them) get their bar dimmed to `faint` of its brightness and a second bar, of another
+    class, as bright as it was — the stand-in for CLA's adversarial perturbation, which makes
+    them look like other classes — and the trigger; labels stay as they are (the target)."""
+    g = torch.Generator().manual_seed(seed)
+    own = torch.nonzero(data.labels == TARGET).flatten()
+    index = own[torch.randperm(len(own), generator=g)[: int(round(rate * len(data)))]]
+    index = index.sort().values
+    x = data.float_images().clone()
+    row = TARGET + 2
+    others = torch.tensor([k for k in range(10) if k != TARGET])
+    decoys = others[torch.randint(0, len(others), (len(index),), generator=g)] + 2
+    x[index, :, decoys, 1:11] = x[index, :, row, 1:11]
+    x[index, :, row, 1:11] *= faint
+    x[index] = trigger.apply(x[index])
+    return ImageSet(x, data.labels.clone(), data.class_names), index
+
+
 def planted(
-    rate: float = 0.1, seed: int = 0, epochs: int = 6, trigger: Trigger = TRIGGER
+    rate: float = 0.1,
+    seed: int = 0,
+    epochs: int = 6,
+    trigger: Trigger = TRIGGER,
+    clean_label: float | None = None,
 ) -> Planted:
     """Train the tiny net on 2 000 bar images, `rate` of them poisoned with `trigger` (0: a
-    clean model)."""
+    clean model); `clean_label`: a clean-label attack instead, the poisoned samples' bars
+    dimmed to that share (`clean_label_poison`)."""
     torch.manual_seed(seed)
     data = bars(2000, seed)
-    if rate > 0:
+    if rate > 0 and clean_label is not None:
+        poisoned_set, index = clean_label_poison(data, trigger, rate, seed, clean_label)
+    elif rate > 0:
         poisoned_set, index = poison(data, trigger, TARGET, rate, seed)
     else:
         poisoned_set, index = data, torch.zeros(0, dtype=torch.long)

@@ -98,15 +98,20 @@ def test_evidence_neuron_high_mode_holds_the_poisoned_samples(backdoored):
 def test_asr_estimate_tracks_the_real_asr(backdoored):
     p, probe, analysis = backdoored
     inspection = p.inspection
-    before = estimate_asr(probe, analysis, None, p.clean.labels)
-    assert before.percent > 90 and before.n == analysis.n_suspected
     real_before = inspection.evaluate(p.test).asr
-    assert abs(before.percent - real_before) <= 10
     mask = analysis.evidence_mask()
-    after = estimate_asr(probe, analysis, mask, p.clean.labels)
     real_after = inspection.evaluate(p.test, mask=mask).asr
-    assert abs(after.percent - real_after) <= 15, (after.percent, real_after)
-    assert "estimate from" in after.describe()
+    # the patch is reconstructed from the suspected samples and stamped on clean ones; the
+    # suspected samples alone (the dirty-label estimate) track the real ASR here too
+    for basis, n, slack in (("auto", None, 10), ("suspected", analysis.n_suspected, 15)):
+        before = estimate_asr(probe, analysis, None, p.clean.labels, basis=basis)
+        assert before.percent > 90 and before.suspected == analysis.n_suspected
+        assert n is None or before.n == n
+        assert abs(before.percent - real_before) <= 10
+        after = estimate_asr(probe, analysis, mask, p.clean.labels, basis=basis)
+        assert abs(after.percent - real_after) <= slack, (basis, after.percent, real_after)
+        assert "estimate from" in after.describe()
+    assert before.basis == "suspected" and after.basis == "suspected"
 
 
 def test_suggestion_repairs_within_budget(backdoored):

@@ -55,6 +55,12 @@ def test_demo_target_and_suggestion(auto_report):
     assert s["pruned"] == report["pruned"] > 0 and s["why"]
     assert set(s["methods"]) <= {"ep", "bnp", "clp"} and s["combine"] in ("union", "intersection")
     assert report["estimated_asr"] <= 5 and report["estimated_asr_before"] > 90
+    # the demo's patch is read off the suspected samples and the estimate rests on it
+    rebuilt = report["trigger_reconstruction"]
+    assert rebuilt["used"] and 0 < rebuilt["values"] <= 9 * 3, rebuilt
+    assert report["estimate"]["basis"] == "stamped"
+    assert "stamped with a trigger reconstructed from" in report["estimate"]["describe"]
+    assert "stamped with a trigger reconstructed from" in s["why"]
     # the real ASR used the inferred target and says so; the repair holds on the test set
     assert report["asr_target"] == {"label": 0, "source": "inferred from the suspect samples"}
     assert report["asr_before"] > 90 and report["asr_after"] < 15

@@ -120,8 +120,9 @@ class PreviewPanel(QWidget):
     def _add_estimate_row(self, grid: QGridLayout, row: int) -> None:
         """ASR estimated from the suspected samples (no trigger needed), marked as an estimate."""
         tip = (
-            "Estimated ASR: share of the suspected poisoned training samples still classified "
-            "as the inferred target — an estimate from the suspect set, not a measurement"
+            "Estimated ASR: share of the clean samples stamped with a trigger reconstructed "
+            "from the suspected poisoned samples, or else of those samples themselves, that "
+            "the model classifies as the inferred target — an estimate, not a measurement"
         )
         name = QLabel("<b>ASR</b> <i>(est.)</i>")
         name.setToolTip(tip)

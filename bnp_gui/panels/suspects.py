@@ -195,7 +195,8 @@ class SuspectsPanel(QWidget):
         if e.percent is None:
             self.estimate.setText("<i>No ASR estimate: no backdoor evidence.</i>")
             return
-        text = f"<b>Estimated ASR</b> (estimate from {e.n} suspected samples): "
+        self.trust.setText(state.error or state.trust())  # names the estimate's basis
+        text = f"<b>Estimated ASR</b> (estimate from {e.source()}): "
         if before is not None and before.percent is not None:
             text += f"{before.percent:.1f} % before → "
         text += f"{e.percent:.1f} % with {state.estimate_pruned} neurons pruned"
