@@ -412,7 +412,7 @@ def suggest(
                 else f"; but its 95 % upper bound, {bound:.1f} %, is above what "
                 f"{estimate.n} samples can show — the repair is uncertain"
             )
-            + f") at a clean-accuracy cost of {drop:.1f} points (budget {acc_budget:g})."
+            + f") {_cost(drop)} (budget {acc_budget:g})."
         )
         return Suggestion(
             chosen, combine, pruned, search.acc_before, acc, estimate, True, why,
@@ -585,6 +585,13 @@ def _lowest_within_budget(search: _Search, config, ks, mask_of):
             lo = mid
     chosen, mask = mask_of(config, ks[hi])
     return chosen, mask, search.asr(mask)
+
+
+def _cost(drop: float) -> str:
+    """The clean-accuracy change in words: a cost, or (pruning can help) a gain."""
+    if round(drop, 1) < 0:
+        return f"while the clean accuracy rises {-drop:.1f} points"
+    return f"at a clean-accuracy cost of {max(drop, 0.0):.1f} points"
 
 
 def _lower_first(text: str) -> str:

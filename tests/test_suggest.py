@@ -21,6 +21,7 @@ from core.inspection import build_mask
 from core.masks import PruneMask
 from core.suggest import (
     _best_fallback,
+    _cost,
     _Search,
     _smallest,
     configurations,
@@ -169,6 +170,12 @@ def test_smallest_and_fallback_match_exhaustive_search_on_monotone_tables():
             assert fallback is not None
             assert fallback[1] == c[1] and fallback[0] == {m: k for m in c[0]}
     assert cut_work > 0
+
+
+def test_an_accuracy_gain_is_not_called_a_negative_cost():
+    assert _cost(-0.2) == "while the clean accuracy rises 0.2 points"
+    assert _cost(1.25) == "at a clean-accuracy cost of 1.2 points"
+    assert _cost(-0.04) == "at a clean-accuracy cost of 0.0 points"  # no "-0.0"
 
 
 def test_budget_verdicts_carry_over_to_nested_masks():
