@@ -195,12 +195,13 @@ class SuspectsPanel(QWidget):
         if e.percent is None:
             self.estimate.setText("<i>No ASR estimate: no backdoor evidence.</i>")
             return
-        self.trust.setText(state.error or state.trust())  # names the estimate's basis
-        text = f"<b>Estimated ASR</b> (estimate from {e.source()}): "
+        self.trust.setText(state.error or state.trust())  # names the estimate's basis, once
+        text = "<b>Estimated ASR</b>: "
         if before is not None and before.percent is not None:
             text += f"{before.percent:.1f} % before → "
         text += f"{e.percent:.1f} % with {state.estimate_pruned} neurons pruned"
         self.estimate.setText(text)
+        self.estimate.setToolTip(f"An estimate from {e.source()}, not a measurement.")
 
     # ------------------------------------------------------------------ intents
     def selected_indices(self) -> list[int]:

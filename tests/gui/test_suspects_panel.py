@@ -36,7 +36,10 @@ def test_gallery_shows_the_most_suspicious_samples(qtbot, window, demo):
     assert not first.icon().isNull()
     if a.target is not None:  # the demo: the target and how far to trust the numbers
         assert f"{a.n_suspected} suspected samples" in panel.trust.text()
-        assert "estimate from" in panel.estimate.text()
+        e = s.suspects.estimate
+        assert e.source() in panel.trust.text()  # the basis, said once, in the trust line
+        assert panel.estimate.text().startswith("<b>Estimated ASR</b>")
+        assert e.source() in panel.estimate.toolTip()
         assert window.preview.value("ASR est.", "after").startswith("≈")
 
 
