@@ -127,7 +127,8 @@ def _share_near(images: torch.Tensor, values: torch.Tensor, tol: torch.Tensor) -
 
 def stamp(images: torch.Tensor, trigger: TriggerPixels) -> torch.Tensor:
     """`images` (N×C×H×W) with the located positions set to the trigger's values."""
-    return torch.where(trigger.pixels, trigger.values.to(images.dtype), images)
+    pixels = trigger.pixels.to(images.device)
+    return torch.where(pixels, trigger.values.to(images.device, images.dtype), images)
 
 
 _LOCK = threading.Lock()  # the window estimates on several workers sharing one probe
@@ -184,9 +185,7 @@ def _reconstruct(
         return refuse("No trigger reconstruction: no clean sample outside the target class.")
     digest = hashlib.sha1(repr(key).encode()).hexdigest()[:12]
     name = f"stamped-{digest}"
-    pixels = trigger.pixels.to(clean.device)
-    values = trigger.values.to(clean.device)
-    probe.inputs[name] = torch.where(pixels, values, clean[rows.to(clean.device)])
+    probe.inputs[name] = stamp(clean[rows.to(clean.device)], trigger)
     before = probe.predict(name, None, cancel=cancel)
     if clean_predictions is not None and len(clean_predictions) == len(clean):
         base_pred = clean_predictions[rows]
