@@ -172,26 +172,14 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
-def cmd_defend(args) -> int:
-    from core.checks import check_threshold
-    from core.export import (
-        export_model,
-        format_for_path,
-        method_report,
-        session_metadata,
-        write_json,
-    )
-    from core.inspection import Inspection
-    from core.progress import ProgressBar
-    from core.repair import check_acc_budget, run_repair, write_suspects
-
-    check_threshold(args.threshold)
+def _check_defend_args(args) -> None:
+    """The argument errors of `bnp defend` that need no engine: raised before torch loads, so a
+    forgotten option is said at once, not after the model has loaded (a minute on a busy machine)."""
     if args.out is not None and args.report is not None and _same_path(args.out, args.report):
         raise BnpError(
             f"--out and --report both name {args.out}: the report would replace the pruned "
             "model; give two different files"
         )
-    acc_budget = check_acc_budget(args.acc_budget)
     if args.auto and args.method is not None:
         raise BnpError("--auto chooses the methods itself: drop --method (or drop --auto).")
     if not args.auto and args.method is None:
@@ -212,6 +200,24 @@ def cmd_defend(args) -> int:
         raise BnpError("BNP needs clean labelled samples: pass --clean DIR.")
     if args.method == "ep" and args.train is None:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
+
+
+def cmd_defend(args) -> int:
+    _check_defend_args(args)  # before the heavy imports below
+    from core.checks import check_threshold
+    from core.export import (
+        export_model,
+        format_for_path,
+        method_report,
+        session_metadata,
+        write_json,
+    )
+    from core.inspection import Inspection
+    from core.progress import ProgressBar
+    from core.repair import check_acc_budget, run_repair, write_suspects
+
+    check_threshold(args.threshold)
+    acc_budget = check_acc_budget(args.acc_budget)
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device, overrides=_input_overrides(args))
     warnings = list(inspection.warnings)
