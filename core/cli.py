@@ -174,7 +174,7 @@ def _same_path(a: Path, b: Path) -> bool:
 
 def _check_defend_args(args) -> None:
     """The argument errors of `bnp defend` that need no engine: raised before torch loads, so a
-    forgotten option is said at once, not after the model has loaded (a minute on a busy machine)."""
+    forgotten option is said at once, not after the model has loaded (a minute when busy)."""
     if args.out is not None and args.report is not None and _same_path(args.out, args.report):
         raise BnpError(
             f"--out and --report both name {args.out}: the report would replace the pruned "
