@@ -1,5 +1,6 @@
 """GUI test setup: offscreen Qt, torch imported before the QApplication, settings in a temporary
-folder, and a small real backdoor-shaped model + data when the bundled demo is not installed."""
+folder, and tiny models + data built once per session (an untrained one, and one with a real
+backdoor standing in for the bundled demo)."""
 
 from __future__ import annotations
 
@@ -133,19 +134,40 @@ def tiny_model(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def demo(tiny_model):
-    """(checkpoint, roles): $BNP_GUI_TEST_MODEL + $BNP_GUI_TEST_DATA when set, else the bundled
-    demo when installed, else the tiny stand-in."""
+def planted(tmp_path_factory):
+    """(checkpoint, roles) of a tiny model with a real backdoor (tests/planted_demo.py): the
+    demo's behaviour (suspect samples, inferred target, a repair) in seconds, not minutes."""
+    import planted_demo
+
+    from core.demo import demo_paths
+
+    paths = demo_paths(planted_demo.shared(tmp_path_factory))
+    roles = DataRoles(clean=str(paths.clean), train=str(paths.train), test=str(paths.test))
+    return str(paths.checkpoint), roles
+
+
+@pytest.fixture(scope="session")
+def demo(planted):
+    """(checkpoint, roles) for the window tests: $BNP_GUI_TEST_MODEL + $BNP_GUI_TEST_DATA when
+    set, else the planted stand-in (the bundled demo itself is `real_demo`)."""
     from bnp_gui.data_roles import guess_roles
-    from bnp_gui.demo import demo_files
-    from core.errors import BnpError
 
     if os.environ.get("BNP_GUI_TEST_MODEL"):
         return os.environ["BNP_GUI_TEST_MODEL"], guess_roles(os.environ["BNP_GUI_TEST_DATA"])
+    return planted
+
+
+@pytest.fixture(scope="session")
+def real_demo():
+    """(checkpoint, roles) of the bundled demo (ResNet-20, 2 000 test images): for the one or two
+    end-to-end tests; skipped when it is not installed."""
+    from bnp_gui.demo import demo_files
+    from core.errors import BnpError
+
     try:
         return demo_files()
-    except BnpError:
-        return tiny_model
+    except BnpError as exc:
+        pytest.skip(f"the bundled demo is not installed: {exc}")
 
 
 @pytest.fixture

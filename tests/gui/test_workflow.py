@@ -73,9 +73,9 @@ def test_open_collect_threshold_export_reload(qtbot, window, demo, tmp_path):
         other.close()
 
 
-def test_demo_mode_opens_and_analyses(qtbot, window, demo, monkeypatch):
-    checkpoint, roles = demo
-    monkeypatch.setattr("bnp_gui.mainwindow.demo_files", lambda: (checkpoint, roles))
+def test_demo_mode_opens_and_analyses(qtbot, window, real_demo):
+    """End to end on the bundled demo itself (the other window tests use the planted stand-in)."""
+    checkpoint, roles = real_demo
     window.demo_action.trigger()  # the toolbar button / menu entry
     assert window.session.auto_analyze
     qtbot.waitUntil(lambda: window.session.available("bnp"), timeout=LONG)
