@@ -67,7 +67,7 @@ def load_demo(device: str | None = None, root: Path = DEMO_DIR) -> DemoData:
 def run_demo(
     out: Path | None = None, device: str | None = None, threshold: float = 3.0, quiet=False
 ) -> dict:
-    """Collect, score, prune and evaluate with EP, BNP and CLP; return the report."""
+    """Collect, score, prune and evaluate with EP, BNP, CLP and EP ∪ BNP; return the report."""
     from core.export import method_report, write_json
     from core.inspection import METHOD_NAMES, METHODS
     from core.progress import ProgressBar
@@ -93,6 +93,19 @@ def run_demo(
         report[method] = entry
         masks[method] = mask
         rows.append((METHOD_NAMES[method], threshold, mask.count(), after))
+    # the window's default view: EP and BNP together, a neuron pruned when either flags it
+    union = inspection.mask({"ep": threshold, "bnp": threshold}, combine="union")
+    after = inspection.evaluate(demo.test, mask=union, progress=bar("EP ∪ BNP"))
+    report["ep_bnp_union"] = {
+        "methods": ["ep", "bnp"],
+        "combine": "union",
+        "threshold": threshold,
+        "flagged": union.neurons(),
+        "pruned": union.count(),
+        "acc_after": after.acc,
+        "asr_after": after.asr,
+    }
+    rows.append(("EP ∪ BNP", threshold, union.count(), after))
     report["seconds"] = round(time.monotonic() - started, 1)
     report["device"] = inspection.device_name
     print_table(rows)

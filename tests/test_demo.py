@@ -38,6 +38,18 @@ def test_demo_repairs_the_backdoor(demo_out):
     assert report[repaired]["acc_after"] > report["acc_before"] - 15
 
 
+def test_demo_reports_the_windows_ep_bnp_union(demo_out):
+    report = json.loads((demo_out / "report.json").read_text())
+    union = report["ep_bnp_union"]
+    assert union["methods"] == ["ep", "bnp"] and union["combine"] == "union"
+    for layer in set(report["ep"]["flagged"]) | set(report["bnp"]["flagged"]):
+        either = set(report["ep"]["flagged"].get(layer, [])) | set(
+            report["bnp"]["flagged"].get(layer, [])
+        )
+        assert set(union["flagged"].get(layer, [])) == either, layer
+    assert union["pruned"] == sum(len(v) for v in union["flagged"].values())
+
+
 def test_demo_figure_is_a_png(demo_out):
     data = (demo_out / "figure.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
