@@ -93,8 +93,9 @@ def _write_npy(folder, images: np.ndarray, labels: np.ndarray) -> str:
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
-    """A CIFAR ResNet-20 on 1×28×28 inputs with a BadNets patch, untrained, in the seed format,
-    plus small clean / poisoned-train / test folders (fast stand-in for the demo)."""
+    """A CIFAR ResNet-20 on 1×16×16 inputs with a BadNets patch, untrained, in the seed format,
+    plus small clean / poisoned-train / test folders of random images (no backdoor: the window
+    without evidence). 16×16, not the demo's 28×28: a third of the forward passes' cost."""
     from core.architectures import build_model
     from core.checkpoint import ModelMetadata
     from core.train import make_trigger, save_checkpoint
@@ -105,14 +106,14 @@ def tiny_model(tmp_path_factory):
     model.train()
     with torch.no_grad():  # give the BatchNorms non-trivial running statistics
         for _ in range(3):
-            model(torch.rand(64, 1, 28, 28))
+            model(torch.rand(64, 1, 16, 16))
     model.eval()
-    trigger = make_trigger("badnets", channels=1, image_size=(28, 28), size=3)
+    trigger = make_trigger("badnets", channels=1, image_size=(16, 16), size=3)
     meta = ModelMetadata(
         arch="cifar_resnet20",
         num_classes=10,
         in_channels=1,
-        input_size=(28, 28),
+        input_size=(16, 16),
         target_label=0,
         attack={"kind": "badnets", "trigger": trigger.to_dict()},
     )
@@ -120,7 +121,7 @@ def tiny_model(tmp_path_factory):
     rng = np.random.default_rng(0)
 
     def images(n):
-        return rng.integers(0, 256, size=(n, 28, 28, 1), dtype=np.uint8)
+        return rng.integers(0, 256, size=(n, 16, 16, 1), dtype=np.uint8)
 
     def labels(n):
         return rng.integers(0, 10, size=n).astype(np.int64)

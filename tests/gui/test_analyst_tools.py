@@ -255,7 +255,7 @@ def test_unsuitable_data_is_a_warning(qtbot, window, tiny_model, tmp_path):
     qtbot.waitUntil(lambda: window.banner.level == "warning" and window.banner.isVisible())
     text = window.banner.text()
     assert "3-channel images converted to the model's 1" in text
-    assert "48×64 images resized to the model's 28×28" in text
+    assert "48×64 images resized to the model's 16×16" in text
     assert "but the model has 10 classes (0–9)" in text
     assert "only 20 samples" in text
 
@@ -286,7 +286,7 @@ def test_model_pane_presentation_mode_and_examples(qtbot, window, tiny_model):
     s = analysed(qtbot, window, tiny_model)
     pane = tools.model_pane
     assert pane.text("arch").startswith("cifar_resnet20")
-    assert pane.text("input") == "1×28×28"
+    assert pane.text("input") == "1×16×16"
     assert pane.text("target").startswith("0")
     qtbot.waitUntil(lambda: not pane.trigger_image.pixmap().isNull(), timeout=LONG)
     wait_full_preview(qtbot, s)
