@@ -628,10 +628,17 @@ def analyse_suspects(
     if not any(labels == target):
         warnings.append(f"The suspect set has no sample of the inferred target {target}.")
     stopped = float(flips[in_high].double().mean())
+    # the suspected samples are those of the mode labelled with the target: say how many, so
+    # that the count the estimate names ("from 39 suspected samples") is the one said here
+    labelled = (
+        f"{purity:.0%} of them are labelled {target}"
+        if mode == mode_all
+        else f"{mode} of them ({purity:.0%}) are labelled {target}, the suspected samples"
+    )
     reason = (
         f"{mode_all} suspect samples form a separate high mode on {n_evidence} neurons; "
-        f"{purity:.0%} of them are labelled {target}, the model classifies {obedience:.0%} of "
-        f"them as {target}, and {stopped:.0%} stop once those neurons are pruned."
+        f"{labelled}; the model classifies {obedience:.0%} of them as {target}, and "
+        f"{stopped:.0%} stop once those neurons are pruned."
     )
     if split is not None and split.accepted:
         # a sample's score: its neuron evidence plus where its late activations lie between

@@ -88,6 +88,19 @@ def test_planted_backdoor_samples_and_target_found(backdoored):
     assert analysis.flips is not None and analysis.flips[p.poisoned].float().mean() > 0.5
 
 
+def test_reason_names_the_suspected_count_the_estimate_rests_on(backdoored):
+    """The target's reason and the estimate count the same samples (not "40 suspect samples"
+    beside "39 suspected samples" with nothing between)."""
+    import re
+
+    p, probe, analysis = backdoored
+    n = analysis.n_suspected
+    said = re.search(rf"\b{n} (suspect samples form|of them \(|form their own)", analysis.reason)
+    assert said, (n, analysis.reason)
+    estimate = estimate_asr(probe, analysis, None, p.clean.labels)
+    assert estimate.suspected == n and f"{n} suspected samples" in estimate.source()
+
+
 def test_evidence_neuron_high_mode_holds_the_poisoned_samples(backdoored):
     p, _probe, analysis = backdoored
     layer, channel = analysis.evidence_neurons()[0]
