@@ -172,6 +172,13 @@ def _same_path(a: Path, b: Path) -> bool:
         return False
 
 
+def _in_data_flow_order(inspection, neurons: dict) -> dict:
+    """Layer → channels in the order the model's forward pass reaches the layers (a union of
+    methods lists its layers method by method)."""
+    order = {layer.name: i for i, layer in enumerate(inspection.layers)}
+    return dict(sorted(neurons.items(), key=lambda item: order.get(item[0], len(order))))
+
+
 def _check_defend_args(args) -> None:
     """The argument errors of `bnp defend` that need no engine: raised before torch loads, so a
     forgotten option is said at once, not after the model has loaded (a minute when busy)."""
@@ -215,6 +222,7 @@ def cmd_defend(args) -> int:
     from core.inspection import Inspection
     from core.progress import ProgressBar
     from core.repair import check_acc_budget, run_repair, write_suspects
+    from core.suggest import describe
 
     check_threshold(args.threshold)
     acc_budget = check_acc_budget(args.acc_budget)
@@ -252,7 +260,8 @@ def cmd_defend(args) -> int:
     if args.auto:
         suggestion = repair.suggestion
         mask = suggestion.mask
-        report = {"method": "auto", "flagged": mask.neurons(), "pruned": mask.count()}
+        report = {"method": "auto", "pruned": mask.count()}
+        report["flagged"] = _in_data_flow_order(inspection, mask.neurons())
         print(f"suggestion: {suggestion.why}", file=sys.stderr)
     else:
         mask = inspection.mask({args.method: args.threshold})
@@ -296,9 +305,10 @@ def cmd_defend(args) -> int:
     print(_metrics_row("none", None, 0, before))
     if args.auto:
         print(_metrics_row("auto", None, mask.count(), after))
+        print(f"  auto = {describe(suggestion.methods, suggestion.combine)}")
     else:
         print(_metrics_row(args.method, args.threshold, mask.count(), after))
-    for layer, channels in mask.neurons().items():
+    for layer, channels in _in_data_flow_order(inspection, mask.neurons()).items():
         print(f"  {layer}: {channels}")
 
     if args.out is not None:

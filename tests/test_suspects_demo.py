@@ -4,7 +4,9 @@ and a suggestion whose estimated ASR is low."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -28,7 +30,10 @@ def auto_report(tmp_path_factory):
     argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
     argv += ["--test", str(DEMO / "test"), "--device", "cpu"]
     argv += ["--report", str(out / "r.json"), "--suspects", str(out / "s.csv")]
-    assert main(argv) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(argv) == 0
+    (out / "stdout.txt").write_text(printed.getvalue())
     return json.loads((out / "r.json").read_text()), out
 
 
@@ -67,6 +72,21 @@ def test_demo_target_and_suggestion(auto_report):
     assert report["acc_after"] >= report["acc_before"] - 3
     rows = list(csv.DictReader((out / "s.csv").open()))
     assert len(rows) == 500 and rows[0]["poisoned"] == "True"
+
+
+def test_auto_prints_its_configuration_in_the_table_and_layers_in_data_flow_order(auto_report):
+    from core.suggest import describe
+
+    report, out = auto_report
+    s = report["suggestion"]
+    lines = (out / "stdout.txt").read_text().splitlines()
+    auto_row = next(i for i, line in enumerate(lines) if line.startswith("auto "))
+    assert lines[auto_row + 1] == f"  auto = {describe(s['methods'], s['combine'])}"
+    listed = [line.split(":")[0].strip() for line in lines[auto_row + 2 :]]
+    assert listed == list(report["flagged"])  # the report's order, which is the model's
+    flow = ["bn1"] + [f"layer{a}.{b}.bn{c}" for a in (1, 2, 3) for b in range(3) for c in (1, 2)]
+    ranks = [flow.index(name) for name in listed if name in flow]
+    assert len(ranks) >= 2 and ranks == sorted(ranks)  # ResNet-20's BatchNorms, forward order
 
 
 def test_defend_without_auto_reports_suspects_and_estimate(tmp_path):
