@@ -588,7 +588,9 @@ def run(args: argparse.Namespace) -> int:
         command = "python -m core.train " + shlex.join(sys.argv[1:])
     try:
         data_path = Path(args.data)
-        train_data = load_images(data_path, split="train", limit=args.limit_train)
+        # --limit-train counts the samples trained on: the --holdout samples come on top
+        limit = args.limit_train + args.holdout if args.limit_train else None
+        train_data = load_images(data_path, split="train", limit=limit)
         if args.test_data:
             test_data = load_images(args.test_data, split="test", limit=args.limit_test)
         else:
@@ -600,8 +602,8 @@ def run(args: argparse.Namespace) -> int:
                 )
                 cut = len(full) // 5
                 test_data, train_data = full.subset(perm[:cut]), full.subset(perm[cut:])
-                if args.limit_train:
-                    train_data = train_data.subset(slice(0, args.limit_train))
+                if limit:
+                    train_data = train_data.subset(slice(0, limit))
                 note = f"{data_path} has no test split: using 20% of it ({cut}) for testing"
                 print(note, file=sys.stderr)
             if args.limit_test:

@@ -28,7 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="test data when --data has no test split (default: the test split of --data, "
         "else 20%% of --data)",
     )
-    d.add_argument("--limit-train", type=int, help="use only the first N training samples")
+    d.add_argument(
+        "--limit-train",
+        type=int,
+        help="train on N samples only (the first N + --holdout of the training split are read)",
+    )
     d.add_argument("--limit-test", type=int, help="use only the first N test samples")
     d.add_argument(
         "--holdout",

@@ -57,6 +57,24 @@ def test_augment_shifts_and_flips():
     assert torch.equal(augment(x, 0, False, torch.Generator()), x)
 
 
+def test_limit_train_counts_the_samples_trained_on(tmp_path):
+    """--limit-train 60 trains on 60 samples; the --holdout 20 come on top (it once trained on
+    the limit minus the holdout)."""
+    _write_npy(tmp_path / "data" / "train", _bars(200, 0))
+    _write_npy(tmp_path / "data" / "test", _bars(20, 1))
+    out = tmp_path / "m.pth"
+    args = _parse(
+        ["--data", str(tmp_path / "data"), "--arch", "cifar_resnet20", "--epochs", "1"]
+        + ["--limit-train", "60", "--holdout", "20", "--poison-rate", "0.5"]
+        + ["--split-clean", "10", "--split-train", "10", "--split-test", "10"]
+        + ["--device", "cpu", "--quiet", "--out", str(out)]
+    )
+    assert run(args) == 0
+    meta = load_checkpoint(out).metadata
+    assert meta.attack["poisoned"] == 30  # half of the 60 trained on
+    assert meta.extra["holdout"] == 20
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_tiny_training_implants_backdoor(tmp_path, seed):
     from PIL import Image
