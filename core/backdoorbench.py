@@ -109,6 +109,7 @@ class BackdoorBenchResult:
 
     @property
     def format(self) -> str:
+        """The checkpoint format name: 'backdoorbench:<kind>'."""
         return f"backdoorbench:{self.kind}"
 
 

@@ -74,6 +74,7 @@ def warn(message: str) -> None:
 
 
 def cmd_info(args) -> int:
+    """`bnp info`: what a checkpoint holds (format, architecture, input, layers)."""
     import torch
 
     from core.checks import model_warnings
@@ -210,6 +211,7 @@ def _check_defend_args(args) -> None:
 
 
 def cmd_defend(args) -> int:
+    """`bnp defend`: score, prune, evaluate and export with one method or --auto."""
     _check_defend_args(args)  # before the heavy imports below
     from core.checks import check_threshold
     from core.export import (
@@ -416,6 +418,7 @@ def _command(argv: list[str]) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `bnp` entry point: run one command; the exit status (2 for a user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)

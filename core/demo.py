@@ -129,11 +129,13 @@ def print_table(rows) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `bnp demo`."""
     parser.add_argument("--out", type=Path, help="write report.json and figure.png here")
     parser.add_argument("--threshold", "-k", type=float, default=3.0, help="k for all methods")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
 
 
 def run(args) -> int:
+    """Run `bnp demo` from parsed arguments; the exit status."""
     run_demo(args.out, args.device, args.threshold)
     return 0

@@ -31,6 +31,7 @@ class Metrics:
     warnings: list[str] = field(default_factory=list)  # e.g. NaN outputs on some samples
 
     def to_dict(self) -> dict:
+        """The metrics as a JSON-ready dict."""
         return {
             "acc": self.acc,
             "asr": self.asr,

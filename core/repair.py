@@ -53,6 +53,7 @@ class Repair:
 
     @property
     def target(self) -> int | None:
+        """The inferred target label (None: no backdoor evidence)."""
         return self.analysis.target
 
     def estimate(self, mask: PruneMask | None) -> AsrEstimate:

@@ -89,6 +89,7 @@ class Suggestion:
 
     @property
     def clean_acc_drop(self) -> float | None:
+        """Clean accuracy the suggestion costs, in points (None: not measured)."""
         if self.clean_acc is None or self.clean_acc_before is None:
             return None
         return self.clean_acc_before - self.clean_acc

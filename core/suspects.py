@@ -361,6 +361,7 @@ class AsrEstimate:
         return f"estimated ASR {self.percent:.1f} % (estimate from {self.source()})"
 
     def to_dict(self) -> dict:
+        """The report's estimate entry (rounded, with its basis)."""
         return {
             "percent": None if self.percent is None else round(self.percent, 2),
             "n_suspected": self.suspected,

@@ -165,9 +165,11 @@ class PatchTrigger(Trigger):
 
     @property
     def tensor(self) -> Tensor:
+        """The C×s×s patch."""
         return self.patch
 
     def apply(self, images: Tensor) -> Tensor:
+        """The images (N×C×H×W) with the patch stamped at its position."""
         _check_images(images)
         _, c, h, w = images.shape
         patch = conform_channels(self.patch, c).to(images.device, images.dtype)
@@ -183,6 +185,7 @@ class PatchTrigger(Trigger):
         return patch.expand_as(region)
 
     def to_dict(self) -> dict:
+        """The trigger as a JSON-ready dict (`Trigger.from_dict` reads it back)."""
         return {
             "kind": self.kind,
             "patch": self.patch.tolist(),
@@ -209,6 +212,7 @@ class CornerBlendTrigger(PatchTrigger):
         return (1.0 - self.alpha) * region + self.alpha * patch
 
     def to_dict(self) -> dict:
+        """The trigger as a JSON-ready dict (`Trigger.from_dict` reads it back)."""
         return {
             "kind": self.kind,
             "patch": self.patch.tolist(),
@@ -239,6 +243,7 @@ class FourCornerTrigger(PatchTrigger):
         super().__init__(patch, "bottom-right")
 
     def apply(self, images: Tensor) -> Tensor:
+        """The images (N×C×H×W) with the patch stamped in all four corners."""
         _check_images(images)
         _, c, h, w = images.shape
         patch = conform_channels(self.patch, c).to(images.device, images.dtype)
@@ -250,6 +255,7 @@ class FourCornerTrigger(PatchTrigger):
         return out
 
     def to_dict(self) -> dict:
+        """The trigger as a JSON-ready dict (`Trigger.from_dict` reads it back)."""
         return {"kind": self.kind, "patch": self.patch.tolist()}
 
     @classmethod
@@ -268,6 +274,7 @@ class BlendTrigger(Trigger):
 
     @property
     def tensor(self) -> Tensor:
+        """The blend pattern C×H×W."""
         return self.pattern
 
     def pattern_for(self, channels: int, size: tuple[int, int]) -> Tensor:
@@ -280,12 +287,14 @@ class BlendTrigger(Trigger):
         return p
 
     def apply(self, images: Tensor) -> Tensor:
+        """The images (N×C×H×W) blended with the pattern: (1−alpha)·image + alpha·pattern."""
         _check_images(images)
         _, c, h, w = images.shape
         p = self.pattern_for(c, (h, w)).to(images.device, images.dtype)
         return (1.0 - self.alpha) * images + self.alpha * p
 
     def to_dict(self) -> dict:
+        """The trigger as a JSON-ready dict (`Trigger.from_dict` reads it back)."""
         return {"kind": self.kind, "pattern": self.pattern.tolist(), "alpha": self.alpha}
 
     @classmethod

@@ -26,6 +26,7 @@ class BackdoorBenchPreActResNet(nn.Module):
         self.linear = nn.Linear(in_planes, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch N×C×H×W."""
         out = self.conv1(x)
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return self.linear(self.avgpool(out).flatten(1))

@@ -28,6 +28,7 @@ class PreActBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
+        """The block's output: residual branch (pre-activated) + shortcut."""
         out = F.relu(self.bn1(x))
         shortcut = self.shortcut(out) if self.shortcut is not None else x
         out = self.conv1(out)
@@ -62,6 +63,7 @@ class PreActResNet(nn.Module):
         self.linear = nn.Linear(in_planes, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch N×C×H×W."""
         out = self.conv1(x)
         out = self.layer1(out)
         out = self.layer2(out)

@@ -37,6 +37,7 @@ class CifarVGG(nn.Module):
         self.classifier = nn.Linear(channels, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits of a batch N×C×H×W."""
         out = self.pool(self.features(x)).flatten(1)
         return self.classifier(out)
 
