@@ -74,8 +74,8 @@ window.close()
 """
 
 
-def test_window_imports_builds_and_paints_without_torch():
-    out = run_python(EMPTY_WINDOW)
+def test_window_imports_builds_and_paints_without_torch(tmp_path):
+    out = run_python(EMPTY_WINDOW, config=tmp_path)  # never the user's settings
     assert out["after_import"] is False
     assert out["after_use"] is False
     assert out["engine_modules"] == []
