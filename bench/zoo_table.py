@@ -1,5 +1,5 @@
-"""The README's "Models it opens" table, measured: every model named in issue 11 at its native
-input size, random weights, two samples, through tests/zoo_check.check_model.
+"""The "Models it opens" table (docs/models.md), measured: every model named in issue 11 at
+its native input size, random weights, two samples, through tests/zoo_check.check_model.
 
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=. python bench/zoo_table.py [--out table.md] [names...]
 """

@@ -1,6 +1,6 @@
 """One model of the zoo through the whole engine: save, load, detect, discover, prune, export,
 reopen. Used by tests/test_zoo.py (tiny inputs) and bench/zoo_table.py (native input sizes,
-the README's "Models it opens" table)."""
+the "Models it opens" table of docs/models.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Menu paths named to the user — in README.md and in the window's own messages — are the
+"""Menu paths named to the user — in README.md, docs/ and in the window's own messages — are the
 window's real menus and entries (a newcomer follows them literally)."""
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ def named_paths(text: str) -> set[str]:
 def test_menu_paths_in_readme_and_messages_exist(window):
     real = window_menu_paths(window)
     assert "File › Open Checkpoint…" in real  # the parsing itself works
-    sources = [ROOT / "README.md", *sorted((ROOT / "bnp_gui").rglob("*.py"))]
+    sources = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]  # README's text moved
+    sources += sorted((ROOT / "bnp_gui").rglob("*.py"))
     wrong = {}
     for path in sources:
         text = path.read_text(encoding="utf-8")
