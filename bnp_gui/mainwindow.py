@@ -194,6 +194,7 @@ class MainWindow(QMainWindow):
         s.data_changed.connect(self._update_actions)
         s.scores_changed.connect(self._update_actions)
         s.selection_changed.connect(self._update_actions)
+        s.analysis_finished.connect(self._select_a_neuron)
         self.engine.waiting.connect(lambda text: self.show_message("info", text))
         self.engine.failed.connect(self._engine_failed)
         self.engine.ready.connect(self._update_actions)
@@ -420,6 +421,16 @@ class MainWindow(QMainWindow):
             if self.banner.level == "error":
                 self.banner.hide()
         self._update_actions()
+
+    def _select_a_neuron(self) -> None:
+        """After an analysis, the neuron plot shows something: the most suspicious neuron."""
+        s = self.session
+        if s.selected is None:
+            from bnp_gui.screenshot import most_suspicious
+
+            neuron = most_suspicious(s)
+            if neuron is not None:
+                s.select_neuron(neuron)
 
     def _engine_failed(self, why: str) -> None:
         self.show_message("error", f"The engine (PyTorch) could not be loaded: {why}")

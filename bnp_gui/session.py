@@ -50,6 +50,8 @@ FIRST_NUMBERS_BUDGET_S = 0.35
 PREVIEW_DEBOUNCE_MS = 120
 CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 CURVE_SUBSET = 256
+# Lanes whose work belongs to the open model: a new model stops them, a failed open resumes them.
+MODEL_LANES = ("collect", "preview", "curve", "neuron")
 
 Neuron = tuple[str, int]
 
@@ -113,6 +115,19 @@ def batchnorm_warning(model: torch.nn.Module) -> str:
         f"non-finite running statistics ({where}{more}): their scores are infinite or missing; the "
         "model's outputs may not be numbers. This checkpoint is damaged; do not trust its numbers."
     )
+
+
+def model_warning(inspection: Inspection) -> str:
+    """What is wrong with the loaded model itself, for the banner ("" when nothing): the
+    command line's checks (``core.checks.model_warnings``: NaN or infinite weights, a tiny
+    normalisation std) and the BatchNorm channels whose statistics make scores meaningless."""
+    lines = [
+        w[:1].upper() + w[1:] + "."
+        for w in getattr(inspection, "warnings", [])
+        if not w.startswith("BatchNorm ")  # said per channel, with the layers, below
+    ]
+    bn = batchnorm_warning(inspection.model)
+    return " ".join([*lines, bn] if bn else lines)
 
 
 def _cancel_argument(loader, job: Job) -> dict:
@@ -263,8 +278,9 @@ class Session(QObject):
     ) -> None:
         """Load a checkpoint (any engine format) and compute its data-free CLP scores."""
         path = str(Path(path).expanduser())
-        for lane in ("collect", "preview", "curve", "neuron"):
-            self.runner.cancel(lane)
+        # The current model's work goes on until the new file has been read: a file that fails
+        # to open leaves the window as it was (numbers, preview, a running analysis).
+        interrupted: set[str] = set()
 
         def load(job: Job):
             from core.checkpoint import load_checkpoint
@@ -275,14 +291,19 @@ class Session(QObject):
             )
             if job.cancelled():
                 return None
+            job.partial("read")  # the main thread stops the current model's work now
             # Tracing the model (torch.fx, in Inspection) patches nn.Module.__call__ for the
             # whole process: a forward pass on another thread meanwhile fails ("module is not
             # installed as a submodule"). Hold the engine lock, as every forward-pass job does.
             with job.holding(self.runner.engine_lock):
                 return Inspection(ckpt)
 
+        def read(_) -> None:
+            interrupted.update(self._stop_model_work())
+
         def failed(exc: BaseException) -> None:
             self._queued_analysis = False
+            self._resume_model_work(interrupted, Path(path).name)
             if isinstance(exc, UnsafeCheckpointError):
                 self.unsafe_checkpoint.emit(path, describe_error(exc))
             elif isinstance(exc, ArchitectureMismatch):
@@ -293,24 +314,62 @@ class Session(QObject):
         def cancelled() -> None:
             self._queued_analysis = False
             self.message.emit("info", f"Opening {Path(path).name} cancelled.")
+            self._resume_model_work(interrupted, Path(path).name)
 
         self.message.emit("info", f"Opening {Path(path).name}…")
         self.runner.start(
             "load",
             load,
-            done=lambda insp: self._loaded(path, insp),
+            partial=read,
+            done=lambda insp: self._loaded(path, insp, interrupted),
             error=failed,
             cancelled=cancelled,
             uses_engine=False,  # a new model: nothing shared with running jobs
         )
 
-    def _loaded(self, path: str, inspection: Inspection | None) -> None:
+    def _stop_model_work(self) -> set[str]:
+        """Cancel the current model's work (a new model replaces it); the lanes that ran. The
+        waited-for lanes are announced as ended, so progress bar and Cancel go away."""
+        stopped = set()
+        for lane in MODEL_LANES:
+            if self.runner.is_running(lane):
+                self.runner.cancel(lane, notify=False)
+                self.runner.busy_changed.emit(lane, False)
+                stopped.add(lane)
+        if self._preview_timer.isActive():
+            self._preview_timer.stop()
+            stopped.add("preview")
+        return stopped
+
+    def _resume_model_work(self, interrupted: set[str], name: str) -> None:
+        """A new file was read but did not open (or its opening was cancelled): what it
+        interrupted starts again for the model still open, so no number is left stale."""
+        if not interrupted or self.inspection is None:
+            return
+        lanes = set(interrupted)
+        interrupted.clear()
+        if "collect" in lanes:
+            self.message.emit("info", f"{name} did not open: the analysis starts again.")
+            self.analyze()
+            return
+        if "preview" in lanes or self.preview_pending:
+            self.request_preview(immediate=True)  # the curve follows the preview
+        elif "curve" in lanes:
+            self._start_curve()
+        if "neuron" in lanes and self.selected is not None:
+            self._start_activations()
+
+    def _loaded(self, path: str, inspection: Inspection | None, interrupted=None) -> None:
         if inspection is None:
             return
         from core.scores import z_scores
 
-        for lane in ("collect", "preview", "curve", "neuron"):
-            self.runner.cancel(lane, notify=False)  # started for the previous model meanwhile
+        stopped = self._stop_model_work() | (interrupted or set())  # the previous model's work
+        replaced = (
+            " The previous model's analysis was stopped."
+            if "collect" in stopped and self.inspection is not None
+            else ""
+        )
         self.checkpoint_path = path
         self.inspection = inspection
         self.scores = {"clp": inspection.clp}
@@ -332,9 +391,9 @@ class Session(QObject):
             "info",
             f"Opened {Path(path).name}: {meta.arch}, {meta.num_classes} classes, "
             f"{len(inspection.layers)} BatchNorm layers, {sum(c for _, c in self.layers)} "
-            f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
+            f"neurons ({inspection.ckpt.format} format). CLP scores are ready.{replaced}",
         )
-        self.model_warning = batchnorm_warning(inspection.model)
+        self.model_warning = model_warning(inspection)
         if self.model_warning:
             self.message.emit("warning", self.model_warning)
         self.set_trigger_source(self.trigger_source)
