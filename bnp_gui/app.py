@@ -71,6 +71,9 @@ def make_application(argv: list[str] | None = None):
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("BNP Inspector")
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    from bnp_gui import svg_export
+
+    svg_export.install()  # the plots' Export… › SVG works with PySide6 6.12
     from PySide6.QtGui import QIcon
 
     app.setWindowIcon(QIcon(str(Path(__file__).with_name("icon.svg"))))

@@ -35,6 +35,7 @@ from bnp_gui.dialogs.open_data import OpenDataDialog
 from bnp_gui.dialogs.trigger import TriggerDialog
 from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.engine import Engine, EngineStatus
+from bnp_gui.next_step import NextStepHint
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
@@ -177,6 +178,8 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)
         layout.addWidget(self.banner)
+        self.next_step = NextStepHint(s)
+        layout.addWidget(self.next_step)
         layout.addWidget(self.main_split, 1)
         self.setCentralWidget(central)
 
@@ -324,7 +327,7 @@ class MainWindow(QMainWindow):
             )
             action.setData(m)
             self.method_actions[m] = action
-        toolbar = self.addToolBar("Main")
+        toolbar = self.toolbar = self.addToolBar("Main")
         toolbar.setObjectName("main_toolbar")
         toolbar.setToolButtonStyle(Qt.ToolButtonTextOnly)
         for action in (
@@ -599,7 +602,9 @@ class MainWindow(QMainWindow):
         except OSError as exc:
             self.show_message("error", f"Cannot write to {folder}: {exc.strerror or exc}")
             return
-        self.session.export(folder, fmt=fmt, render=self.render_figures)
+        stack = self.tools.history.stack
+        steps = [stack.text(i) for i in range(stack.index())]  # undone steps are not taken
+        self.session.export(folder, fmt=fmt, render=self.render_figures, steps=steps)
 
     def render_figures(self, folder: str) -> None:
         """heatmap.png without the selection square, tradeoff.png with its curve complete,

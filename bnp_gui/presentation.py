@@ -8,14 +8,27 @@ exactly what was there.
 
 from __future__ import annotations
 
-from PySide6.QtGui import QFont
+from PySide6.QtCore import QTimer
+from PySide6.QtGui import QFont, QFontInfo
 from PySide6.QtWidgets import QApplication
 
 SCALE = 1.6
 NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
-EXAMPLE_SIDE = 88
+EXAMPLE_SIDE = 76
 PANE_SCALE = 1.3
+CAPTION_SCALE = 1.15  # details (captions, the preview's status) in presentation mode
+
+
+def readable_layer_font(heatmap, current: QFont, big: QFont) -> QFont:
+    """The heatmap's layer names as large as their rows allow (one name per row, never
+    overlapping), up to the presentation font; ``current`` when the rows allow no larger."""
+    rows = max(len(heatmap.grid.layers) if heatmap.grid is not None else 0, 1)
+    view = heatmap.plot.getPlotItem().getViewBox()
+    row_px = view.height() / rows if view.height() > 0 else 0
+    font = QFont(big)
+    font.setPixelSize(max(int(min(row_px * 0.85, QFontInfo(big).pixelSize())), 1))
+    return font if font.pixelSize() > QFontInfo(current).pixelSize() else current
 
 
 class PresentationMode:
@@ -27,6 +40,13 @@ class PresentationMode:
         self.on = False
         self._saved: dict = {}
 
+    def _enlarge_layer_names(self, big: QFont) -> None:
+        if not self.on:
+            return
+        heatmap = self.window.heatmap
+        current = self._saved.get("layer_ticks") or QFont()
+        heatmap.set_layer_font(readable_layer_font(heatmap, current, big))
+
     def _plots(self):
         w = self.window
         return [w.heatmap.plot, w.distribution.plot, w.neuron.plot, w.preview.plot]
@@ -35,6 +55,7 @@ class PresentationMode:
         if on == self.on:
             return
         w, t = self.window, self.tools
+        size = w.size()
         if on:
             base = QApplication.font()
             big = QFont(base)
@@ -56,6 +77,8 @@ class PresentationMode:
                 ],
                 "trigger_side": t.model_pane.trigger_image.width(),
                 "example_side": t.examples.side,
+                "toolbar": w.toolbar.isVisible(),
+                "layer_ticks": w.heatmap.plot.getPlotItem().getAxis("left").style.get("tickFont"),
             }
             w.setFont(big)
             for label in w.preview.labels.values():
@@ -82,7 +105,19 @@ class PresentationMode:
             self._saved["pane_width"] = t.model_pane.maximumWidth()
             t.model_pane.setMaximumWidth(int(t.model_pane.maximumWidth() * PANE_SCALE))
             t.model_pane.trigger_image.setFixedSize(TRIGGER_SIDE, TRIGGER_SIDE)
-            t.examples.set_side(EXAMPLE_SIDE)
+            caption = QFont(base)
+            caption.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
+            t.examples.set_side(EXAMPLE_SIDE, caption)  # images large, captions less so
+            # the room goes to the numbers, the heatmap and the examples (1280×720 projectors);
+            # the presenter keeps the menus and every shortcut
+            w.toolbar.hide()
+            w.next_step.set_suppressed(True)
+            w.thresholds.set_compact(True)
+            small = QFont(base)
+            small.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
+            w.preview.status.setFont(small)
+            # once the hidden panels' room went to the heatmap: its rows' height is known then
+            QTimer.singleShot(0, lambda: self._enlarge_layer_names(big))
         else:
             saved = self._saved
             w.setFont(saved["font"])
@@ -102,5 +137,13 @@ class PresentationMode:
             side = saved["trigger_side"]
             t.model_pane.trigger_image.setFixedSize(side, side)
             t.examples.set_side(saved["example_side"])
+            w.toolbar.setVisible(saved["toolbar"])
+            w.next_step.set_suppressed(False)
+            w.thresholds.set_compact(False)
+            w.preview.status.setFont(QFont())  # inherits the window's font again
+            w.heatmap.set_layer_font(saved["layer_ticks"])
         self.on = on
         t.model_pane.refresh()
+        # the window keeps its size (a 1280×720 projector); Qt grows it while panels change
+        if not (w.isFullScreen() or w.isMaximized()):
+            QTimer.singleShot(0, lambda: w.resize(size))

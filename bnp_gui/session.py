@@ -187,6 +187,7 @@ class Session(QObject):
         self.force_prune: set[Neuron] = set()
         self.keep: set[Neuron] = set()
         self.view_method = "bnp"
+        self.change_label = ""  # the name of the undo step the current mask change makes
         self.flags: dict[str, dict[str, torch.Tensor]] = {}
         self.display_mask = PruneMask()
         self.selected: Neuron | None = None
@@ -199,6 +200,7 @@ class Session(QObject):
         self.preview: PreviewResult | None = None
         self.preview_pending = False
         self.curves: dict[str, list[tuple[float, Any]]] = {}
+        self._curve_contexts: dict[str, tuple] = {}  # method → curve_context it was measured in
         self.auto_analyze = False
         self._queued_analysis = False  # Analyze pressed while a checkpoint was loading
         self._progress_start: dict[str, float] = {}
@@ -625,6 +627,24 @@ class Session(QObject):
         self._recompute_flags()
         self.request_preview()
 
+    def set_decisions(self, decisions, label: str) -> None:
+        """Thresholds, methods, combination and overrides at once (a ``Decisions``): one mask
+        change, one preview, and one undo step named ``label`` (Suggest)."""
+        for m, k in decisions.thresholds:
+            valid = valid_threshold(k)
+            if valid is not None:
+                self.thresholds[m] = valid
+        self.enabled.update(dict(decisions.enabled))
+        self.combine = decisions.combine
+        self.force_prune = set(decisions.force_prune)
+        self.keep = set(decisions.keep)
+        self.change_label = label
+        try:
+            self._recompute_flags()
+        finally:
+            self.change_label = ""
+        self.request_preview()
+
     def clear_overrides(self) -> None:
         self.force_prune.clear()
         self.keep.clear()
@@ -644,6 +664,7 @@ class Session(QObject):
 
             self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
+        self._drop_stale_curves()
         if emit:
             self.mask_changed.emit()
 
@@ -795,25 +816,60 @@ class Session(QObject):
         self._preview_ready(result)
         self._start_curve()
 
+    def curve_decisions(self, method: str) -> tuple[dict[str, float], str, list, list, bool]:
+        """What the trade-off curve of ``method`` varies k within: the current mask's methods,
+        combination and overrides when ``method`` is in the mask (the curve then passes through
+        the preview's mask at the current k), else ``method`` alone. Returns (methods with
+        their k, combine, force_prune, keep, in_mask)."""
+        methods = self.mask_methods()
+        if method in methods:
+            return methods, self.combine, sorted(self.force_prune), sorted(self.keep), True
+        return {method: self.thresholds[method]}, "union", [], [], False
+
+    def curve_context(self, method: str) -> tuple:
+        """The decisions a curve of ``method`` depends on (all but its own k), hashable."""
+        methods, combine, force, keep, in_mask = self.curve_decisions(method)
+        others = tuple(sorted((m, k) for m, k in methods.items() if m != method))
+        return others, combine if len(methods) > 1 else "", tuple(force), tuple(keep), in_mask
+
+    def curve_mask(self, method: str, k: float, decisions=None) -> PruneMask:
+        """The mask of the curve of ``method`` at threshold ``k``."""
+        from core.inspection import build_mask
+
+        methods, combine, force, keep, _ = decisions or self.curve_decisions(method)
+        scores = {m: self.scores[m] for m in methods}
+        return build_mask(scores, {**methods, method: k}, combine, force, keep, dict(self.layers))
+
+    def _drop_stale_curves(self) -> None:
+        """Forget curves measured within other decisions than the current ones."""
+        stale = [m for m in self.curves if self._curve_contexts.get(m) != self.curve_context(m)]
+        for method in stale:
+            del self.curves[method]
+        if stale:
+            self.runner.cancel("curve", notify=False)
+            self.curve_changed.emit()
+
     def _start_curve(self) -> None:
-        """ACC/ASR versus threshold of the viewed method alone, on the fast subset."""
+        """ACC/ASR versus the viewed method's threshold, the other decisions as they are, on
+        the fast subset."""
         inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
         method = self.view_method
         if inspection is None or test is None or not self.available(method):
             return
         if self.runner.is_running("preview") or self.runner.is_running("collect"):
             return  # restarted when the preview is done
-        scores, channels = {method: self.scores[method]}, dict(self.layers)
+        self._drop_stale_curves()
+        self._curve_contexts[method] = self.curve_context(method)
+        decisions = self.curve_decisions(method)
         done_points = list(self.curves.get(method, []))
         todo = [k for k in CURVE_KS if k not in {p[0] for p in done_points}]
         if not todo:
             return
+        masks = {k: self.curve_mask(method, k, decisions) for k in todo}
 
         def curve(job: Job):
-            from core.inspection import build_mask
-
             for k in todo:
-                mask = build_mask(scores, {method: k}, "union", (), (), channels)
+                mask = masks[k]
                 metrics = measure(
                     inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
                 )
@@ -835,16 +891,19 @@ class Session(QObject):
         self.curve_changed.emit()
 
     # ------------------------------------------------------------------ export
-    def export(self, folder: str, *, fmt: str = "seed", render=None) -> None:
+    def export(self, folder: str, *, fmt: str = "seed", render=None, steps=()) -> None:
         """Measure the current mask on the full set and write model + reports (worker thread);
-        then ``render(folder)`` draws the figures on the main thread, with the curve complete."""
+        then ``render(folder)`` draws the figures on the main thread, with the curve complete.
+        ``steps``: the analyst's decisions in order (the undo history), for the report."""
         inspection = self.inspection
         if inspection is None:
             self.message.emit("error", "Nothing to export: open a checkpoint first.")
             return
+        from bnp_gui.evidence import plan_evidence
         from bnp_gui.report import export_session, plan_export
 
         plan = plan_export(self, folder, fmt)
+        plan.evidence = plan_evidence(self, steps)
         self._preview_timer.stop()
         for lane in ("preview", "curve"):  # stale work must not delay the export
             self.runner.cancel(lane, notify=False)
@@ -854,20 +913,23 @@ class Session(QObject):
 
         self._progress_start["export"] = time.monotonic()
         self.message.emit("info", "Exporting: measuring the exported mask on the full set…")
+        context = self.curve_context(self.view_method)
         self.runner.start(
             "export",
             run,
-            done=lambda result: self._exported(result, render),
+            done=lambda result: self._exported(result, render, context),
             error=functools.partial(self._report_error, "Export failed"),
             progress=lambda done, total: self._report_progress("export", done, total),
             cancelled=lambda: self.message.emit("info", "Export cancelled."),
         )
 
-    def _exported(self, result, render=None) -> None:
+    def _exported(self, result, render=None, context=None) -> None:
         if result.before is not None:
             self.baseline[None] = result.before  # measured on the full set
-        for point in result.curve:
-            self._curve_point(point)
+        for point in result.curve:  # unless the decisions changed during the export
+            if context is not None and self.curve_context(point[0]) == context:
+                self._curve_contexts[point[0]] = context
+                self._curve_point(point)
         folder = str(result.model.parent)
         if render is not None:
             try:

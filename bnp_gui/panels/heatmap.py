@@ -178,18 +178,28 @@ class HeatmapPanel(QWidget):
         self.missing_image.setImage(grey, levels=(0, 255), autoLevels=False)
         self.missing_image.setRect(0, 0, cols, rows)
         ticks = [(i + 0.5, name) for i, name in enumerate(self.grid.layers)]
-        left = item.getAxis("left")
-        left.setTicks([ticks])
-        longest = max(self.grid.layers, key=len)
-        metrics = QFontMetrics(left.style.get("tickFont") or QFont())
-        left.setWidth(metrics.horizontalAdvance(longest) + 14)  # never cut a layer name
-        label = (
-            "suspicion: z-score" if DIRECTION[method] == "high" else "suspicion: −z (low entropy)"
+        item.getAxis("left").setTicks([ticks])
+        self._fit_layer_names()
+        label = "z-score" if DIRECTION[method] == "high" else "−z, low entropy"
+        item.setTitle(
+            f"{METHOD_NAMES[method]} scores per neuron — colour = suspicion ({label})", size="9pt"
         )
-        item.setTitle(f"{METHOD_NAMES[method]} scores per neuron — colour: {label}", size="9pt")
         item.getViewBox().setLimits(xMin=-1, xMax=cols + 1, yMin=-0.5, yMax=rows + 0.5)
         item.setRange(xRange=(0, cols), yRange=(0, rows), padding=0.01)
         self._update_marks()
+
+    def set_layer_font(self, font: QFont | None) -> None:
+        """The layer names' font (presentation mode enlarges them as far as the rows allow)."""
+        self.plot.getPlotItem().getAxis("left").setStyle(tickFont=font or QFont())
+        self._fit_layer_names()
+
+    def _fit_layer_names(self) -> None:
+        if self.grid is None or not self.grid.layers:
+            return
+        left = self.plot.getPlotItem().getAxis("left")
+        longest = max(self.grid.layers, key=len)
+        metrics = QFontMetrics(left.style.get("tickFont") or QFont())
+        left.setWidth(metrics.horizontalAdvance(longest) + 14)  # never cut a layer name
 
     def _update_marks(self) -> None:
         s = self.session

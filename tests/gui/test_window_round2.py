@@ -112,3 +112,28 @@ def test_analysis_ends_with_a_neuron_selected(qtbot, window, tiny_model):
     qtbot.waitUntil(lambda: s.selected is not None, timeout=LONG)
     layer, channel = s.selected
     assert layer in dict(s.layers)
+
+
+def test_every_plot_exports_as_svg(qtbot, window, tiny_model, tmp_path):
+    from pyqtgraph.exporters import SVGExporter
+    from PySide6.QtSvg import QSvgRenderer
+
+    checkpoint, roles = tiny_model
+    s = window.session
+    open_model(qtbot, window, checkpoint)
+    open_data(qtbot, window, roles)
+    analyze(qtbot, window)
+    wait_full_preview(qtbot, s)
+    for name in ("heatmap", "distribution", "neuron", "preview"):
+        path = tmp_path / f"{name}.svg"
+        SVGExporter(getattr(window, name).plot.getPlotItem()).export(str(path))
+        assert QSvgRenderer(str(path)).isValid(), name
+
+
+def test_closing_a_path_becomes_a_line_to_its_start():
+    from bnp_gui.svg_export import close_paths_explicitly
+
+    d = "M0,0 L263.5,0 L263.5,178.5 Z M5,5 L6,6 z"
+    assert close_paths_explicitly(d).split() == [
+        "M0,0", "L263.5,0", "L263.5,178.5", "L0,0", "M5,5", "L6,6", "L5,5"
+    ]  # fmt: skip
