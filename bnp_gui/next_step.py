@@ -17,25 +17,16 @@ def next_step(session) -> str:
     if s.inspection is None:
         return "Next: open a checkpoint (Ctrl+O) and its data (Ctrl+D), or File › Open Demo."
     if not s.data:
-        return (
-            "Next: open the data (Ctrl+D): clean samples for BNP, the suspect training set for "
-            "EP and the suspect samples."
-        )
+        return "Next: open the data (Ctrl+D): clean samples (BNP), suspect training set (EP)."
     if not ({"ep", "bnp"} & set(s.scores)):
-        return "Next: Analyze (Ctrl+R) collects the statistics EP and BNP score from."
+        return "Next: Analyze (Ctrl+R): the statistics that EP and BNP score."
     state = s.suspects
-    export = "Export (Ctrl+E) writes the pruned model and the report with its evidence."
+    export = "Export (Ctrl+E): the pruned model and a report with the evidence."
     if state.suggestion is not None:
-        return (
-            f"Next: check the preview's numbers, then {export} "
-            "Ctrl+Z returns to the thresholds before Suggest."
-        )
+        return f"Next: check the preview, then {export} (Ctrl+Z undoes Suggest.)"
     if state.analysis is not None:
-        return (
-            "Next: Suggest (Ctrl+G) picks thresholds from the suspect samples — or set them "
-            f"by hand and watch the preview; then {export}"
-        )
-    return f"Next: set the thresholds and watch the preview; then {export}"
+        return f"Next: Suggest (Ctrl+G) or set the thresholds by hand; then {export}"
+    return f"Next: set the thresholds, watch the preview; then {export}"
 
 
 class NextStepHint(QLabel):

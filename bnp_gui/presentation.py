@@ -9,7 +9,7 @@ exactly what was there.
 from __future__ import annotations
 
 from PySide6.QtCore import QTimer
-from PySide6.QtGui import QFont, QFontInfo
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QApplication
 
 SCALE = 1.6
@@ -17,18 +17,8 @@ NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
 EXAMPLE_SIDE = 76
 PANE_SCALE = 1.3
+MEASURED = ("ACC", "ASR")  # the preview's rows measured on the test set (not "ASR est.")
 CAPTION_SCALE = 1.15  # details (captions, the preview's status) in presentation mode
-
-
-def readable_layer_font(heatmap, current: QFont, big: QFont) -> QFont:
-    """The heatmap's layer names as large as their rows allow (one name per row, never
-    overlapping), up to the presentation font; ``current`` when the rows allow no larger."""
-    rows = max(len(heatmap.grid.layers) if heatmap.grid is not None else 0, 1)
-    view = heatmap.plot.getPlotItem().getViewBox()
-    row_px = view.height() / rows if view.height() > 0 else 0
-    font = QFont(big)
-    font.setPixelSize(max(int(min(row_px * 0.85, QFontInfo(big).pixelSize())), 1))
-    return font if font.pixelSize() > QFontInfo(current).pixelSize() else current
 
 
 class PresentationMode:
@@ -39,13 +29,6 @@ class PresentationMode:
         self.tools = tools
         self.on = False
         self._saved: dict = {}
-
-    def _enlarge_layer_names(self, big: QFont) -> None:
-        if not self.on:
-            return
-        heatmap = self.window.heatmap
-        current = self._saved.get("layer_ticks") or QFont()
-        heatmap.set_layer_font(readable_layer_font(heatmap, current, big))
 
     def _plots(self):
         w = self.window
@@ -78,10 +61,11 @@ class PresentationMode:
                 "trigger_side": t.model_pane.trigger_image.width(),
                 "example_side": t.examples.side,
                 "toolbar": w.toolbar.isVisible(),
-                "layer_ticks": w.heatmap.plot.getPlotItem().getAxis("left").style.get("tickFont"),
             }
             w.setFont(big)
-            for label in w.preview.labels.values():
+            for key, label in w.preview.labels.items():
+                if key[0] not in MEASURED:
+                    continue  # an estimate is no measurement: it keeps its ordinary size
                 f = QFont(label.font())
                 f.setPointSizeF(NUMBER_PT)
                 f.setBold(True)
@@ -116,8 +100,9 @@ class PresentationMode:
             small = QFont(base)
             small.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
             w.preview.status.setFont(small)
-            # once the hidden panels' room went to the heatmap: its rows' height is known then
-            QTimer.singleShot(0, lambda: self._enlarge_layer_names(big))
+            layer_font = QFont(big)
+            layer_font.setPointSizeF(base.pointSizeF() * 1.3)
+            w.heatmap.set_layer_font(layer_font)  # as far as the rows allow
         else:
             saved = self._saved
             w.setFont(saved["font"])
@@ -141,9 +126,9 @@ class PresentationMode:
             w.next_step.set_suppressed(False)
             w.thresholds.set_compact(False)
             w.preview.status.setFont(QFont())  # inherits the window's font again
-            w.heatmap.set_layer_font(saved["layer_ticks"])
+            w.heatmap.set_layer_font(None)
         self.on = on
         t.model_pane.refresh()
         # the window keeps its size (a 1280×720 projector); Qt grows it while panels change
-        if not (w.isFullScreen() or w.isMaximized()):
+        if w.isVisible() and not (w.isFullScreen() or w.isMaximized()):
             QTimer.singleShot(0, lambda: w.resize(size))

@@ -101,7 +101,9 @@ class SuspectsPanel(QWidget):
         self.gallery = QListWidget()
         self.gallery.setViewMode(QListWidget.IconMode)
         self.gallery.setIconSize(QSize(THUMB, THUMB))
-        self.gallery.setGridSize(QSize(THUMB + 34, THUMB + 38))
+        # three or more a row in the panel's narrowest width (a 1280-px screen); the score and
+        # the file are in each card's tooltip
+        self.gallery.setGridSize(QSize(THUMB + 18, THUMB + 38))
         self.gallery.setResizeMode(QListWidget.Adjust)
         self.gallery.setMovement(QListWidget.Static)
         self.gallery.setSelectionMode(QAbstractItemView.ExtendedSelection)
@@ -196,9 +198,7 @@ class SuspectsPanel(QWidget):
         for i in self.shown_indices():
             mark = a.marks.get(i)
             note = {True: " · marked poisoned", False: " · marked clean"}.get(mark, "")
-            item = QListWidgetItem(
-                f"#{i} · label {int(a.labels[i])}\nscore {float(a.scores[i]):.2f}"
-            )
+            item = QListWidgetItem(f"#{i}\nlabel {int(a.labels[i])}")
             item.setIcon(thumbnail(train.images[i]))
             item.setData(Qt.UserRole, i)
             status = "believed poisoned" if bool(a.poisoned[i]) else "believed clean"

@@ -31,7 +31,7 @@ def test_gallery_shows_the_most_suspicious_samples(qtbot, window, demo):
     first = gallery.item(0)
     index = int(first.data(Qt.UserRole))
     assert index == int(a.order()[0])  # most suspicious first
-    assert f"label {int(a.labels[index])}" in first.text() and "score" in first.text()
+    assert f"label {int(a.labels[index])}" in first.text() and "score" in first.toolTip()
     assert s.suspects.file_of(index) in first.toolTip()
     assert not first.icon().isNull()
     if a.target is not None:  # the demo: the target and how far to trust the numbers
