@@ -59,7 +59,7 @@ class AnalystTools(QObject):
             dock = QDockWidget(title, window)
             dock.setObjectName(f"dock_{name}")
             if name == "model":  # a long list of fields scrolls rather than being cut
-                widget = _scrolling(widget)
+                widget = self.model_area = _scrolling(widget)
             dock.setWidget(widget)
             window.addDockWidget(area, dock)
             self.docks[name] = dock
@@ -67,6 +67,7 @@ class AnalystTools(QObject):
         self.docks["table"].raise_()
         self.docks["table"].hide()  # opened from View, Ctrl+F or the context of a task
         self.docks["examples"].hide()
+        self.set_model_width(self.model_pane.maximumWidth())
         self.history = DecisionHistory(s, self)
         self.presentation = PresentationMode(window, self)
         self._pending: session_file.SessionFile | None = None
@@ -146,6 +147,12 @@ class AnalystTools(QObject):
         for plot in (w.distribution.plot, w.neuron.plot, w.preview.plot):
             plot.setMenuEnabled(True)
             plot.getPlotItem().hideButtons()
+
+    def set_model_width(self, width: int) -> None:
+        """The model pane's widest (its dock follows; the heatmap keeps the rest)."""
+        self.model_pane.setMaximumWidth(width)
+        scrollbar = self.model_area.verticalScrollBar().sizeHint().width()
+        self.model_area.setMaximumWidth(width + scrollbar)
 
     # ------------------------------------------------------------------ decisions
     def reset_to_defaults(self) -> None:

@@ -160,8 +160,8 @@ class MainWindow(QMainWindow):
         self.left = QSplitter(Qt.Vertical)
         self.left.addWidget(self._boxed("Neurons", self.heatmap))
         self.left.addWidget(bottom)
-        self.left.setStretchFactor(0, 3)
-        self.left.setStretchFactor(1, 2)
+        self.left.setStretchFactor(0, 1)  # the panels below need the height on 720-px screens
+        self.left.setStretchFactor(1, 1)
         self.right = QSplitter(Qt.Vertical)
         self.right.addWidget(self._boxed("Thresholds", self.thresholds))
         self.right.addWidget(self._boxed("Preview: ACC / ASR", self.preview))

@@ -16,7 +16,7 @@ SCALE = 1.6
 NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
 EXAMPLE_SIDE = 76
-PANE_SCALE = 1.3
+PANE_WIDTH = TRIGGER_SIDE + 60
 MEASURED = ("ACC", "ASR")  # the preview's rows measured on the test set (not "ASR est.")
 CAPTION_SCALE = 1.15  # details (captions, the preview's status) in presentation mode
 
@@ -87,7 +87,7 @@ class PresentationMode:
                         continue  # one layer name per row: they must not overlap
                     p.getPlotItem().getAxis(n).setStyle(tickFont=tick)
             self._saved["pane_width"] = t.model_pane.maximumWidth()
-            t.model_pane.setMaximumWidth(int(t.model_pane.maximumWidth() * PANE_SCALE))
+            t.set_model_width(PANE_WIDTH)  # the trigger and a few words: the heatmap needs room
             t.model_pane.trigger_image.setFixedSize(TRIGGER_SIDE, TRIGGER_SIDE)
             caption = QFont(base)
             caption.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
@@ -100,6 +100,7 @@ class PresentationMode:
             small = QFont(base)
             small.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
             w.preview.status.setFont(small)
+            w.heatmap.legend.setFont(small)  # two lines, not five: the heatmap keeps the room
             layer_font = QFont(big)
             layer_font.setPointSizeF(base.pointSizeF() * 1.3)
             w.heatmap.set_layer_font(layer_font)  # as far as the rows allow
@@ -118,7 +119,7 @@ class PresentationMode:
             for p, fonts in zip(self._plots(), saved["ticks"], strict=False):
                 for n, font in fonts.items():
                     p.getPlotItem().getAxis(n).setStyle(tickFont=font or QFont())
-            t.model_pane.setMaximumWidth(saved["pane_width"])
+            t.set_model_width(saved["pane_width"])
             side = saved["trigger_side"]
             t.model_pane.trigger_image.setFixedSize(side, side)
             t.examples.set_side(saved["example_side"])
@@ -126,6 +127,7 @@ class PresentationMode:
             w.next_step.set_suppressed(False)
             w.thresholds.set_compact(False)
             w.preview.status.setFont(QFont())  # inherits the window's font again
+            w.heatmap.legend.setFont(QFont())
             w.heatmap.set_layer_font(None)
         self.on = on
         t.model_pane.refresh()

@@ -11,7 +11,7 @@ from html import escape
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -37,7 +37,7 @@ MAX_SHOWN = 60
 SUSPECTED = QColor(248, 215, 218)
 HIGHLIGHT = QColor(255, 225, 120)
 CARD_TEXT = QColor(20, 20, 20)  # captions on the light card colours, whatever the palette
-NOTE_LINES = 7  # the trust / estimate / suggestion notes scroll beyond this many lines
+NOTE_LINES = 6  # the trust / estimate / suggestion notes scroll beyond this many lines
 
 
 def thumbnail(image: torch.Tensor, size: int = THUMB) -> QPixmap:
@@ -154,6 +154,8 @@ class SuspectsPanel(QWidget):
         self.notes.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.notes.setMaximumHeight(self.fontMetrics().lineSpacing() * NOTE_LINES)
         layout.addWidget(self.notes)
+        for label in (self.trust, self.estimate, self.suggestion):
+            label.installEventFilter(self)  # a new text: the notes take the height it needs
         layout.addWidget(self.gallery, 1)
         layout.addLayout(marks)
 
@@ -216,6 +218,27 @@ class SuspectsPanel(QWidget):
                 item.setForeground(QBrush(CARD_TEXT))
             self.gallery.addItem(item)
         self._update_estimate()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if event.type() in (QEvent.Resize, QEvent.Show, QEvent.Hide):
+            QTimer.singleShot(0, self._fit_notes)
+        return super().eventFilter(obj, event)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_notes()
+
+    def _fit_notes(self) -> None:
+        """The notes as tall as their text (up to NOTE_LINES lines; then they scroll): the
+        gallery gets the rest, but never at the cost of the estimate's caveat."""
+        width = self.notes.viewport().width()
+        content = self.notes.widget()
+        if width <= 0 or content is None:
+            return
+        layout = content.layout()
+        needed = layout.totalHeightForWidth(width) if layout.hasHeightForWidth() else 0
+        needed = max(needed, content.sizeHint().height() if not layout.hasHeightForWidth() else 0)
+        self.notes.setMinimumHeight(min(needed, self.notes.maximumHeight()))
 
     def _update_trust(self) -> None:
         self.trust.setText(self.state.error or self.state.trust())
