@@ -83,6 +83,9 @@ class SuspectsPanel(QWidget):
             "Why Suggest chose these thresholds; it stays here until the next analysis. "
             "Edit › Undo (Ctrl+Z) returns to the thresholds before it."
         )
+        self.why = QLabel("")  # the reasons behind the inferred target
+        self.why.setWordWrap(True)
+        self.why.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.setToolTip(
             "Set methods, thresholds and union/intersection to the smallest pruning whose "
@@ -144,7 +147,7 @@ class SuspectsPanel(QWidget):
         notes = QWidget()
         notes_layout = QVBoxLayout(notes)
         notes_layout.setContentsMargins(0, 0, 0, 0)
-        for label in (self.trust, self.estimate, self.suggestion):
+        for label in (self.trust, self.estimate, self.suggestion, self.why):
             notes_layout.addWidget(label)
         notes_layout.addStretch(1)
         self.notes = QScrollArea()
@@ -154,7 +157,7 @@ class SuspectsPanel(QWidget):
         self.notes.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.notes.setMaximumHeight(self.fontMetrics().lineSpacing() * NOTE_LINES)
         layout.addWidget(self.notes)
-        for label in (self.trust, self.estimate, self.suggestion):
+        for label in (self.trust, self.estimate, self.suggestion, self.why):
             label.installEventFilter(self)  # a new text: the notes take the height it needs
         layout.addWidget(self.gallery, 1)
         layout.addLayout(marks)
@@ -188,6 +191,11 @@ class SuspectsPanel(QWidget):
         state, a = self.state, self.state.analysis
         self.gallery.clear()
         self.trust.setText(state.error or state.trust())
+        self.why.setText(
+            f"<b>Why target {a.target}</b>: {escape(a.reason)}"
+            if a is not None and a.target is not None
+            else ""
+        )
         enabled = a is not None
         for button in (self.mark_poisoned, self.mark_clean, self.unmark, self.export_button):
             button.setEnabled(enabled)

@@ -130,6 +130,20 @@ def planted_analysis():
     return analysed_planted()
 
 
+def test_the_panel_shows_why_the_target(qtbot, window, planted_analysis):
+    from html import escape
+
+    _, probe, analysis = planted_analysis
+    state = window.session.suspects
+    state.analysis = analysis
+    window.suspects.refresh()
+    why = window.suspects.why
+    assert f"Why target {analysis.target}" in why.text()
+    assert escape(analysis.reason) in why.text()
+    assert why.isVisibleTo(window)
+    state.analysis = None
+
+
 def test_the_report_explains_an_inferred_target(planted_analysis):
     from bnp_gui.evidence import EvidencePlan, evidence_html, evidence_report
 
