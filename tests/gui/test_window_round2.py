@@ -137,3 +137,35 @@ def test_closing_a_path_becomes_a_line_to_its_start():
     assert close_paths_explicitly(d).split() == [
         "M0,0", "L263.5,0", "L263.5,178.5", "L0,0", "M5,5", "L6,6", "L5,5"
     ]  # fmt: skip
+
+
+def test_a_file_read_but_not_opened_restarts_what_it_stopped(
+    qtbot, window, tiny_model, monkeypatch
+):
+    import core.inspection
+    from core.errors import BnpError
+
+    checkpoint, roles = tiny_model
+    s = window.session
+    open_model(qtbot, window, checkpoint)
+    open_data(qtbot, window, roles)
+    wait_full_preview(qtbot, s)
+    model = s.inspection
+
+    class Unusable:
+        def __init__(self, ckpt):
+            raise BnpError("no BatchNorm layer to inspect")
+
+    monkeypatch.setattr(core.inspection, "Inspection", Unusable)
+    s.runner.engine_lock.acquire()  # the preview waits; the file is read meanwhile
+    try:
+        s.set_enabled("clp", True)
+        s.request_preview(immediate=True)
+        window.open_checkpoint(checkpoint)
+        qtbot.waitUntil(lambda: not s.is_busy("preview"), timeout=LONG)  # stopped: file read
+    finally:
+        s.runner.engine_lock.release()
+    qtbot.waitUntil(lambda: "no BatchNorm layer" in window.banner.text(), timeout=LONG)
+    wait_full_preview(qtbot, s)  # started again for the model still open
+    assert s.inspection is model
+    assert s.preview.pruned == s.total_pruned()
