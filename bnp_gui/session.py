@@ -24,6 +24,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from bnp_gui.data_roles import DataRoles, load_roles
 from bnp_gui.neuron_values import LayerValueCache
 from bnp_gui.suspect_state import SuspectState
+from bnp_gui.tradeoff import CURVE_KS, CURVE_SUBSET, TradeoffCurves
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
@@ -35,7 +36,15 @@ if TYPE_CHECKING:
 
     from core.inspection import Inspection
 
-__all__ = ["DIRECTION", "K_MAX", "K_MIN", "Session", "valid_threshold"]
+__all__ = [
+    "CURVE_KS",
+    "CURVE_SUBSET",
+    "DIRECTION",
+    "K_MAX",
+    "K_MIN",
+    "Session",
+    "valid_threshold",
+]
 
 DEFAULT_K = 3.0
 # The one range of k: spin box, slider, the dragged line and saved settings all clamp to it.
@@ -48,8 +57,6 @@ PREVIEW_SUBSET_MAX = 256
 PREVIEW_SUBSET_MIN = 64
 FIRST_NUMBERS_BUDGET_S = 0.35
 PREVIEW_DEBOUNCE_MS = 120
-CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
-CURVE_SUBSET = 256
 # Lanes whose work belongs to the open model: a new model stops them, a failed open resumes them.
 MODEL_LANES = ("collect", "preview", "curve", "neuron")
 
@@ -146,7 +153,7 @@ def describe_error(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class Session(QObject):
+class Session(TradeoffCurves, QObject):
     """Checkpoint, data roles, statistics, thresholds, masks and metrics of one inspection."""
 
     checkpoint_changed = Signal()
@@ -815,80 +822,6 @@ class Session(QObject):
         self.preview_pending = False
         self._preview_ready(result)
         self._start_curve()
-
-    def curve_decisions(self, method: str) -> tuple[dict[str, float], str, list, list, bool]:
-        """What the trade-off curve of ``method`` varies k within: the current mask's methods,
-        combination and overrides when ``method`` is in the mask (the curve then passes through
-        the preview's mask at the current k), else ``method`` alone. Returns (methods with
-        their k, combine, force_prune, keep, in_mask)."""
-        methods = self.mask_methods()
-        if method in methods:
-            return methods, self.combine, sorted(self.force_prune), sorted(self.keep), True
-        return {method: self.thresholds[method]}, "union", [], [], False
-
-    def curve_context(self, method: str) -> tuple:
-        """The decisions a curve of ``method`` depends on (all but its own k), hashable."""
-        methods, combine, force, keep, in_mask = self.curve_decisions(method)
-        others = tuple(sorted((m, k) for m, k in methods.items() if m != method))
-        return others, combine if len(methods) > 1 else "", tuple(force), tuple(keep), in_mask
-
-    def curve_mask(self, method: str, k: float, decisions=None) -> PruneMask:
-        """The mask of the curve of ``method`` at threshold ``k``."""
-        from core.inspection import build_mask
-
-        methods, combine, force, keep, _ = decisions or self.curve_decisions(method)
-        scores = {m: self.scores[m] for m in methods}
-        return build_mask(scores, {**methods, method: k}, combine, force, keep, dict(self.layers))
-
-    def _drop_stale_curves(self) -> None:
-        """Forget curves measured within other decisions than the current ones."""
-        stale = [m for m in self.curves if self._curve_contexts.get(m) != self.curve_context(m)]
-        for method in stale:
-            del self.curves[method]
-        if stale:
-            self.runner.cancel("curve", notify=False)
-            self.curve_changed.emit()
-
-    def _start_curve(self) -> None:
-        """ACC/ASR versus the viewed method's threshold, the other decisions as they are, on
-        the fast subset."""
-        inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
-        method = self.view_method
-        if inspection is None or test is None or not self.available(method):
-            return
-        if self.runner.is_running("preview") or self.runner.is_running("collect"):
-            return  # restarted when the preview is done
-        self._drop_stale_curves()
-        self._curve_contexts[method] = self.curve_context(method)
-        decisions = self.curve_decisions(method)
-        done_points = list(self.curves.get(method, []))
-        todo = [k for k in CURVE_KS if k not in {p[0] for p in done_points}]
-        if not todo:
-            return
-        masks = {k: self.curve_mask(method, k, decisions) for k in todo}
-
-        def curve(job: Job):
-            for k in todo:
-                mask = masks[k]
-                metrics = measure(
-                    inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
-                )
-                job.partial((method, k, metrics))
-            return None
-
-        self.runner.start(
-            "curve",
-            curve,
-            partial=self._for_model(inspection, self._curve_point),
-            error=lambda exc: None,
-        )
-
-    def _curve_point(self, point) -> None:
-        method, k, metrics = point
-        points = self.curves.setdefault(method, [])
-        points.append((k, metrics))
-        points.sort(key=lambda p: p[0])
-        self.curve_changed.emit()
 
     # ------------------------------------------------------------------ export
     def export(self, folder: str, *, fmt: str = "seed", render=None, steps=()) -> None:
