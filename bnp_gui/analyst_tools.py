@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QKeySequence
-from PySide6.QtWidgets import QDockWidget, QFileDialog, QMenu
+from PySide6.QtWidgets import QDockWidget, QFileDialog, QFrame, QMenu, QScrollArea
 
 from bnp_gui import session_file
 from bnp_gui.data_fit import fit_warnings
@@ -31,6 +31,15 @@ def _menu(window, title: str) -> QMenu:
     return window.menuBar().addMenu(title)
 
 
+def _scrolling(widget) -> QScrollArea:
+    area = QScrollArea()
+    area.setWidget(widget)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+    return area
+
+
 class AnalystTools(QObject):
     """Installs the panels, actions and menus of the analyst's tools onto a MainWindow."""
 
@@ -49,6 +58,8 @@ class AnalystTools(QObject):
         ):
             dock = QDockWidget(title, window)
             dock.setObjectName(f"dock_{name}")
+            if name == "model":  # a long list of fields scrolls rather than being cut
+                widget = self.model_area = _scrolling(widget)
             dock.setWidget(widget)
             window.addDockWidget(area, dock)
             self.docks[name] = dock
@@ -56,6 +67,7 @@ class AnalystTools(QObject):
         self.docks["table"].raise_()
         self.docks["table"].hide()  # opened from View, Ctrl+F or the context of a task
         self.docks["examples"].hide()
+        self.set_model_width(self.model_pane.maximumWidth())
         self.history = DecisionHistory(s, self)
         self.presentation = PresentationMode(window, self)
         self._pending: session_file.SessionFile | None = None
@@ -135,6 +147,12 @@ class AnalystTools(QObject):
         for plot in (w.distribution.plot, w.neuron.plot, w.preview.plot):
             plot.setMenuEnabled(True)
             plot.getPlotItem().hideButtons()
+
+    def set_model_width(self, width: int) -> None:
+        """The model pane's widest (its dock follows; the heatmap keeps the rest)."""
+        self.model_pane.setMaximumWidth(width)
+        scrollbar = self.model_area.verticalScrollBar().sizeHint().width()
+        self.model_area.setMaximumWidth(width + scrollbar)
 
     # ------------------------------------------------------------------ decisions
     def reset_to_defaults(self) -> None:

@@ -71,6 +71,9 @@ def make_application(argv: list[str] | None = None):
     app.setApplicationName(APP_NAME)
     app.setApplicationDisplayName("BNP Inspector")
     pg.setConfigOptions(imageAxisOrder="row-major", antialias=True)
+    from bnp_gui import svg_export
+
+    svg_export.install()  # the plots' Export… › SVG works with PySide6 6.12
     from PySide6.QtGui import QIcon
 
     app.setWindowIcon(QIcon(str(Path(__file__).with_name("icon.svg"))))
@@ -122,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
         app.setPalette(dark_palette())
     engine = Engine()  # torch loads on a worker thread once the window has painted
     window = MainWindow(persist=not args.screenshot, interactive=not args.screenshot, engine=engine)
-    if args.presentation:
-        window.tools.presentation_action.setChecked(True)
-        window.tools.presentation.set(True)
     install_excepthook(window)
     if args.screenshot:
         try:
@@ -133,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bnp-gui: --size must look like 1440x900, not {args.size!r}", file=sys.stderr)
             return 2
         window.resize(w, h)
+    if args.presentation:
+        window.tools.presentation_action.setChecked(True)
+        window.tools.presentation.set(True)
     window.show()
     start_after_first_paint(window, engine.start)
     # what the command line asks for waits in the engine's queue, in this order

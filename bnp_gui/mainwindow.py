@@ -35,6 +35,7 @@ from bnp_gui.dialogs.open_data import OpenDataDialog
 from bnp_gui.dialogs.trigger import TriggerDialog
 from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.engine import Engine, EngineStatus
+from bnp_gui.next_step import NextStepHint
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
 from bnp_gui.panels.neuron import NeuronPanel
@@ -159,8 +160,8 @@ class MainWindow(QMainWindow):
         self.left = QSplitter(Qt.Vertical)
         self.left.addWidget(self._boxed("Neurons", self.heatmap))
         self.left.addWidget(bottom)
-        self.left.setStretchFactor(0, 3)
-        self.left.setStretchFactor(1, 2)
+        self.left.setStretchFactor(0, 1)  # the panels below need the height on 720-px screens
+        self.left.setStretchFactor(1, 1)
         self.right = QSplitter(Qt.Vertical)
         self.right.addWidget(self._boxed("Thresholds", self.thresholds))
         self.right.addWidget(self._boxed("Preview: ACC / ASR", self.preview))
@@ -177,6 +178,8 @@ class MainWindow(QMainWindow):
         layout = QVBoxLayout(central)
         layout.setContentsMargins(6, 6, 6, 0)
         layout.addWidget(self.banner)
+        self.next_step = NextStepHint(s)
+        layout.addWidget(self.next_step)
         layout.addWidget(self.main_split, 1)
         self.setCentralWidget(central)
 
@@ -194,6 +197,7 @@ class MainWindow(QMainWindow):
         s.data_changed.connect(self._update_actions)
         s.scores_changed.connect(self._update_actions)
         s.selection_changed.connect(self._update_actions)
+        s.analysis_finished.connect(self._select_a_neuron)
         self.engine.waiting.connect(lambda text: self.show_message("info", text))
         self.engine.failed.connect(self._engine_failed)
         self.engine.ready.connect(self._update_actions)
@@ -323,7 +327,7 @@ class MainWindow(QMainWindow):
             )
             action.setData(m)
             self.method_actions[m] = action
-        toolbar = self.addToolBar("Main")
+        toolbar = self.toolbar = self.addToolBar("Main")
         toolbar.setObjectName("main_toolbar")
         toolbar.setToolButtonStyle(Qt.ToolButtonTextOnly)
         for action in (
@@ -420,6 +424,16 @@ class MainWindow(QMainWindow):
             if self.banner.level == "error":
                 self.banner.hide()
         self._update_actions()
+
+    def _select_a_neuron(self) -> None:
+        """After an analysis, the neuron plot shows something: the most suspicious neuron."""
+        s = self.session
+        if s.selected is None:
+            from bnp_gui.screenshot import most_suspicious
+
+            neuron = most_suspicious(s)
+            if neuron is not None:
+                s.select_neuron(neuron)
 
     def _engine_failed(self, why: str) -> None:
         self.show_message("error", f"The engine (PyTorch) could not be loaded: {why}")
@@ -588,7 +602,9 @@ class MainWindow(QMainWindow):
         except OSError as exc:
             self.show_message("error", f"Cannot write to {folder}: {exc.strerror or exc}")
             return
-        self.session.export(folder, fmt=fmt, render=self.render_figures)
+        stack = self.tools.history.stack
+        steps = [stack.text(i) for i in range(stack.index())]  # undone steps are not taken
+        self.session.export(folder, fmt=fmt, render=self.render_figures, steps=steps)
 
     def render_figures(self, folder: str) -> None:
         """heatmap.png without the selection square, tradeoff.png with its curve complete,

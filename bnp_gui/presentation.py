@@ -8,14 +8,17 @@ exactly what was there.
 
 from __future__ import annotations
 
+from PySide6.QtCore import QTimer
 from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QApplication
 
 SCALE = 1.6
 NUMBER_PT = 30.0
 TRIGGER_SIDE = 160
-EXAMPLE_SIDE = 88
-PANE_SCALE = 1.3
+EXAMPLE_SIDE = 76
+PANE_WIDTH = TRIGGER_SIDE + 60
+MEASURED = ("ACC", "ASR")  # the preview's rows measured on the test set (not "ASR est.")
+CAPTION_SCALE = 1.15  # details (captions, the preview's status) in presentation mode
 
 
 class PresentationMode:
@@ -35,6 +38,7 @@ class PresentationMode:
         if on == self.on:
             return
         w, t = self.window, self.tools
+        size = w.size()
         if on:
             base = QApplication.font()
             big = QFont(base)
@@ -56,9 +60,12 @@ class PresentationMode:
                 ],
                 "trigger_side": t.model_pane.trigger_image.width(),
                 "example_side": t.examples.side,
+                "toolbar": w.toolbar.isVisible(),
             }
             w.setFont(big)
-            for label in w.preview.labels.values():
+            for key, label in w.preview.labels.items():
+                if key[0] not in MEASURED:
+                    continue  # an estimate is no measurement: it keeps its ordinary size
                 f = QFont(label.font())
                 f.setPointSizeF(NUMBER_PT)
                 f.setBold(True)
@@ -80,9 +87,23 @@ class PresentationMode:
                         continue  # one layer name per row: they must not overlap
                     p.getPlotItem().getAxis(n).setStyle(tickFont=tick)
             self._saved["pane_width"] = t.model_pane.maximumWidth()
-            t.model_pane.setMaximumWidth(int(t.model_pane.maximumWidth() * PANE_SCALE))
+            t.set_model_width(PANE_WIDTH)  # the trigger and a few words: the heatmap needs room
             t.model_pane.trigger_image.setFixedSize(TRIGGER_SIDE, TRIGGER_SIDE)
-            t.examples.set_side(EXAMPLE_SIDE)
+            caption = QFont(base)
+            caption.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
+            t.examples.set_side(EXAMPLE_SIDE, caption)  # images large, captions less so
+            # the room goes to the numbers, the heatmap and the examples (1280×720 projectors);
+            # the presenter keeps the menus and every shortcut
+            w.toolbar.hide()
+            w.next_step.set_suppressed(True)
+            w.thresholds.set_compact(True)
+            small = QFont(base)
+            small.setPointSizeF(base.pointSizeF() * CAPTION_SCALE)
+            w.preview.status.setFont(small)
+            w.heatmap.legend.setFont(small)  # two lines, not five: the heatmap keeps the room
+            layer_font = QFont(big)
+            layer_font.setPointSizeF(base.pointSizeF() * 1.3)
+            w.heatmap.set_layer_font(layer_font)  # as far as the rows allow
         else:
             saved = self._saved
             w.setFont(saved["font"])
@@ -98,9 +119,18 @@ class PresentationMode:
             for p, fonts in zip(self._plots(), saved["ticks"], strict=False):
                 for n, font in fonts.items():
                     p.getPlotItem().getAxis(n).setStyle(tickFont=font or QFont())
-            t.model_pane.setMaximumWidth(saved["pane_width"])
+            t.set_model_width(saved["pane_width"])
             side = saved["trigger_side"]
             t.model_pane.trigger_image.setFixedSize(side, side)
             t.examples.set_side(saved["example_side"])
+            w.toolbar.setVisible(saved["toolbar"])
+            w.next_step.set_suppressed(False)
+            w.thresholds.set_compact(False)
+            w.preview.status.setFont(QFont())  # inherits the window's font again
+            w.heatmap.legend.setFont(QFont())
+            w.heatmap.set_layer_font(None)
         self.on = on
         t.model_pane.refresh()
+        # the window keeps its size (a 1280×720 projector); Qt grows it while panels change
+        if w.isVisible() and not (w.isFullScreen() or w.isMaximized()):
+            QTimer.singleShot(0, lambda: w.resize(size))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bnp_gui.evidence import evidence_html
 from core.methods import METHOD_NAMES
 
 MODEL_FORMATS = {
@@ -94,7 +95,9 @@ class ExportPlan:
     curve_method: str | None = None
     curve_ks: tuple[float, ...] = ()  # trade-off points still missing for the figure
     curve_subset: int = 256
+    curve_decisions: tuple | None = None  # Session.curve_decisions(curve_method)
     spec_overrides: dict = dataclasses.field(default_factory=dict)
+    evidence: Any = None  # bnp_gui.evidence.EvidencePlan: the suspect analysis, if any
 
 
 @dataclasses.dataclass
@@ -138,6 +141,7 @@ def plan_export(session, folder: str, fmt: str) -> ExportPlan:
         curve_method=method,
         curve_ks=tuple(k for k in CURVE_KS if k not in have) if test is not None else (),
         curve_subset=CURVE_SUBSET,
+        curve_decisions=s.curve_decisions(method) if method else None,
         spec_overrides=spec_overrides(s.inspection),
     )
 
@@ -239,10 +243,13 @@ def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, lis
         inspection, test, plan.trigger, mask=mask, progress=stage(per_pass), cancel=job.cancelled
     )
     curve = []
-    if plan.curve_method is not None:
-        scores = {plan.curve_method: plan.scores[plan.curve_method]}
+    if plan.curve_method is not None:  # the window's curve: the other decisions as they are
+        methods, combine, force, keep, _ = plan.curve_decisions
+        scores = {m: plan.scores[m] for m in methods}
         for k in plan.curve_ks:
-            m = build_mask(scores, {plan.curve_method: k}, "union", (), (), plan.channels)
+            m = build_mask(
+                scores, {**methods, plan.curve_method: k}, combine, force, keep, plan.channels
+            )
             metrics = measure(
                 inspection,
                 test,
@@ -285,6 +292,10 @@ def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
         source=ckpt.path,
     )
     report = build_report(inspection, plan, mask, before, after, path)
+    if plan.evidence is not None:  # target, estimated ASR, suggestion, suspects: `bnp defend`'s
+        from bnp_gui.evidence import evidence_report
+
+        report.update(evidence_report(plan.evidence, mask))
     write_json(folder / REPORT_JSON, report, source=ckpt.path)
     (folder / REPORT_HTML).write_text(report_html(report), encoding="utf-8")
     return ExportResult(path, report, before, after, curve)
@@ -402,7 +413,7 @@ exported as <code>{e(report["model"])}</code> ({e(report["format"])} format).</p
 </table>
 <p>Measured on {measured} with exactly the exported mask; trigger:
 {e(str(report.get("trigger") or "none"))}.</p>
-<h2>Decision</h2>
+{evidence_html(report)}<h2>Decision</h2>
 <p>{plural(report["pruned"], "neuron")} pruned; methods combined by {e(report["combine"])};
 {len(report["force_prune"])} forced, {len(report["keep"])} kept by hand.</p>
 <table><tr><th>method</th><th>k</th><th>used</th></tr>{thresholds}</table>

@@ -38,6 +38,9 @@ class ScreenshotWhenReady(QObject):
             return False
         if s.activations is None:
             return False
+        tools = self.window.tools
+        if tools.presentation.on and s.trigger is not None and not tools.examples.examples:
+            return False  # the example strip is what an audience looks at
         return len(s.curves.get(s.view_method, [])) >= len(CURVE_KS)
 
     def failed(self) -> bool:

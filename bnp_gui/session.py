@@ -24,6 +24,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from bnp_gui.data_roles import DataRoles, load_roles
 from bnp_gui.neuron_values import LayerValueCache
 from bnp_gui.suspect_state import SuspectState
+from bnp_gui.tradeoff import CURVE_KS, CURVE_SUBSET, TradeoffCurves
 from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
@@ -35,7 +36,15 @@ if TYPE_CHECKING:
 
     from core.inspection import Inspection
 
-__all__ = ["DIRECTION", "K_MAX", "K_MIN", "Session", "valid_threshold"]
+__all__ = [
+    "CURVE_KS",
+    "CURVE_SUBSET",
+    "DIRECTION",
+    "K_MAX",
+    "K_MIN",
+    "Session",
+    "valid_threshold",
+]
 
 DEFAULT_K = 3.0
 # The one range of k: spin box, slider, the dragged line and saved settings all clamp to it.
@@ -48,8 +57,8 @@ PREVIEW_SUBSET_MAX = 256
 PREVIEW_SUBSET_MIN = 64
 FIRST_NUMBERS_BUDGET_S = 0.35
 PREVIEW_DEBOUNCE_MS = 120
-CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
-CURVE_SUBSET = 256
+# Lanes whose work belongs to the open model: a new model stops them, a failed open resumes them.
+MODEL_LANES = ("collect", "preview", "curve", "neuron")
 
 Neuron = tuple[str, int]
 
@@ -115,6 +124,19 @@ def batchnorm_warning(model: torch.nn.Module) -> str:
     )
 
 
+def model_warning(inspection: Inspection) -> str:
+    """What is wrong with the loaded model itself, for the banner ("" when nothing): the
+    command line's checks (``core.checks.model_warnings``: NaN or infinite weights, a tiny
+    normalisation std) and the BatchNorm channels whose statistics make scores meaningless."""
+    lines = [
+        w[:1].upper() + w[1:] + "."
+        for w in getattr(inspection, "warnings", [])
+        if not w.startswith("BatchNorm ")  # said per channel, with the layers, below
+    ]
+    bn = batchnorm_warning(inspection.model)
+    return " ".join([*lines, bn] if bn else lines)
+
+
 def _cancel_argument(loader, job: Job) -> dict:
     """``cancel=job.cancelled`` for a checkpoint loader that can stop mid-parse (the child-process
     loader kills its reader); {} for one that cannot, which then finishes before the job ends."""
@@ -131,7 +153,7 @@ def describe_error(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-class Session(QObject):
+class Session(TradeoffCurves, QObject):
     """Checkpoint, data roles, statistics, thresholds, masks and metrics of one inspection."""
 
     checkpoint_changed = Signal()
@@ -172,6 +194,7 @@ class Session(QObject):
         self.force_prune: set[Neuron] = set()
         self.keep: set[Neuron] = set()
         self.view_method = "bnp"
+        self.change_label = ""  # the name of the undo step the current mask change makes
         self.flags: dict[str, dict[str, torch.Tensor]] = {}
         self.display_mask = PruneMask()
         self.selected: Neuron | None = None
@@ -184,6 +207,7 @@ class Session(QObject):
         self.preview: PreviewResult | None = None
         self.preview_pending = False
         self.curves: dict[str, list[tuple[float, Any]]] = {}
+        self._curve_contexts: dict[str, tuple] = {}  # method → curve_context it was measured in
         self.auto_analyze = False
         self._queued_analysis = False  # Analyze pressed while a checkpoint was loading
         self._progress_start: dict[str, float] = {}
@@ -263,8 +287,9 @@ class Session(QObject):
     ) -> None:
         """Load a checkpoint (any engine format) and compute its data-free CLP scores."""
         path = str(Path(path).expanduser())
-        for lane in ("collect", "preview", "curve", "neuron"):
-            self.runner.cancel(lane)
+        # The current model's work goes on until the new file has been read: a file that fails
+        # to open leaves the window as it was (numbers, preview, a running analysis).
+        interrupted: set[str] = set()
 
         def load(job: Job):
             from core.checkpoint import load_checkpoint
@@ -275,14 +300,19 @@ class Session(QObject):
             )
             if job.cancelled():
                 return None
+            job.partial("read")  # the main thread stops the current model's work now
             # Tracing the model (torch.fx, in Inspection) patches nn.Module.__call__ for the
             # whole process: a forward pass on another thread meanwhile fails ("module is not
             # installed as a submodule"). Hold the engine lock, as every forward-pass job does.
             with job.holding(self.runner.engine_lock):
                 return Inspection(ckpt)
 
+        def read(_) -> None:
+            interrupted.update(self._stop_model_work())
+
         def failed(exc: BaseException) -> None:
             self._queued_analysis = False
+            self._resume_model_work(interrupted, Path(path).name)
             if isinstance(exc, UnsafeCheckpointError):
                 self.unsafe_checkpoint.emit(path, describe_error(exc))
             elif isinstance(exc, ArchitectureMismatch):
@@ -293,24 +323,62 @@ class Session(QObject):
         def cancelled() -> None:
             self._queued_analysis = False
             self.message.emit("info", f"Opening {Path(path).name} cancelled.")
+            self._resume_model_work(interrupted, Path(path).name)
 
         self.message.emit("info", f"Opening {Path(path).name}…")
         self.runner.start(
             "load",
             load,
-            done=lambda insp: self._loaded(path, insp),
+            partial=read,
+            done=lambda insp: self._loaded(path, insp, interrupted),
             error=failed,
             cancelled=cancelled,
             uses_engine=False,  # a new model: nothing shared with running jobs
         )
 
-    def _loaded(self, path: str, inspection: Inspection | None) -> None:
+    def _stop_model_work(self) -> set[str]:
+        """Cancel the current model's work (a new model replaces it); the lanes that ran. The
+        waited-for lanes are announced as ended, so progress bar and Cancel go away."""
+        stopped = set()
+        for lane in MODEL_LANES:
+            if self.runner.is_running(lane):
+                self.runner.cancel(lane, notify=False)
+                self.runner.busy_changed.emit(lane, False)
+                stopped.add(lane)
+        if self._preview_timer.isActive():
+            self._preview_timer.stop()
+            stopped.add("preview")
+        return stopped
+
+    def _resume_model_work(self, interrupted: set[str], name: str) -> None:
+        """A new file was read but did not open (or its opening was cancelled): what it
+        interrupted starts again for the model still open, so no number is left stale."""
+        if not interrupted or self.inspection is None:
+            return
+        lanes = set(interrupted)
+        interrupted.clear()
+        if "collect" in lanes:
+            self.message.emit("info", f"{name} did not open: the analysis starts again.")
+            self.analyze()
+            return
+        if "preview" in lanes or self.preview_pending:
+            self.request_preview(immediate=True)  # the curve follows the preview
+        elif "curve" in lanes:
+            self._start_curve()
+        if "neuron" in lanes and self.selected is not None:
+            self._start_activations()
+
+    def _loaded(self, path: str, inspection: Inspection | None, interrupted=None) -> None:
         if inspection is None:
             return
         from core.scores import z_scores
 
-        for lane in ("collect", "preview", "curve", "neuron"):
-            self.runner.cancel(lane, notify=False)  # started for the previous model meanwhile
+        stopped = self._stop_model_work() | (interrupted or set())  # the previous model's work
+        replaced = (
+            " The previous model's analysis was stopped."
+            if "collect" in stopped and self.inspection is not None
+            else ""
+        )
         self.checkpoint_path = path
         self.inspection = inspection
         self.scores = {"clp": inspection.clp}
@@ -332,9 +400,9 @@ class Session(QObject):
             "info",
             f"Opened {Path(path).name}: {meta.arch}, {meta.num_classes} classes, "
             f"{len(inspection.layers)} BatchNorm layers, {sum(c for _, c in self.layers)} "
-            f"neurons ({inspection.ckpt.format} format). CLP scores are ready.",
+            f"neurons ({inspection.ckpt.format} format). CLP scores are ready.{replaced}",
         )
-        self.model_warning = batchnorm_warning(inspection.model)
+        self.model_warning = model_warning(inspection)
         if self.model_warning:
             self.message.emit("warning", self.model_warning)
         self.set_trigger_source(self.trigger_source)
@@ -566,6 +634,24 @@ class Session(QObject):
         self._recompute_flags()
         self.request_preview()
 
+    def set_decisions(self, decisions, label: str) -> None:
+        """Thresholds, methods, combination and overrides at once (a ``Decisions``): one mask
+        change, one preview, and one undo step named ``label`` (Suggest)."""
+        for m, k in decisions.thresholds:
+            valid = valid_threshold(k)
+            if valid is not None:
+                self.thresholds[m] = valid
+        self.enabled.update(dict(decisions.enabled))
+        self.combine = decisions.combine
+        self.force_prune = set(decisions.force_prune)
+        self.keep = set(decisions.keep)
+        self.change_label = label
+        try:
+            self._recompute_flags()
+        finally:
+            self.change_label = ""
+        self.request_preview()
+
     def clear_overrides(self) -> None:
         self.force_prune.clear()
         self.keep.clear()
@@ -585,6 +671,7 @@ class Session(QObject):
 
             self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
+        self._drop_stale_curves()
         if emit:
             self.mask_changed.emit()
 
@@ -736,56 +823,20 @@ class Session(QObject):
         self._preview_ready(result)
         self._start_curve()
 
-    def _start_curve(self) -> None:
-        """ACC/ASR versus threshold of the viewed method alone, on the fast subset."""
-        inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
-        method = self.view_method
-        if inspection is None or test is None or not self.available(method):
-            return
-        if self.runner.is_running("preview") or self.runner.is_running("collect"):
-            return  # restarted when the preview is done
-        scores, channels = {method: self.scores[method]}, dict(self.layers)
-        done_points = list(self.curves.get(method, []))
-        todo = [k for k in CURVE_KS if k not in {p[0] for p in done_points}]
-        if not todo:
-            return
-
-        def curve(job: Job):
-            from core.inspection import build_mask
-
-            for k in todo:
-                mask = build_mask(scores, {method: k}, "union", (), (), channels)
-                metrics = measure(
-                    inspection, test, trigger, mask=mask, limit=CURVE_SUBSET, cancel=job.cancelled
-                )
-                job.partial((method, k, metrics))
-            return None
-
-        self.runner.start(
-            "curve",
-            curve,
-            partial=self._for_model(inspection, self._curve_point),
-            error=lambda exc: None,
-        )
-
-    def _curve_point(self, point) -> None:
-        method, k, metrics = point
-        points = self.curves.setdefault(method, [])
-        points.append((k, metrics))
-        points.sort(key=lambda p: p[0])
-        self.curve_changed.emit()
-
     # ------------------------------------------------------------------ export
-    def export(self, folder: str, *, fmt: str = "seed", render=None) -> None:
+    def export(self, folder: str, *, fmt: str = "seed", render=None, steps=()) -> None:
         """Measure the current mask on the full set and write model + reports (worker thread);
-        then ``render(folder)`` draws the figures on the main thread, with the curve complete."""
+        then ``render(folder)`` draws the figures on the main thread, with the curve complete.
+        ``steps``: the analyst's decisions in order (the undo history), for the report."""
         inspection = self.inspection
         if inspection is None:
             self.message.emit("error", "Nothing to export: open a checkpoint first.")
             return
+        from bnp_gui.evidence import plan_evidence
         from bnp_gui.report import export_session, plan_export
 
         plan = plan_export(self, folder, fmt)
+        plan.evidence = plan_evidence(self, steps)
         self._preview_timer.stop()
         for lane in ("preview", "curve"):  # stale work must not delay the export
             self.runner.cancel(lane, notify=False)
@@ -795,20 +846,23 @@ class Session(QObject):
 
         self._progress_start["export"] = time.monotonic()
         self.message.emit("info", "Exporting: measuring the exported mask on the full set…")
+        context = self.curve_context(self.view_method)
         self.runner.start(
             "export",
             run,
-            done=lambda result: self._exported(result, render),
+            done=lambda result: self._exported(result, render, context),
             error=functools.partial(self._report_error, "Export failed"),
             progress=lambda done, total: self._report_progress("export", done, total),
             cancelled=lambda: self.message.emit("info", "Export cancelled."),
         )
 
-    def _exported(self, result, render=None) -> None:
+    def _exported(self, result, render=None, context=None) -> None:
         if result.before is not None:
             self.baseline[None] = result.before  # measured on the full set
-        for point in result.curve:
-            self._curve_point(point)
+        for point in result.curve:  # unless the decisions changed during the export
+            if context is not None and self.curve_context(point[0]) == context:
+                self._curve_contexts[point[0]] = context
+                self._curve_point(point)
         folder = str(result.model.parent)
         if render is not None:
             try:

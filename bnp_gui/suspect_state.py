@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loa
     import torch
 
 ESTIMATE_DEBOUNCE_MS = 150
+NO_EVIDENCE = "No backdoor evidence"
+# A measured ASR (%) at or above this says the model obeys the trigger, whatever the suspect
+# samples show: a model without a backdoor sends a few % of triggered samples to one class.
+CONTRADICTING_ASR = 10.0
 
 
 class SuspectState(QObject):
@@ -45,6 +49,7 @@ class SuspectState(QObject):
         self.acc_budget = 2.0
         self.error = ""
         self.curves: dict[str, list[tuple[float, float]]] = {}  # method → [(k, est. ASR %)]
+        self._contexts: dict[str, tuple] = {}  # method → Session.curve_context of its curve
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(ESTIMATE_DEBOUNCE_MS)
@@ -61,13 +66,36 @@ class SuspectState(QObject):
     def train(self):
         return self.session.data.get("train")
 
+    def measured_asr(self) -> float | None:
+        """The unpruned model's ASR measured with the trigger on the full test set (None: not
+        measured, or no trigger): what the suspect analysis is checked against."""
+        s = self.session
+        before = s.baseline.get(None)
+        if before is None and s.preview is not None and s.preview.stage == "full":
+            before = s.preview.before
+        return None if before is None else before.asr
+
+    def contradicted(self) -> bool:
+        """The suspect samples show no backdoor but the measured ASR says there is one."""
+        a, asr = self.analysis, self.measured_asr()
+        return a is not None and a.target is None and asr is not None and asr >= CONTRADICTING_ASR
+
     def trust(self) -> str:
         """The trust to place in the numbers, in words."""
         a = self.analysis
         if a is None:
             return "No suspect samples analysed (needs the suspect training set)."
         if a.target is None:
-            return f"No backdoor evidence: {a.reason}"
+            reason = a.reason
+            if reason.startswith(NO_EVIDENCE):
+                reason = reason[len(NO_EVIDENCE) :].lstrip(": ")
+            if self.contradicted():
+                return (
+                    f"The suspect samples show no backdoor ({reason.rstrip('.')}), but the ASR "
+                    f"measured with the trigger is {self.measured_asr():.2f} %: the measurement "
+                    "contradicts them — trust the measurement."
+                )
+            return f"{NO_EVIDENCE}: {reason}"
         e = self.estimate
         source = (
             e.source()
@@ -216,39 +244,46 @@ class SuspectState(QObject):
         self.estimate = after
         self.estimate_pruned = pruned
         self.estimate_changed.emit()
+        self._start_curve()  # its masks follow the decisions (nothing to do when unchanged)
 
     # ------------------------------------------------------------------ curve
     def _start_curve(self) -> None:
-        """Estimated ASR of the viewed method alone at each threshold of the preview's curve."""
+        """Estimated ASR at each threshold of the preview's curve, over the same masks (the
+        viewed method's k varied, the other decisions as they are)."""
         from bnp_gui.session import CURVE_KS
 
         s = self.session
         analysis, probe, method = self.analysis, self.probe, s.view_method
         if analysis is None or probe is None or analysis.target is None:
             return
+        context = s.curve_context(method) if method in s.scores else None
+        for stale in [m for m in self.curves if self._contexts.get(m) != s.curve_context(m)]:
+            del self.curves[stale]
         if method not in s.scores or method in self.curves:
             self.curve_changed.emit()
             return
-        scores, channels = {method: s.scores[method]}, dict(s.layers)
+        masks = {k: s.curve_mask(method, k) for k in CURVE_KS}
         clean = s.data.get("clean")
         labels = clean.labels if clean is not None else None
 
         def run(job):
-            from core.inspection import build_mask
             from core.suspects import estimate_asr
 
             points = []
             for k in CURVE_KS:
-                mask = build_mask(scores, {method: k}, "union", (), (), channels)
-                e = estimate_asr(probe, analysis, mask, labels, job.cancelled)
+                e = estimate_asr(probe, analysis, masks[k], labels, job.cancelled)
                 points.append((k, e.percent))
-            return method, points
+            return method, context, points
 
+        self.curve_changed.emit()  # a stale curve is gone at once
         s.runner.start("estimate_curve", run, done=self._curve_ready, error=lambda exc: None)
 
     def _curve_ready(self, result) -> None:
-        method, points = result
+        method, context, points = result
+        if context != self.session.curve_context(method):
+            return  # the decisions changed meanwhile: the next estimate starts it again
         self.curves[method] = [(k, p) for k, p in points if p is not None]
+        self._contexts[method] = context
         self.curve_changed.emit()
 
     # ------------------------------------------------------------------ suggest
@@ -304,17 +339,32 @@ class SuspectState(QObject):
         self.suggestion = suggestion
         self.apply(suggestion)
         self.suggestion_changed.emit()
-        level = "info" if suggestion.repairs else "warning"
-        self.session.message.emit(level, f"Suggestion: {suggestion.why}")
+        if suggestion.repairs:  # the reasons stay in the Suspect samples panel
+            from core.suggest import describe
+
+            self.session.message.emit(
+                "info",
+                f"Suggestion applied: {describe(suggestion.methods, suggestion.combine)} "
+                "(why: Suspect samples panel; Ctrl+Z undoes it).",
+            )
+        else:
+            self.session.message.emit("warning", f"Suggestion: {suggestion.why}")
 
     def apply(self, suggestion) -> None:
-        """Set the session's methods, thresholds and combination to the suggestion's."""
+        """Set the session's methods, thresholds and combination to the suggestion's, as one
+        change (one undo step named after the suggestion)."""
+        from dataclasses import replace
+
+        from bnp_gui.decisions import capture
+        from core.suggest import describe
+
         s = self.session
-        if suggestion.methods:
-            s.set_combine(suggestion.combine)
-        for method in METHODS:
-            if method in suggestion.methods:
-                s.thresholds[method] = float(suggestion.methods[method])
-            s.enabled[method] = method in suggestion.methods
-        s._recompute_flags()
-        s.request_preview()
+        now = capture(s)
+        thresholds = {m: float(suggestion.methods.get(m, k)) for m, k in now.thresholds}
+        decisions = replace(
+            now,
+            thresholds=tuple(thresholds.items()),
+            enabled=tuple((m, m in suggestion.methods) for m in METHODS),
+            combine=suggestion.combine if suggestion.methods else now.combine,
+        )
+        s.set_decisions(decisions, f"Suggest: {describe(suggestion.methods, suggestion.combine)}")

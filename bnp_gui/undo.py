@@ -100,7 +100,8 @@ class DecisionHistory(QObject):
         before, self.last = self.last, now
         self.recording = True
         try:
-            self.stack.push(DecisionCommand(self, before, now))
+            text = self.session.change_label or None  # a named step (Suggest) never merges
+            self.stack.push(DecisionCommand(self, before, now, text))
         finally:
             self.recording = False
 

@@ -32,7 +32,9 @@ class DistributionPanel(QWidget):
         self.session = session
         self.layer_box = QComboBox()
         self.layer_box.setToolTip("Layer whose score distribution is shown (follows selection).")
-        self.layer_box.setSizeAdjustPolicy(QComboBox.AdjustToContents)
+        # long layer names are elided, not allowed to widen the window (1280-px screens)
+        self.layer_box.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.layer_box.setMinimumContentsLength(12)
         self.layer_box.currentIndexChanged.connect(self._redraw)
         self.info = QLabel(" ")
         self.info.setWordWrap(True)  # long counts wrap rather than widen the window

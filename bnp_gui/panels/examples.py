@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QFont
 from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.class_names import class_names
@@ -72,6 +73,7 @@ class ExampleStripPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self.side = 72
+        self.caption_font: QFont | None = None  # presentation: captions smaller than the rest
         self.examples: list[Example] = []
         self.status = QLabel("Open a model, its test data and a trigger to see examples.")
         self.status.setWordWrap(True)
@@ -86,9 +88,12 @@ class ExampleStripPanel(QWidget):
         session.checkpoint_changed.connect(self._clear)
         session.trigger_changed.connect(self._clear)
 
-    def set_side(self, side: int) -> None:
-        """Thumbnail size in pixels (presentation mode shows them larger)."""
+    def set_side(self, side: int, caption_font: QFont | None = None) -> None:
+        """Thumbnail size in pixels (presentation mode shows them larger) and the captions'
+        font (None: the panel's own)."""
         self.side = side
+        self.caption_font = caption_font
+        self.status.setFont(caption_font or QFont())  # QFont(): inherit every attribute
         self._render()
 
     def _clear(self) -> None:
@@ -127,8 +132,10 @@ class ExampleStripPanel(QWidget):
     def _render(self) -> None:
         while self.grid.count():
             item = self.grid.takeAt(0)
-            if item.widget() is not None:
-                item.widget().deleteLater()
+            widget = item.widget()
+            if widget is not None:
+                widget.hide()  # gone from the picture now, deleted at the next loop pass
+                widget.deleteLater()
         if not self.examples:
             self.status.setText("Examples appear once ACC/ASR are measured on the full set.")
             return
@@ -157,6 +164,8 @@ class ExampleStripPanel(QWidget):
                 f"<br>after: {name(e.after)} {ok_after}"
             )
             text.setAlignment(Qt.AlignHCenter | Qt.AlignTop)
+            if self.caption_font is not None:
+                text.setFont(self.caption_font)
             text.setToolTip(
                 f"true class {e.label}; predicted {e.before} before pruning, {e.after} after"
             )

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QEvent, QPointF, Qt, Signal
-from PySide6.QtGui import QCursor, QFont, QFontMetrics
+from PySide6.QtGui import QCursor, QFont, QFontInfo, QFontMetrics
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -33,6 +33,7 @@ from core.methods import METHOD_NAMES, METHODS
 
 # colour = how suspicious a neuron is, as a z-score oriented so that high = suspicious
 Z_LEVELS = (-2.0, 6.0)
+MIN_LAYER_PX = 7  # layer names never smaller than this (rows shorter than it: names overlap)
 
 
 class HeatmapPanel(QWidget):
@@ -69,6 +70,9 @@ class HeatmapPanel(QWidget):
         tick_font = QFont()
         tick_font.setPointSizeF(max(7.0, tick_font.pointSizeF() * 0.85))
         item.getAxis("left").setStyle(tickFont=tick_font)
+        self._default_layer_font = tick_font
+        self._layer_font = tick_font  # the wanted size; rows too short for it get a smaller one
+        item.getViewBox().sigResized.connect(self._fit_layer_names)
         self.missing_image = pg.ImageItem(axisOrder="row-major")  # grey: neuron without score
         item.addItem(self.missing_image)
         self.image = pg.ImageItem(axisOrder="row-major")
@@ -178,18 +182,36 @@ class HeatmapPanel(QWidget):
         self.missing_image.setImage(grey, levels=(0, 255), autoLevels=False)
         self.missing_image.setRect(0, 0, cols, rows)
         ticks = [(i + 0.5, name) for i, name in enumerate(self.grid.layers)]
-        left = item.getAxis("left")
-        left.setTicks([ticks])
-        longest = max(self.grid.layers, key=len)
-        metrics = QFontMetrics(left.style.get("tickFont") or QFont())
-        left.setWidth(metrics.horizontalAdvance(longest) + 14)  # never cut a layer name
-        label = (
-            "suspicion: z-score" if DIRECTION[method] == "high" else "suspicion: −z (low entropy)"
+        item.getAxis("left").setTicks([ticks])
+        self._fit_layer_names()
+        label = "z-score" if DIRECTION[method] == "high" else "−z, low entropy"
+        item.setTitle(
+            f"{METHOD_NAMES[method]} scores per neuron — colour = suspicion ({label})", size="9pt"
         )
-        item.setTitle(f"{METHOD_NAMES[method]} scores per neuron — colour: {label}", size="9pt")
         item.getViewBox().setLimits(xMin=-1, xMax=cols + 1, yMin=-0.5, yMax=rows + 0.5)
         item.setRange(xRange=(0, cols), yRange=(0, rows), padding=0.01)
         self._update_marks()
+
+    def set_layer_font(self, font: QFont | None) -> None:
+        """The layer names' wanted font (presentation mode: larger; None: the default); each
+        name gets at most its row's height, so that names never overlap."""
+        self._layer_font = font or self._default_layer_font
+        self._fit_layer_names()
+
+    def _fit_layer_names(self, *_) -> None:
+        if self.grid is None or not self.grid.layers:
+            return
+        left = self.plot.getPlotItem().getAxis("left")
+        view = self.plot.getPlotItem().getViewBox()
+        font = QFont(self._layer_font)
+        wanted = QFontInfo(self._layer_font).pixelSize()
+        if view.height() > 0:
+            row = view.height() / len(self.grid.layers)
+            font.setPixelSize(max(MIN_LAYER_PX, min(wanted, int(row * 0.9))))
+        if font != left.style.get("tickFont"):
+            left.setStyle(tickFont=font)
+        longest = max(self.grid.layers, key=len)
+        left.setWidth(QFontMetrics(font).horizontalAdvance(longest) + 14)  # never cut a name
 
     def _update_marks(self) -> None:
         s = self.session

@@ -101,8 +101,8 @@ class ModelPropertiesPanel(QWidget):
         shown = ", ".join(names) if names else "names unknown (labels shown as numbers)"
         f["classes"].setText(f"{meta.num_classes}: {shown}")
         f["neurons"].setText(
-            f"{sum(c for _, c in s.layers)} in {len(s.layers)} layers "
-            f"(on {s.inspection.device_name})"
+            f"{sum(c for _, c in s.layers)} in {len(s.layers)} layers; computed on "
+            f"{s.inspection.device_name}"
         )
         attack = meta.attack or {}
         if attack:

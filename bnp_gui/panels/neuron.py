@@ -60,14 +60,13 @@ class NeuronPanel(QWidget):
 
         self.override_group = QButtonGroup(self)
         buttons = QHBoxLayout()
-        buttons.addWidget(QLabel("Decision:"))
         for state, text, tip in (
             (None, "Auto&matic", "Prune this neuron only if the thresholds flag it (A)"),
             ("prune", "Force &prune", "Prune this neuron whatever the thresholds say (P)"),
             ("keep", "&Keep", "Never prune this neuron (K)"),
         ):
             button = QRadioButton(text)
-            button.setToolTip(tip)
+            button.setToolTip(f"Decision for the selected neuron: {tip[0].lower()}{tip[1:]}")
             button.setProperty("override", state or "auto")
             self.override_group.addButton(button)
             buttons.addWidget(button)

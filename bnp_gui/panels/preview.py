@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QGridLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import QApplication, QGridLayout, QLabel, QVBoxLayout, QWidget
 
 from bnp_gui.class_names import class_names, label_text
 from bnp_gui.panels.plot_style import style_plot
@@ -24,6 +24,18 @@ def _fmt(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f} %"
 
 
+def curve_title(session) -> str:
+    """What the trade-off curve measures, in its title."""
+    method = session.view_method
+    name = METHOD_NAMES[method]
+    methods, combine, force, keep, in_mask = session.curve_decisions(method)
+    if not in_mask:
+        return f"{name} alone, not in the mask ({CURVE_SUBSET} samples)"
+    rule = (" ∪ " if combine == "union" else " ∩ ").join(METHOD_NAMES[m] for m in methods)
+    extra = " + overrides" if force or keep else ""
+    return f"{rule}{extra}, {name} k varied ({CURVE_SUBSET} samples)"
+
+
 class PreviewPanel(QWidget):
     """Before/after numbers and the trade-off curve."""
 
@@ -31,6 +43,7 @@ class PreviewPanel(QWidget):
         super().__init__(parent)
         self.session = session
         grid = QGridLayout()
+        grid.setHorizontalSpacing(18)  # large numbers side by side stay apart
         self.labels: dict[tuple[str, str], QLabel] = {}
         grid.addWidget(QLabel(""), 0, 0)
         grid.addWidget(QLabel("<b>before</b>"), 0, 1, Qt.AlignRight)
@@ -95,10 +108,16 @@ class PreviewPanel(QWidget):
         self._add_estimate_curve(item)
         self.k_line = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#888", width=1))
         item.addItem(self.k_line)
+        # the preview's full-set numbers at the current k: the curve passes through them
+        self.now_marks = pg.ScatterPlotItem(
+            symbol="star", size=13, pen=pg.mkPen("#000000", width=1), pxMode=True
+        )
+        item.addItem(self.now_marks)
         self.plot.setToolTip(
-            "ACC and ASR when only the shown method prunes, versus its threshold k, on a "
-            "fixed subset of the test set. It is not the combined mask: the numbers above are. "
-            "The grey line is the method's current k."
+            "ACC and ASR versus the shown method's threshold k, the other methods, the "
+            "combination and the overrides as they are now (the method alone when it is not in "
+            "the mask), on a fixed subset of the test set. The grey line is the current k; the "
+            "stars are the numbers above, measured on the full test set."
         )
 
         layout = QVBoxLayout(self)
@@ -114,6 +133,8 @@ class PreviewPanel(QWidget):
         session.scores_changed.connect(self._update_curve)
         session.mask_changed.connect(self._update_k_line)
         session.trigger_changed.connect(self._update_numbers)
+        session.preview_changed.connect(self._update_now_marks)
+        session.mask_changed.connect(self._update_curve)  # the title names the mask
         self._update_numbers()
         self._update_curve()
 
@@ -169,15 +190,17 @@ class PreviewPanel(QWidget):
         s = self.session
         p = s.preview
         if p is None:
-            for label in self.labels.values():
-                label.setText("–")
+            for key in (("ACC", "before"), ("ASR", "before"), ("ACC", "after"), ("ASR", "after")):
+                self.labels[key].setText("–")
         else:
             # "before" is the unpruned model: once measured on the full set it stays fixed
-            before = s.baseline.get(None) or p.before
-            self.labels[("ACC", "before")].setText(_fmt(before.acc))
-            self.labels[("ASR", "before")].setText(_fmt(before.asr))
-            self.labels[("ACC", "after")].setText(_fmt(p.after.acc))
-            self.labels[("ASR", "after")].setText(_fmt(p.after.asr))
+            full_before = s.baseline.get(None)
+            before = full_before or p.before
+            subset = p.after.n_clean if p.stage == "subset" else None
+            self._number("ACC", "before", before.acc, None if full_before else subset)
+            self._number("ASR", "before", before.asr, None if full_before else subset)
+            self._number("ACC", "after", p.after.acc, subset)
+            self._number("ASR", "after", p.after.asr, subset)
         if s.inspection is None:
             status = "Open a checkpoint."
         elif s.eval_set() is None:
@@ -202,6 +225,19 @@ class PreviewPanel(QWidget):
             status += f"<br>ASR trigger: {s.trigger.source.describe()}, target {target}"
         self.status.setText(status)
 
+    def _number(self, metric: str, stage: str, value: float | None, subset: int | None) -> None:
+        """A full-set number in the label's (large) type; a fast-subset one small, in
+        italics and marked with its sample count, so nobody reads it as the result."""
+        label = self.labels[(metric, stage)]
+        if subset is None or value is None:
+            label.setText(_fmt(value))
+            return
+        size = QApplication.font().pointSizeF()
+        label.setText(
+            f"<span style='font-size:{size:g}pt; font-style:italic'>≈{_fmt(value)} "
+            f"({subset} samples)</span>"
+        )
+
     def _update_k_line(self) -> None:
         self.k_line.setValue(self.session.thresholds[self.session.view_method])
 
@@ -212,9 +248,20 @@ class PreviewPanel(QWidget):
         self.acc_curve.setData(ks, [m.acc for _, m in points])
         asr = [(k, m.asr) for k, m in points if m.asr is not None]
         self.asr_curve.setData([k for k, _ in asr], [a for _, a in asr])
-        name = METHOD_NAMES[s.view_method]
-        self.plot.getPlotItem().setTitle(
-            f"{name} alone: ACC / ASR versus k ({CURVE_SUBSET} samples)",
-            size="9pt",
-        )
+        self.plot.getPlotItem().setTitle(curve_title(s), size="9pt")
         self._update_k_line()
+        self._update_now_marks()
+
+    def _update_now_marks(self) -> None:
+        """Stars at the current k: the preview's full-set ACC/ASR, where the curve's mask is
+        the preview's (the viewed method is in the mask)."""
+        s, p = self.session, self.session.preview
+        in_mask = s.view_method in s.mask_methods()
+        if p is None or p.stage != "full" or s.preview_pending or not in_mask:
+            self.now_marks.setData([], [])
+            return
+        k = s.thresholds[s.view_method]
+        spots = [{"pos": (k, p.after.acc), "brush": pg.mkBrush(ACC_COLOUR)}]
+        if p.after.asr is not None:
+            spots.append({"pos": (k, p.after.asr), "brush": pg.mkBrush(ASR_COLOUR)})
+        self.now_marks.setData(spots)

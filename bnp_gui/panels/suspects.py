@@ -7,21 +7,24 @@ Thumbnails are scaled without smoothing, large enough to see a 3×3 patch on a 2
 
 from __future__ import annotations
 
+from html import escape
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PySide6.QtCore import QSize, Qt
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QDoubleSpinBox,
     QFileDialog,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QScrollArea,
     QVBoxLayout,
     QWidget,
 )
@@ -29,10 +32,12 @@ from PySide6.QtWidgets import (
 if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
     import torch
 
-THUMB = 84  # pixels: a 28×28 image at 3×, a 32×32 one at 2.6×
+THUMB = 56  # pixels: a 28×28 image at 2× (a 3×3 patch is 6 px), a 32×32 one at 1.75×
 MAX_SHOWN = 60
 SUSPECTED = QColor(248, 215, 218)
 HIGHLIGHT = QColor(255, 225, 120)
+CARD_TEXT = QColor(20, 20, 20)  # captions on the light card colours, whatever the palette
+NOTE_LINES = 6  # the trust / estimate / suggestion notes scroll beyond this many lines
 
 
 def thumbnail(image: torch.Tensor, size: int = THUMB) -> QPixmap:
@@ -71,6 +76,16 @@ class SuspectsPanel(QWidget):
             "corrected for those of the target class — an estimate from the suspect set, not a "
             "measurement with the trigger."
         )
+        self.suggestion = QLabel("")
+        self.suggestion.setWordWrap(True)
+        self.suggestion.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.suggestion.setToolTip(
+            "Why Suggest chose these thresholds; it stays here until the next analysis. "
+            "Edit › Undo (Ctrl+Z) returns to the thresholds before it."
+        )
+        self.why = QLabel("")  # the reasons behind the inferred target
+        self.why.setWordWrap(True)
+        self.why.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.setToolTip(
             "Set methods, thresholds and union/intersection to the smallest pruning whose "
@@ -89,7 +104,9 @@ class SuspectsPanel(QWidget):
         self.gallery = QListWidget()
         self.gallery.setViewMode(QListWidget.IconMode)
         self.gallery.setIconSize(QSize(THUMB, THUMB))
-        self.gallery.setGridSize(QSize(THUMB + 24, THUMB + 40))
+        # three or more a row in the panel's narrowest width (a 1280-px screen); the score and
+        # the file are in each card's tooltip
+        self.gallery.setGridSize(QSize(THUMB + 18, THUMB + 38))
         self.gallery.setResizeMode(QListWidget.Adjust)
         self.gallery.setMovement(QListWidget.Static)
         self.gallery.setSelectionMode(QAbstractItemView.ExtendedSelection)
@@ -126,14 +143,31 @@ class SuspectsPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(top)
-        layout.addWidget(self.trust)
-        layout.addWidget(self.estimate)
+        # what the numbers rest on, in words: scrolls when the panel is short (1280×720)
+        notes = QWidget()
+        notes_layout = QVBoxLayout(notes)
+        notes_layout.setContentsMargins(0, 0, 0, 0)
+        for label in (self.trust, self.estimate, self.suggestion, self.why):
+            notes_layout.addWidget(label)
+        notes_layout.addStretch(1)
+        self.notes = QScrollArea()
+        self.notes.setWidget(notes)
+        self.notes.setWidgetResizable(True)
+        self.notes.setFrameShape(QFrame.NoFrame)
+        self.notes.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        self.notes.setMaximumHeight(self.fontMetrics().lineSpacing() * NOTE_LINES)
+        layout.addWidget(self.notes)
+        for label in (self.trust, self.estimate, self.suggestion, self.why):
+            label.installEventFilter(self)  # a new text: the notes take the height it needs
         layout.addWidget(self.gallery, 1)
         layout.addLayout(marks)
 
         self.state.changed.connect(self.refresh)
         self.state.highlight_changed.connect(self.refresh)
         self.state.estimate_changed.connect(self._update_estimate)
+        self.state.suggestion_changed.connect(self._update_suggestion)
+        session.mask_changed.connect(self._update_suggestion)
+        session.preview_changed.connect(self._update_trust)  # the measured ASR checks it
         session.busy_changed.connect(self._busy)
         self.refresh()
 
@@ -157,6 +191,11 @@ class SuspectsPanel(QWidget):
         state, a = self.state, self.state.analysis
         self.gallery.clear()
         self.trust.setText(state.error or state.trust())
+        self.why.setText(
+            f"<b>Why target {a.target}</b>: {escape(a.reason)}"
+            if a is not None and a.target is not None
+            else ""
+        )
         enabled = a is not None
         for button in (self.mark_poisoned, self.mark_clean, self.unmark, self.export_button):
             button.setEnabled(enabled)
@@ -169,9 +208,7 @@ class SuspectsPanel(QWidget):
         for i in self.shown_indices():
             mark = a.marks.get(i)
             note = {True: " · marked poisoned", False: " · marked clean"}.get(mark, "")
-            item = QListWidgetItem(
-                f"{i} · label {int(a.labels[i])}\nscore {float(a.scores[i]):.2f}"
-            )
+            item = QListWidgetItem(f"#{i}\nlabel {int(a.labels[i])}")
             item.setIcon(thumbnail(train.images[i]))
             item.setData(Qt.UserRole, i)
             status = "believed poisoned" if bool(a.poisoned[i]) else "believed clean"
@@ -179,12 +216,52 @@ class SuspectsPanel(QWidget):
                 f"{state.file_of(i)}\nlabel {int(a.labels[i])}, score {float(a.scores[i]):.3f}, "
                 f"{status}{note}"
             )
+            background = None
             if highlight is not None and bool(highlight[i]):
-                item.setBackground(QBrush(HIGHLIGHT))
+                background = HIGHLIGHT
             elif bool(a.poisoned[i]):
-                item.setBackground(QBrush(SUSPECTED))
+                background = SUSPECTED
+            if background is not None:  # light cards: dark captions in a dark palette too
+                item.setBackground(QBrush(background))
+                item.setForeground(QBrush(CARD_TEXT))
             self.gallery.addItem(item)
         self._update_estimate()
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt override
+        if event.type() in (QEvent.Resize, QEvent.Show, QEvent.Hide):
+            QTimer.singleShot(0, self._fit_notes)
+        return super().eventFilter(obj, event)
+
+    def resizeEvent(self, event) -> None:  # noqa: N802 - Qt override
+        super().resizeEvent(event)
+        self._fit_notes()
+
+    def _fit_notes(self) -> None:
+        """The notes as tall as their text (up to NOTE_LINES lines; then they scroll): the
+        gallery gets the rest, but never at the cost of the estimate's caveat."""
+        width = self.notes.viewport().width()
+        content = self.notes.widget()
+        if width <= 0 or content is None:
+            return
+        layout = content.layout()
+        needed = layout.totalHeightForWidth(width) if layout.hasHeightForWidth() else 0
+        needed = max(needed, content.sizeHint().height() if not layout.hasHeightForWidth() else 0)
+        self.notes.setMinimumHeight(min(needed, self.notes.maximumHeight()))
+
+    def _update_trust(self) -> None:
+        self.trust.setText(self.state.error or self.state.trust())
+
+    def _update_suggestion(self) -> None:
+        """The last suggestion's explanation, and whether the thresholds are still its own."""
+        suggestion = self.state.suggestion
+        if suggestion is None:
+            self.suggestion.setText("")
+            return
+        from bnp_gui.evidence import suggestion_applied
+
+        applied = suggestion_applied(self.session, suggestion)
+        state = "applied" if applied else "<i>not applied now</i> (thresholds changed since)"
+        self.suggestion.setText(f"<b>Suggestion</b> ({state}): {escape(suggestion.why)}")
 
     def _update_estimate(self) -> None:
         state = self.state

@@ -97,14 +97,16 @@ class ThresholdPanel(QWidget):
         self.clear_button = QPushButton("Clear overrides")
         self.clear_button.setToolTip("Forget every force-prune and keep decision.")
         self.clear_button.clicked.connect(session.clear_overrides)
-        combine_row = QHBoxLayout()
+        self.combine_box = QWidget()  # hidden in presentation mode, with Clear overrides
+        combine_row = QHBoxLayout(self.combine_box)
+        combine_row.setContentsMargins(0, 0, 0, 0)
         combine_row.addWidget(QLabel("Combine:"))
         combine_row.addWidget(self.union)
         combine_row.addWidget(self.intersection)
         combine_row.addStretch(1)
-        combine_row.addWidget(self.clear_button)
 
         self.total = QLabel(" ")
+        self.total.setWordWrap(True)
         self.table = QTableWidget(0, 3 + len(METHODS))
         self.table.setHorizontalHeaderLabels(
             ["layer", "neurons", *(METHOD_NAMES[m] for m in METHODS), "pruned"]
@@ -123,14 +125,22 @@ class ThresholdPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(grid)
-        layout.addLayout(combine_row)
-        layout.addWidget(self.total)
+        layout.addWidget(self.combine_box)
+        total_row = QHBoxLayout()  # the button beside the count: the panel fits 1280 px
+        total_row.addWidget(self.total, 1)
+        total_row.addWidget(self.clear_button)
+        layout.addLayout(total_row)
         layout.addWidget(self.table, 1)
 
         session.mask_changed.connect(self.sync)
         session.scores_changed.connect(self.sync)
         session.checkpoint_changed.connect(self.sync)
         self.sync()
+
+    def set_compact(self, compact: bool) -> None:
+        """Presentation mode: the thresholds and the count only (no combination, no table)."""
+        self.combine_box.setVisible(not compact)
+        self.clear_button.setVisible(not compact)
 
     # --- session → widgets ---
     def sync(self) -> None:
