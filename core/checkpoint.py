@@ -255,6 +255,9 @@ def load_checkpoint(
     """
     path = Path(path)
     _check_path(path)
+    from core.safety import note_read
+
+    note_read(path, sidecar_path(path))  # never written over by this run's outputs
     parsed = read_isolated(
         "core.checkpoint:_parse_file", path, trust_pickle, "Reading", error=CheckpointError,
         timeout=timeout, memory_limit=memory_limit, cancel=cancel,
@@ -800,10 +803,15 @@ def _check_pickle(stream: Any, path: Path, count: int) -> list[str]:
 
     Junk fails here and is said to be junk, instead of "needs trust" from the unpickler.
     """
+    from core.pickle_guard import NestedSharing, check_sharing
+
     found: list[str] = []
     for _ in range(count):
         strings: list[str] = []
         try:
+            start = stream.tell()
+            check_sharing(stream)  # a hash bomb is refused by its structure, before any hashing
+            stream.seek(start)
             for op, arg, _pos in pickletools.genops(stream):
                 if op.name in ("GLOBAL", "INST"):
                     found.append(str(arg).replace(" ", "."))
@@ -811,6 +819,8 @@ def _check_pickle(stream: Any, path: Path, count: int) -> list[str]:
                     found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
                 elif isinstance(arg, str):
                     strings.append(arg)
+        except NestedSharing as e:
+            raise CheckpointError(f"{path.name} is refused: {e}.") from None
         except (ValueError, EOFError, UnicodeDecodeError, OverflowError) as e:
             raise CheckpointError(
                 _not_a_checkpoint(path, f"its pickle data is damaged: {_first_line(e)}")

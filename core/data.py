@@ -57,6 +57,7 @@ from torch import Tensor
 
 from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, check_normalisation
 from core.errors import DataError
+from core.safety import check_input, note_read
 
 if TYPE_CHECKING:
     from core.triggers import Trigger
@@ -341,6 +342,7 @@ def load_images(
     """
     p = Path(path).expanduser()
     _check_path(p)
+    note_read(p)  # never written over by this run's outputs
     if limit is not None and limit < 0:
         raise DataError(f"limit must be ≥ 0, got {limit}")
     try:
@@ -382,8 +384,6 @@ def _check_path(p: Path) -> None:
         if e.errno == errno.ENOENT:
             raise DataError(f"data path does not exist: {p}") from None
         raise DataError(os_error_message(e, p)) from None
-    from core.safety import check_input
-
     check_input(p, error=DataError)
 
 
@@ -929,6 +929,7 @@ def image_to_tensor(path: str | Path) -> Tensor:
     """One image file (or a .npy array) as float32 C×H×W in [0, 1] (grey → 1 channel)."""
     p = Path(path)
     _check_path(p)
+    note_read(p)
     if p.suffix.lower() == ".npy":
         a = open_npy(p)
         if a.size * 4 > MAX_IMAGE_PIXELS * 12:

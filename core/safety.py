@@ -11,7 +11,9 @@ window and the reports alike:
 - ``check_output(path, reads)``: what is written replaces only a regular file, never a device,
   a FIFO, a socket or a symbolic link, and never a file the same run reads (the checkpoint, its
   sidecar, the data, the trigger). ``core.export.atomic_write`` applies it to every file the
-  product writes.
+  product writes. The readers record what they read (``note_read``: the checkpoint and its
+  sidecar, every data set, every trigger image) so that no writer has to be told; the command
+  line starts each run with ``forget_reads()``.
 - ``confined(path, root)``: a path a file names, resolved, only when it stays inside ``root``.
 """
 
@@ -26,7 +28,18 @@ from pathlib import Path
 
 from core.errors import BnpError
 
-__all__ = ["printable", "check_input", "check_output", "confined", "file_kind"]
+__all__ = [
+    "printable",
+    "check_input",
+    "check_output",
+    "confined",
+    "file_kind",
+    "note_read",
+    "forget_reads",
+    "EscapingStream",
+]
+
+_READS: set[str] = set()  # absolute paths of what this run (process) has read
 
 # C0 and C1 control characters, DEL, and the Unicode format characters that reorder or hide
 # text (bidirectional overrides and isolates, zero-width joiners, the BOM)
@@ -52,6 +65,28 @@ def printable(text: object, limit: int | None = None) -> str:
     if limit is not None and len(s) > limit:
         s = s[: max(0, limit - 1)] + "…"
     return s
+
+
+_TERMINAL_CONTROL = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]"
+)
+
+
+class EscapingStream:
+    """A text stream that writes what it is given with control characters escaped, except the
+    line breaks and tabs of the output itself and a progress bar's leading carriage return:
+    the command line's last line of defence, whatever string reaches ``print``."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        lead = "\r" if text.startswith("\r") else ""
+        self.stream.write(lead + _TERMINAL_CONTROL.sub(_escape, text[len(lead) :]))
+        return len(text)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def file_kind(mode: int) -> str:
@@ -86,6 +121,18 @@ def check_input(path: str | Path, what: str = "", error: type[BnpError] = BnpErr
     )
 
 
+def note_read(*paths: str | Path | None) -> None:
+    """Record files and folders this run reads: ``check_output`` never writes over them."""
+    for path in paths:
+        if path is not None and str(path) != "":
+            _READS.add(os.path.abspath(os.path.expanduser(path)))
+
+
+def forget_reads() -> None:
+    """A new run: nothing read yet (the command line calls it as each command starts)."""
+    _READS.clear()
+
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -108,8 +155,8 @@ def check_output(
 
     The target either does not exist or is a regular file (not a symbolic link, a device, a
     FIFO or a socket: replacing one of those by renaming a file over it is never what was
-    meant, and as root it replaces /dev/null), and it is none of the files in ``reads`` nor
-    inside a folder in ``reads`` (the files and folders this run reads)."""
+    meant, and as root it replaces /dev/null), and it is none of the files in ``reads`` or
+    recorded by ``note_read`` nor inside such a folder (what this run reads)."""
     path = Path(path)
     shown = printable(path)
     try:
@@ -127,7 +174,7 @@ def check_output(
             f"refusing to write the {what} to {shown}: it is {file_kind(st.st_mode)}, and only a "
             "regular file (or a new name) is ever replaced; choose another name"
         )
-    for read in reads:
+    for read in [*reads, *sorted(_READS)]:
         if read is None or str(read) == "":
             continue
         read = Path(read)

@@ -117,3 +117,151 @@ def test_a_real_state_dict_pickle_passes_the_structure_check():
     buffer = io.BytesIO()
     torch.save(twice, buffer)
     assert buffer.tell() > 0
+
+
+# ---- 2. one output rule for every file written ---------------------------------------------
+
+
+def _defend(model_path, data, *extra) -> list[str]:
+    return ["defend", str(model_path), "--method", "bnp", "--clean", str(data), *extra]
+
+
+def test_report_never_replaces_a_fifo_or_a_symlink(tmp_path, model_path, data, capsys):
+    fifo = tmp_path / "report.fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "kept.json"
+    target.write_text("{}")
+    link = tmp_path / "report.json"
+    link.symlink_to(target)
+    for out, kind in ((fifo, "a FIFO"), (link, "a symbolic link")):
+        assert main(_defend(model_path, data, "--report", str(out))) == 2
+        line = _one_line_error(capsys)
+        assert f"it is {kind}" in line and "refusing to write" in line, line
+    assert fifo.is_fifo() and link.is_symlink() and target.read_text() == "{}"
+
+
+def test_devices_are_never_output_targets():
+    with pytest.raises(BnpError, match="it is a device"):
+        check_output("/dev/null")  # as root, renaming over it would replace the device
+
+
+def test_a_state_dict_sidecar_never_replaces_the_input(tmp_path, model_path, data, capsys):
+    """A checkpoint named model.pth.bnp.json, exported as --out model.pth --format state_dict:
+    the export's sidecar would be the input itself."""
+    source = tmp_path / "model.pth.bnp.json"
+    source.write_bytes(model_path.read_bytes())
+    before = source.read_bytes()
+    out = tmp_path / "model.pth"
+    args = ["--out", str(out), "--format", "state_dict"]
+    assert main(_defend(source, data, *args)) == 2
+    line = _one_line_error(capsys)
+    assert "metadata sidecar" in line and "this run reads that file" in line, line
+    assert source.read_bytes() == before and not out.exists()  # nothing written at all
+
+
+@pytest.mark.parametrize("option", ["--out", "--report"])
+def test_outputs_never_replace_the_data_the_run_reads(option, tmp_path, model_path, capsys):
+    data = corpus.npy_folder(tmp_path / "clean", n=24)
+    labels = (data / "labels.npy").read_bytes()
+    assert main(_defend(model_path, data, option, str(data / "labels.npy"))) == 2
+    line = _one_line_error(capsys)
+    assert "inside the folder" in line and "which this run reads" in line, line
+    assert (data / "labels.npy").read_bytes() == labels
+
+
+def test_the_trigger_is_not_an_output(tmp_path, model_path, data, capsys):
+    from PIL import Image
+
+    trigger = tmp_path / "trigger.png"
+    Image.new("L", (3, 3), 255).save(trigger)
+    before = trigger.read_bytes()
+    extra = ["--test", str(data), "--trigger", str(trigger), "--report", str(trigger)]
+    assert main(_defend(model_path, data, *extra)) == 2
+    assert "this run reads that file" in _one_line_error(capsys)
+    assert trigger.read_bytes() == before
+
+
+def test_check_output_allows_new_and_regular_files(tmp_path):
+    assert check_output(tmp_path / "new.json") == tmp_path / "new.json"
+    (tmp_path / "old.json").write_text("{}")
+    assert check_output(tmp_path / "old.json", [tmp_path / "other.pth"]) == tmp_path / "old.json"
+
+
+# ---- 3. BackdoorBench: tests/test_backdoorbench.py::test_sample_paths_stay_inside_... ----
+
+
+def test_confined_paths(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(b"x")
+    (tmp_path / "y.png").write_bytes(b"y")
+    root = tmp_path / "a"
+    assert confined("x.png", root) == (root / "x.png").resolve()
+    assert confined(str(root / "x.png"), root) == (root / "x.png").resolve()
+    assert confined("../y.png", root) is None
+    assert confined(str(tmp_path / "y.png"), root) is None
+    assert confined("/etc/passwd", root) is None
+    assert confined("missing.png", root) is None
+
+
+# ---- 4. a file's strings are printed with their control characters escaped --------------
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rFAKE LINE: ASR 0.00\u202e"
+
+
+def test_printable_escapes_every_control_character():
+    shown = printable(HOSTILE)
+    assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or c == "\u202e" for c in shown)
+    assert shown.startswith("\\x1b]0;pwned\\x07\\x1b[2J\\rFAKE LINE")
+    assert printable("x" * 50, limit=10) == "x" * 9 + "…"
+
+
+def test_metadata_escape_codes_never_reach_the_terminal(tmp_path, capsys):
+    path = corpus.metadata_checkpoint(tmp_path / "m.pth", dataset=HOSTILE, target_label=0)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr()
+    assert "\x1b" not in out.out + out.err and "\r" not in out.out + out.err
+    assert "\\x1b]0;pwned" in out.out
+    assert not any(line.startswith("FAKE LINE") for line in out.out.splitlines())
+
+
+def test_an_error_quoting_a_file_is_escaped(tmp_path, capsys):
+    bad = tmp_path / "evil\x1b[2Jname"
+    bad.mkdir()
+    assert main(["defend", str(bad), "--method", "clp"]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "evil\\x1b[2Jname" in err
+
+
+def test_html_report_escapes_control_characters():
+    from bnp_gui.report import report_html
+
+    report = {
+        "methods": {"bnp": 3.0},
+        "thresholds": {"bnp": 3.0},
+        "per_layer": {HOSTILE: 1},
+        "measured_on": {"set": None},
+        "provenance": {
+            "defend_command": None,
+            "defend_command_missing_because": "<script>" + HOSTILE,
+            "created_utc": "now",
+            "program": "bnp",
+            "checkpoint_sha256": "0",
+            "model_sha256": "0",
+        },
+        "checkpoint": HOSTILE,
+        "architecture": "<b>x</b>",
+        "model": "m.pth",
+        "format": "seed",
+        "acc_before": None,
+        "acc_after": None,
+        "asr_before": None,
+        "asr_after": None,
+        "trigger": None,
+        "pruned": 1,
+        "combine": "union",
+        "force_prune": [],
+        "keep": [],
+    }
+    page = report_html(report)
+    assert "\x1b" not in page and "\u202e" not in page and "<script>" not in page
+    assert "\\x1b]0;pwned" in page and "&lt;b&gt;x&lt;/b&gt;" in page
