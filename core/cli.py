@@ -152,12 +152,12 @@ TABLE_HEADER = f"{'method':<8} {'threshold':>9} {'pruned':>7}  {'ACC %':>6}  {'A
 def _load_data(path: Path | None, role: str):
     """One data set of the command line; a folder holding both splits gives its test split to
     --test and its training split to the other roles."""
-    from core.data import load_images
+    from core.limited import read_images  # the isolated reader: time and memory limits
 
     if path is None:
         return None
     try:
-        return load_images(path, split="test" if role == "test" else None)
+        return read_images(path, split="test" if role == "test" else None)
     except BnpError as exc:
         raise BnpError(f"{role} data ({path}): {exc}") from None
 

@@ -17,7 +17,7 @@ import pytest
 
 from core.cli import main
 from core.data import load_images
-from core.errors import BnpError, DataError
+from core.errors import BnpError
 from core.pickle_guard import NestedSharing, check_sharing
 from core.safety import check_output, confined, printable
 from tests import corpus_data as corpus
@@ -265,3 +265,93 @@ def test_html_report_escapes_control_characters():
     page = report_html(report)
     assert "\x1b" not in page and "\u202e" not in page and "<script>" not in page
     assert "\\x1b]0;pwned" in page and "&lt;b&gt;x&lt;/b&gt;" in page
+
+
+# ---- 6. session files: every field checked, paths confirmed ------------------------------
+
+
+def _session(folder: Path, **changes) -> Path:
+    content = {
+        "format": "bnp-inspector-session",
+        "version": 1,
+        "checkpoint": {"path": str(folder / "model.pth"), "arch": "cifar_resnet20"},
+        "data": {},
+        "trigger": {"kind": "checkpoint", "path": {"path": ""}},
+        "input_overrides": {},
+        "decisions": {},
+        "view_method": "bnp",
+    }
+    content.update(changes)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.pth").write_bytes(b"x")
+    path = folder / "s.bnpsession"
+    path.write_text(json.dumps(content))
+    return path
+
+
+SESSION_CASES = {
+    "version text": ({"version": "one"}, r"version must be a whole number"),
+    "size infinite": ({"input_overrides": {"size": [1e999, 8]}}, r"input_overrides\.size must"),
+    "mean NaN": ({"input_overrides": {"mean": [float("nan")]}}, r"input_overrides\.mean must"),
+    "std negative": ({"input_overrides": {"std": [-1]}}, r"input_overrides\.std must be positive"),
+    "threshold text": ({"decisions": {"thresholds": {"bnp": "x"}}}, r"thresholds\.bnp must"),
+    "force_prune triple": ({"decisions": {"force_prune": [[1, 2, 3]]}}, r"force_prune holds"),
+    "unknown method": ({"view_method": "rm -rf"}, r"view_method must be one of"),
+    "unknown role": ({"data": {"evil": "/etc"}}, r"unknown role"),
+    "trigger alpha inf": ({"trigger": {"alpha": 1e999}}, r"trigger\.alpha must"),
+    "checkpoint not a dict": ({"checkpoint": [1]}, r"checkpoint must be a dict"),
+}
+
+
+@pytest.mark.parametrize("name", list(SESSION_CASES))
+def test_hostile_session_fields_are_one_line_each(name, tmp_path):
+    from bnp_gui import session_file
+
+    changes, expected = SESSION_CASES[name]
+    path = _session(tmp_path, **changes)
+    with pytest.raises(session_file.SessionFileError, match=expected) as info:
+        session_file.load(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[" * 100_000 + "]" * 100_000,
+        '{"format": "bnp-inspector-session", "version": 1' + "9" * 5000 + "}",
+    ],
+)
+def test_malformed_session_json(text, tmp_path):
+    from bnp_gui import session_file
+
+    path = tmp_path / "s.bnpsession"
+    path.write_text(text)
+    with pytest.raises(session_file.SessionFileError, match="not a session file"):
+        session_file.load(path)
+
+
+def test_session_paths_must_be_files_or_folders(tmp_path):
+    from bnp_gui import session_file
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    path = _session(tmp_path, data={"clean": str(fifo)})
+    with pytest.raises(session_file.SessionFileError, match=r"data \(clean\) .*pipe is a FIFO"):
+        session_file.load(path)
+
+
+def test_session_paths_outside_its_folder_need_confirming(tmp_path):
+    from bnp_gui import session_file
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "data").mkdir()
+    inside = _session(tmp_path / "s")
+    assert session_file.load(inside).outside == []
+    climbing = _session(
+        tmp_path / "s",
+        data={"clean": {"path": "/nonexistent/data", "relative": "../elsewhere/data"}},
+    )
+    assert session_file.load(climbing).outside == [str(elsewhere / "data")]
+    absolute = _session(tmp_path / "s", data={"test": "/etc"})
+    assert session_file.load(absolute).outside == ["/etc"]
