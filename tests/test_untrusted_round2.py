@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from core.cli import main
 from core.data import load_images
-from core.errors import BnpError
+from core.errors import BnpError, DataError
 from core.pickle_guard import NestedSharing, check_sharing
 from core.safety import check_output, confined, printable
 from tests import corpus_data as corpus
@@ -355,3 +356,78 @@ def test_session_paths_outside_its_folder_need_confirming(tmp_path):
     assert session_file.load(climbing).outside == [str(elsewhere / "data")]
     absolute = _session(tmp_path / "s", data={"test": "/etc"})
     assert session_file.load(absolute).outside == ["/etc"]
+
+
+# ---- 5. time limits; non-regular files refused up front ----------------------------------
+
+
+def test_a_fifo_as_trigger_is_refused_at_once(tmp_path, model_path, data, capsys):
+    fifo = tmp_path / "trigger.png"
+    os.mkfifo(fifo)  # opening it would block until someone writes to it
+    extra = ["--test", str(data), "--trigger", str(fifo)]
+    assert main(["defend", str(model_path), "--method", "clp", *extra]) == 2
+    assert "is a FIFO (named pipe), not a file: refused" in _one_line_error(capsys)
+
+
+def test_a_fifo_as_data_is_refused_at_once(tmp_path, model_path, capsys):
+    fifo = tmp_path / "data.npy"
+    os.mkfifo(fifo)
+    assert main(["defend", str(model_path), "--method", "bnp", "--clean", str(fifo)]) == 2
+    line = _one_line_error(capsys)
+    assert line.startswith("bnp: error: clean data") and "is a FIFO" in line, line
+
+
+def test_data_reads_stop_at_the_time_limit(tmp_path):
+    """Data are parsed in the isolated reader: past its wall-clock limit the read is stopped
+    with one line (here a limit far below what 300 PNG files take)."""
+    from PIL import Image
+
+    from core.limited import read_images
+
+    for k in range(3):
+        (tmp_path / "set" / str(k)).mkdir(parents=True)
+        for i in range(100):
+            Image.new("L", (16, 16), i).save(tmp_path / "set" / str(k) / f"{i}.png")
+    assert len(read_images(tmp_path / "set")) == 300  # the same read without a tight limit
+    with pytest.raises(DataError, match=r"took longer than 0\.001 s and was stopped"):
+        read_images(tmp_path / "set", timeout=0.001)
+
+
+def test_isolated_data_read_equals_the_direct_read(tmp_path):
+    from core.limited import read_image, read_images
+
+    folder = corpus.npy_folder(tmp_path / "set", n=12, channels=3)
+    direct, isolated = load_images(folder), read_images(folder)
+    assert torch.equal(direct.images, isolated.images)
+    assert torch.equal(direct.labels, isolated.labels)
+    assert (direct.source, direct.class_names) == (isolated.source, isolated.class_names)
+    from core.data import image_to_tensor
+
+    png = corpus.png16_folder(tmp_path / "png") / "a" / "0.png"
+    assert torch.equal(read_image(png), image_to_tensor(png))
+
+
+# ---- 7. command-line overrides pass the metadata's checks ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--std", "-1"], r"std \[-1\.0\] is negative"),
+        (["--mean", "5000"], r"mean \[5000\.0\] is not one of images in \[0, 1\]"),
+        (["--std", "inf"], r"std \[inf\] is not finite"),
+        (["--input-size", "0", "8"], r"input size 0×8 is empty"),
+    ],
+)
+def test_overrides_are_checked_like_metadata(args, expected, tmp_path, model_path, capsys):
+    assert main(["info", str(model_path), *args]) == 2
+    assert re.search(expected, _one_line_error(capsys))
+
+
+@pytest.mark.parametrize(
+    "meta, expected", [({"std": [-1.0]}, r"std \[-1\.0\] is negative"), ({"mean": [5000]}, r"mean")]
+)
+def test_the_same_values_in_metadata_are_refused(meta, expected, tmp_path, capsys):
+    path = corpus.metadata_checkpoint(tmp_path / "m.pth", **meta)
+    assert main(["info", str(path)]) == 2
+    assert re.search(expected, _one_line_error(capsys))
