@@ -27,7 +27,7 @@ from torch import Tensor
 
 from core.data import ImageSet, read_image_array
 from core.errors import DataError
-from core.safety import confined
+from core.safety import confined, printable
 
 # BackdoorBench's model names → our registry (its torchvision models are built with
 # `num_classes=` only, so torchvision's own layout; googlenet keeps its auxiliary heads)
@@ -154,11 +154,17 @@ def from_dict(obj: Mapping[str, Any], path: Path) -> BackdoorBenchResult:
         )
     try:
         meta["num_classes"] = int(obj["num_classes"])
-    except (TypeError, ValueError):
-        pass
+    except (TypeError, ValueError, OverflowError):  # inf, NaN, text: detected from the weights
+        notices.append(
+            f"BackdoorBench's num_classes {printable(repr(obj['num_classes']), 40)} is not a "
+            "whole number; the classes are counted from the weights."
+        )
     size = obj.get("img_size")
     if isinstance(size, (list, tuple, np.ndarray)) and len(size) >= 2:
-        meta["input_size"] = (int(size[0]), int(size[1]))
+        try:
+            meta["input_size"] = (int(size[0]), int(size[1]))
+        except (TypeError, ValueError, OverflowError):
+            notices.append("BackdoorBench's img_size is not whole numbers; it is not used.")
     dataset = obj.get("clean_data")
     if isinstance(dataset, str):
         meta["dataset"] = dataset

@@ -453,7 +453,7 @@ def own_module(path: Path, state_dict: Mapping[str, Tensor]) -> nn.Module:
     model = obj.cpu().eval()
     mine = _clean_state_dict(model.state_dict(), path)
     same = mine.keys() == state_dict.keys() and all(
-        mine[k].shape == v.shape and torch.equal(mine[k], v) for k, v in state_dict.items()
+        same_tensor(mine[k], v) for k, v in state_dict.items()
     )
     if not same:
         raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
@@ -594,6 +594,11 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     elif kind in ("legacy", "pickle"):
         obj = _read_pickle(path, kind, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
+    elif kind == "truncated zip":
+        raise CheckpointError(
+            f"{path.name} is a damaged or truncated zip archive (the format torch.save "
+            "writes): its end, which lists what it holds, is missing; copy the file again"
+        )
     else:
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     state_dict = _clean_state_dict(raw, path)
@@ -654,6 +659,8 @@ def _sniff(path: Path) -> str:
         head = f.read(len(LEGACY_MAGIC))
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return "zip"
+    if head.startswith(b"PK\x03\x04"):
+        return "truncated zip"
     if head.startswith(LEGACY_MAGIC):
         return "legacy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -666,6 +673,16 @@ def _not_a_checkpoint(path: Path, detail: str) -> str:
         f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
         f"({detail})."
     )
+
+
+def same_tensor(a: Tensor, b: Tensor) -> bool:
+    """Equal shape, dtype and values, NaN equal to NaN (a damaged model read twice is the same
+    damaged model, not a file that changed while it was read)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
 
 
 def sidecar_path(path: Path) -> Path:

@@ -847,7 +847,7 @@ def read_image_array(path: Path) -> np.ndarray:
     """One image file as H×W (grey) or H×W×3 (colour): uint8, or float32 in [0, 1] for
     16-bit and float images. Refuses images over MAX_IMAGE_PIXELS before decoding them, and
     images whose values cannot be converted faithfully."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -857,18 +857,32 @@ def read_image_array(path: Path) -> np.ndarray:
                 if pixels > MAX_IMAGE_PIXELS:
                     raise DataError(_too_many_pixels(path, im.width, im.height))
                 im.load()
-                return _pil_to_array(im, path)
+                return _pil_to_array(_upright(im, ImageOps), path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(
             f"{path} declares more than {MAX_IMAGE_PIXELS / 1e6:.1f} M pixels (a decompression "
             "bomb?): refused"
         ) from None
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise DataError(
+            f"cannot read image {path}: not an image file that can be decoded (damaged, "
+            "truncated, or not an image)"
+        ) from None
     except OSError as e:
         if e.errno is not None:
             raise DataError(os_error_message(e, path)) from None
         raise DataError(f"cannot read image {path}: {e}") from None
-    except (UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
+    except (ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def _upright(im: Any, image_ops: Any) -> Any:
+    """A photo turned as its EXIF orientation says (as every viewer shows it); the image as it
+    is when the tag is absent or malformed."""
+    try:
+        return image_ops.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - a stranger's EXIF block: malformed in many ways
+        return im
 
 
 def _too_many_pixels(path: Path, width: int, height: int) -> str:

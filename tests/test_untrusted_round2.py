@@ -431,3 +431,63 @@ def test_the_same_values_in_metadata_are_refused(meta, expected, tmp_path, capsy
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", **meta)
     assert main(["info", str(path)]) == 2
     assert re.search(expected, _one_line_error(capsys))
+
+
+# ---- 8. the smaller ones -------------------------------------------------------------------
+
+
+def test_a_trigger_cut_inside_its_header_names_the_file(tmp_path):
+    from PIL import Image
+
+    from core.data import image_to_tensor
+
+    whole = tmp_path / "whole.png"
+    Image.new("RGB", (8, 8), "red").save(whole)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(whole.read_bytes()[:40])
+    with pytest.raises(DataError, match=r"cut\.png: not an image file that can be decoded") as e:
+        image_to_tensor(cut)
+    assert "BytesIO" not in str(e.value)
+
+
+@pytest.mark.parametrize("device", ["meta", "xla"])
+def test_devices_that_cannot_run_the_model(device, model_path, capsys):
+    assert main(["defend", str(model_path), "--method", "clp", "--device", device]) == 2
+    assert f"Device '{device}' cannot run the model here" in _one_line_error(capsys)
+
+
+def test_a_nan_weight_torchscript_export_reopens(tmp_path):
+    """Reading it twice gives the same NaN: not 'changed while it was read'."""
+    from core.checkpoint import load_checkpoint
+    from core.export import export_model
+
+    ckpt = load_checkpoint(corpus.nan_weight_checkpoint(tmp_path / "nan.pth"))
+    out = export_model(ckpt.model, tmp_path / "nan.pt", fmt="torchscript", metadata=ckpt.metadata)
+    again = load_checkpoint(out)
+    assert torch.isnan(again.state_dict["conv1.weight"]).any()
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from core.data import read_image_array
+
+    pixels = np.zeros((4, 8), np.uint8)
+    pixels[0, 0] = 255
+    image = Image.fromarray(pixels)
+    exif = image.getexif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to view"
+    image.save(tmp_path / "photo.png", exif=exif)
+    assert read_image_array(tmp_path / "photo.png").shape == (8, 4)
+
+
+def test_backdoorbench_num_classes_inf_is_a_notice(tmp_path):
+    from core.architectures import build_model
+    from core.backdoorbench import from_dict
+
+    obj = {"model_name": "preactresnet18", "num_classes": float("inf"), "model": {}}
+    obj["model"] = build_model("preactresnet18", 10, 3).state_dict()
+    result = from_dict(obj, tmp_path / "defense_result.pt")
+    assert "num_classes" not in result.meta
+    assert any("inf is not a whole number" in n for n in result.notices)
