@@ -659,13 +659,29 @@ def _sniff(path: Path) -> str:
         head = f.read(len(LEGACY_MAGIC))
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return "zip"
-    if head.startswith(b"PK\x03\x04"):
-        return "truncated zip"
+    if head.startswith(b"PK\x03\x04") and _zip_entry_name(path):
+        return "truncated zip"  # a real first entry, but the archive's directory is gone
     if head.startswith(LEGACY_MAGIC):
         return "legacy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return "pickle"
     return repr(head[:4])
+
+
+def _zip_entry_name(path: Path) -> str:
+    """The first entry's name when the file starts with a plausible zip entry header (a
+    printable name of at most 1024 bytes), else ''."""
+    with path.open("rb") as f:
+        header = f.read(30)
+        if len(header) < 30:
+            return ""
+        length = int.from_bytes(header[26:28], "little")
+        name = f.read(length) if 0 < length <= 1024 else b""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return text if len(name) == length and text.isprintable() else ""
 
 
 def _not_a_checkpoint(path: Path, detail: str) -> str:
