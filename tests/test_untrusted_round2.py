@@ -491,3 +491,15 @@ def test_backdoorbench_num_classes_inf_is_a_notice(tmp_path):
     result = from_dict(obj, tmp_path / "defense_result.pt")
     assert "num_classes" not in result.meta
     assert any("inf is not a whole number" in n for n in result.notices)
+
+
+def test_one_pixel_images_get_a_note_on_the_command_line(tmp_path, model_path, capsys):
+    import numpy as np
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    np.save(folder / "data.npy", np.full((20, 1, 1, 1), 128, np.uint8))
+    np.save(folder / "labels.npy", np.arange(20) % 10)
+    assert main(["defend", str(model_path), "--method", "clp", "--test", str(folder)]) == 0
+    err = capsys.readouterr().err
+    assert "bnp: warning: the test images are 1×1, scaled up 8× to the model's 8×8 input" in err
