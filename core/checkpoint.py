@@ -298,6 +298,7 @@ def load_checkpoint(
     _check_trigger(trigger, path)
     poisoned_test = _poisoned_test(info, extras, metadata, path)
     notices = _notices(info, path) + running_stats_notice(detection)
+    notices += _contradictions(detection, meta)
     model = build_detected(detection)  # BatchNorms without statistics in the file get none
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -1133,6 +1134,28 @@ def _metadata(detection: Detection, meta: Mapping[str, Any] | None) -> ModelMeta
     metadata = ModelMetadata.from_dict(merged)
     _check_metadata_trigger(metadata)
     return metadata
+
+
+def _contradictions(detection: Detection, meta: Mapping[str, Any] | None) -> list[str]:
+    """A notice for each field of the stored metadata that the weights contradict (the
+    weights win: they are what the model computes with)."""
+    from core.safety import printable
+
+    notices = []
+    stored = meta if isinstance(meta, Mapping) else {}
+    for key, found in (
+        ("arch", detection.arch),
+        ("num_classes", detection.num_classes),
+        ("in_channels", detection.in_channels),
+    ):
+        said = stored.get(key)
+        if said is None or said == found or (key == "arch" and said not in ARCHITECTURES):
+            continue
+        notices.append(
+            f"The metadata says {key} = {printable(repr(said), 40)}, but the weights are "
+            f"{found}: the weights' value is used."
+        )
+    return notices
 
 
 def _check_metadata_trigger(meta: ModelMetadata) -> None:

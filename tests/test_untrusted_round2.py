@@ -503,3 +503,15 @@ def test_one_pixel_images_get_a_note_on_the_command_line(tmp_path, model_path, c
     assert main(["defend", str(model_path), "--method", "clp", "--test", str(folder)]) == 0
     err = capsys.readouterr().err
     assert "bnp: warning: the test images are 1×1, scaled up 8× to the model's 8×8 input" in err
+
+
+def test_metadata_contradicting_the_weights_is_a_notice(tmp_path):
+    from core.checkpoint import load_checkpoint
+
+    path = corpus.metadata_checkpoint(tmp_path / "m.pth", num_classes=100, in_channels=3)
+    ckpt = load_checkpoint(path)
+    assert (ckpt.metadata.num_classes, ckpt.metadata.in_channels) == (10, 1)  # the weights win
+    assert any("num_classes = 100, but the weights are 10" in n for n in ckpt.notices)
+    assert any("in_channels = 3, but the weights are 1" in n for n in ckpt.notices)
+    honest = load_checkpoint(corpus.metadata_checkpoint(tmp_path / "ok.pth"))
+    assert not any("the weights' value is used" in n for n in honest.notices)
