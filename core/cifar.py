@@ -207,9 +207,10 @@ class _NumpyOnlyUnpickler(pickle._Unpickler):
             # order at most); it is never set from the file
             if not isinstance(state, tuple) or len(state) != 8 or state[0] != 3:
                 raise _Refused("refusing a dtype state that is not a plain number type's")
-            if state[1] not in ("<", ">", "|", "="):
+            order = state[1].decode("latin1") if isinstance(state[1], bytes) else state[1]
+            if order not in ("<", ">", "|", "="):  # bytes in Python 2 pickles (CIFAR's own)
                 raise _Refused("refusing a dtype of unknown byte order")
-            wanted = inst if state[1] in ("|", "=") else inst.newbyteorder(state[1])
+            wanted = inst if order in ("|", "=") else inst.newbyteorder(order)
             if tuple(state[2:]) != tuple(_dtype_state(wanted)[2:]):
                 raise _Refused("refusing a dtype whose state declares fields or flags")
             if wanted.str != inst.str:

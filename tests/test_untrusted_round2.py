@@ -92,6 +92,12 @@ def test_plain_cifar_batches_still_read(tmp_path):
         images = load_images(tmp_path)
         assert images.labels.tolist() == [3, 9]
         assert images.images.reshape(2, -1).numpy().tolist() == data.tolist()
+    # Python 2 pickles (CIFAR's own files) name dtypes and byte orders with byte strings
+    py2 = pickle.dumps({b"data": data, b"labels": [3, 9]}, protocol=2)
+    py2 = py2.replace(b"X\x02\x00\x00\x00u1", b"U\x02u1").replace(b"X\x01\x00\x00\x00|", b"U\x01|")
+    assert b"U\x02u1" in py2 and b"U\x01|" in py2
+    (folder / "data_batch_1").write_bytes(py2)
+    assert load_images(tmp_path).labels.tolist() == [3, 9]
 
 
 # ---- 5. structure, not time: shared references that nest ---------------------------------
