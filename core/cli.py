@@ -153,11 +153,13 @@ def _load_data(path: Path | None, role: str):
     """One data set of the command line; a folder holding both splits gives its test split to
     --test and its training split to the other roles."""
     from core.limited import read_images  # the isolated reader: time and memory limits
+    from core.progress import ProgressBar
 
     if path is None:
         return None
-    try:
-        return read_images(path, split="test" if role == "test" else None)
+    try:  # a bar appears once reading a folder tree takes longer than 0.25 s
+        bar = ProgressBar(label=f"{role} data")
+        return read_images(path, split="test" if role == "test" else None, progress=bar)
     except BnpError as exc:
         raise BnpError(f"{role} data ({path}): {exc}") from None
 

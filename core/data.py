@@ -805,12 +805,16 @@ def _load_image_folder(
     if not order:
         raise DataError(f"ImageFolder {root} has class folders but no image files")
 
+    from core.isolation import report_progress  # reaches the caller's bar from the reader
+
     arrays, total = [], 0
-    for _, f in order:
+    for i, (_, f) in enumerate(order):
+        report_progress(i, len(order))
         a = read_image_array(f)
         total += a.nbytes
         _check_budget(total, root)
         arrays.append(a)
+    report_progress(len(order), len(order))
     grey = all(a.ndim == 2 for a in arrays)
     as_float = any(a.dtype == np.float32 for a in arrays)
     sizes = Counter(a.shape[:2] for a in arrays)

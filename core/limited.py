@@ -35,8 +35,10 @@ def read_images(
     size: tuple[int, int] | None = None,
     cancel: Callable[[], bool] | None = None,
     timeout: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> ImageSet:
-    """``core.data.load_images`` in the isolated reader (same arguments, same errors)."""
+    """``core.data.load_images`` in the isolated reader (same arguments, same errors);
+    ``progress(done, total)`` hears how many image files of a folder tree are read."""
     p = Path(path).expanduser()
     check_input(p, error=DataError)
     note_read(p)  # the parent's record: no output of this run replaces it
@@ -53,6 +55,7 @@ def read_images(
         error=DataError,
         timeout=timeout,
         cancel=cancel,
+        progress=progress,
     )
     info = parsed.info
     images, labels = parsed.tensors

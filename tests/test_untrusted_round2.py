@@ -521,3 +521,50 @@ def test_metadata_contradicting_the_weights_is_a_notice(tmp_path):
     assert any("in_channels = 3, but the weights are 1" in n for n in ckpt.notices)
     honest = load_checkpoint(corpus.metadata_checkpoint(tmp_path / "ok.pth"))
     assert not any("the weights' value is used" in n for n in honest.notices)
+
+
+def _reporting_child(n: int):
+    """Run in the reader child by the test below: reports each step, each after 0.3 s."""
+    import time
+
+    from core.isolation import report_progress
+
+    for i in range(n):
+        time.sleep(0.3)  # past the 0.25 s between reports: each one is sent
+        report_progress(i, n)
+    report_progress(n, n)
+    return {"steps": n}, []
+
+
+def test_progress_of_the_reader_child_reaches_the_caller():
+    from core.isolation import run_isolated
+
+    seen = []
+    parsed = run_isolated(
+        "tests.test_untrusted_round2:_reporting_child",
+        2,
+        what="reporting",
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert parsed.info == {"steps": 2} and seen == [(0, 2), (1, 2), (2, 2)]
+
+
+def test_an_image_folder_reports_every_file(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from core import isolation
+
+    for k in range(2):
+        (tmp_path / "set" / str(k)).mkdir(parents=True)
+        for i in range(3):
+            Image.new("L", (4, 4), i).save(tmp_path / "set" / str(k) / f"{i}.png")
+    sent = []
+
+    class Conn:
+        def send_bytes(self, data: bytes) -> None:
+            sent.append(tuple(json.loads(data)["progress"]))
+
+    monkeypatch.setattr(isolation, "_PROGRESS", {"conn": Conn(), "last": -1e9, "sent": False})
+    monkeypatch.setattr(isolation, "PROGRESS_INTERVAL_S", 0.0)
+    assert len(load_images(tmp_path / "set")) == 6
+    assert sent == [(i, 6) for i in range(6)] + [(6, 6)]
