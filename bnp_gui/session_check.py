@@ -17,7 +17,6 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE
 from core.methods import METHODS
 from core.safety import file_kind, printable
 
@@ -64,7 +63,16 @@ def _path_entry(entry: Any, where: str, problems: list[str], *, required: bool =
         problems.append(f"{where}: 'relative' must be text, not {_short(relative)}")
 
 
+def _bounds() -> tuple[int, int]:
+    """The engine's input bounds (imported on use: core.checks loads torch, and the window
+    imports this module before the engine is there)."""
+    from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE
+
+    return MAX_INPUT_SIDE, MAX_CHANNELS
+
+
 def _overrides(value: Any, problems: list[str]) -> None:
+    MAX_INPUT_SIDE, MAX_CHANNELS = _bounds()  # noqa: N806 - the engine's constants
     if value is None:
         return
     if not isinstance(value, dict):
@@ -160,6 +168,7 @@ def _decisions(value: Any, problems: list[str]) -> None:
 
 
 def _trigger(value: Any, problems: list[str]) -> None:
+    MAX_INPUT_SIDE, _ = _bounds()  # noqa: N806 - the engine's constant
     if value is None:
         return
     if not isinstance(value, dict):
