@@ -222,6 +222,8 @@ class AnalystTools(QObject):
         except BnpError as exc:
             self.window.show_message("error", str(exc))
             return
+        if saved.outside and not self._confirm_outside(path, saved.outside):
+            return
         s = self.session
         self._pending = saved
         s.auto_analyze = saved.roles.any()
@@ -229,6 +231,27 @@ class AnalystTools(QObject):
         s.open_checkpoint(saved.checkpoint, arch=saved.arch)
         if saved.roles.any():
             s.set_data(saved.roles)
+
+    def _confirm_outside(self, path: str, paths: list[str]) -> bool:
+        """The user confirms paths outside the session's folder before anything opens them."""
+        from core.safety import printable
+
+        name = printable(Path(path).name)
+        listed = ", ".join(printable(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")
+        if not self.window.interactive:
+            self.window.show_message(
+                "error",
+                f"{name} was not opened (nobody to confirm paths outside its folder: {listed}).",
+            )
+            return False
+        from bnp_gui.dialogs.session_paths import confirm_outside
+
+        if confirm_outside(self.window, path, paths):
+            return True
+        self.window.show_message(
+            "warning", f"{name} was not opened: it points outside its folder ({listed})."
+        )
+        return False
 
     def _apply_pending(self) -> None:
         saved, s = self._pending, self.session

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 
 def class_names(session) -> list[str] | None:
-    """Names of the model's classes when anything tells them, else None (show indices)."""
+    """Names of the model's classes when anything tells them, else None (show indices); the
+    names come from files, so their control characters are written out (core.safety)."""
+    names = _class_names(session)
+    if names is None:
+        return None
+    from core.safety import printable
+
+    return [printable(name, 80) for name in names]
+
+
+def _class_names(session) -> list[str] | None:
     if session.inspection is None:
         return None
     meta = session.inspection.ckpt.metadata

@@ -74,7 +74,7 @@ def guess_roles(folder: str | Path) -> DataRoles:
 
 def load_roles(roles: DataRoles, cancel=None) -> dict[str, ImageSet]:
     """Read every given role's images; raises DataError naming the role that failed."""
-    from core.data import load_images
+    from core.limited import read_images  # the isolated reader: time and memory limits
 
     sets: dict[str, ImageSet] = {}
     for role in ROLES:
@@ -84,7 +84,7 @@ def load_roles(roles: DataRoles, cancel=None) -> dict[str, ImageSet]:
         if cancel is not None and cancel():
             break
         try:
-            sets[role] = load_images(path)
+            sets[role] = read_images(path, cancel=cancel)
         except DataError as exc:
             raise DataError(f"{ROLE_LABELS[role]}: {exc}") from exc
         if len(sets[role]) == 0:

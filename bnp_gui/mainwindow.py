@@ -49,6 +49,7 @@ from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
 from core.methods import METHOD_NAMES, METHODS
 from core.progress import format_duration
+from core.safety import printable
 
 MAX_RECENT = 8
 # Long jobs the status bar shows with a progress bar and Cancel (Esc stops them).
@@ -73,6 +74,7 @@ class MessageBanner(QFrame):
         super().__init__(parent)
         self.label = QLabel()
         self.label.setWordWrap(True)
+        self.label.setTextFormat(Qt.PlainText)  # messages quote files: never read as markup
         self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
         close = self.close_button = QToolButton()
         close.setText("✕")
@@ -95,7 +97,8 @@ class MessageBanner(QFrame):
         colours = style.split(" border")[0]
         self.label.setStyleSheet(colours)
         self.close_button.setStyleSheet(f"QToolButton {{{colours} border:none}}")
-        self.label.setText(text)
+        # control characters a file put in the message are written out (core.safety)
+        self.label.setText("\n".join(printable(line) for line in str(text).split("\n")))
         self.show()
 
     @staticmethod

@@ -266,8 +266,9 @@ def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, lis
 
 def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
     """Measure the plan's mask on the full set, write model, report.json and report.html."""
-    from core.export import export_model, write_json
+    from core.export import atomic_write, export_model, write_json
     from core.inspection import build_mask
+    from core.safety import check_output
 
     folder = Path(plan.folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -279,9 +280,13 @@ def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
         [tuple(n) for n in plan.keep],
         plan.channels,
     )
-    before, after, curve = _measure_all(plan, inspection, mask, job)
     ckpt = inspection.ckpt
     path = model_path(folder, plan.checkpoint, plan.fmt)
+    # every file of the export passes the output rule before anything is measured or written
+    reads = [ckpt.path, *(v for v in dict(plan.roles).values() if v)]
+    for name in (path.name, REPORT_JSON, REPORT_HTML, SCORES_CSV, HEATMAP_PNG, CURVE_PNG):
+        check_output(folder / name, reads, what=name)
+    before, after, curve = _measure_all(plan, inspection, mask, job)
     export_model(
         inspection.model,
         path,
@@ -297,7 +302,8 @@ def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
 
         report.update(evidence_report(plan.evidence, mask))
     write_json(folder / REPORT_JSON, report, source=ckpt.path)
-    (folder / REPORT_HTML).write_text(report_html(report), encoding="utf-8")
+    page = report_html(report).encode("utf-8")
+    atomic_write(folder / REPORT_HTML, lambda tmp: tmp.write_bytes(page), source=ckpt.path)
     return ExportResult(path, report, before, after, curve)
 
 
@@ -374,8 +380,14 @@ def plural(n: int, word: str) -> str:
 
 
 def report_html(report: dict) -> str:
-    """A self-contained one-page HTML report linking heatmap.png and tradeoff.png."""
-    e = html.escape
+    """A self-contained one-page HTML report linking heatmap.png and tradeoff.png; every
+    string is HTML-escaped with its control characters written out (``core.safety.printable``):
+    names and paths come from files."""
+    from core.safety import printable
+
+    def e(value: Any) -> str:
+        return html.escape(printable(value))
+
     used = report["methods"]
     thresholds = "".join(
         f"<tr><td>{e(METHOD_NAMES.get(m, m))}</td><td>{k:g}</td>"

@@ -89,10 +89,10 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
             source.path, kind=source.placement, size=source.size, alpha=source.alpha
         )
         return ResolvedTrigger(source, int(target), trigger=trig)
-    from core.data import load_images
     from core.evaluation import attack_victims
+    from core.limited import read_images  # the isolated reader: time and memory limits
 
-    poisoned = attack_victims(load_images(source.path), int(target))
+    poisoned = attack_victims(read_images(source.path), int(target))
     return ResolvedTrigger(source, int(target), poisoned=poisoned)
 
 

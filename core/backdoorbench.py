@@ -27,6 +27,7 @@ from torch import Tensor
 
 from core.data import ImageSet, read_image_array
 from core.errors import DataError
+from core.safety import confined, printable
 
 # BackdoorBench's model names → our registry (its torchvision models are built with
 # `num_classes=` only, so torchvision's own layout; googlenet keeps its auxiliary heads)
@@ -154,11 +155,17 @@ def from_dict(obj: Mapping[str, Any], path: Path) -> BackdoorBenchResult:
         )
     try:
         meta["num_classes"] = int(obj["num_classes"])
-    except (TypeError, ValueError):
-        pass
+    except (TypeError, ValueError, OverflowError):  # inf, NaN, text: detected from the weights
+        notices.append(
+            f"BackdoorBench's num_classes {printable(repr(obj['num_classes']), 40)} is not a "
+            "whole number; the classes are counted from the weights."
+        )
     size = obj.get("img_size")
     if isinstance(size, (list, tuple, np.ndarray)) and len(size) >= 2:
-        meta["input_size"] = (int(size[0]), int(size[1]))
+        try:
+            meta["input_size"] = (int(size[0]), int(size[1]))
+        except (TypeError, ValueError, OverflowError):
+            notices.append("BackdoorBench's img_size is not whole numbers; it is not used.")
     dataset = obj.get("clean_data")
     if isinstance(dataset, str):
         meta["dataset"] = dataset
@@ -215,7 +222,8 @@ def _poisoned_test(state: Mapping[str, Any], path: Path) -> tuple[ImageSet | Non
     if len(shapes) != 1:
         return None, target, "The backdoored test images differ in size: not used."
     note = (
-        f"{missing} of {len(keys)} backdoored test images are missing or unreadable."
+        f"{missing} of {len(keys)} backdoored test images are missing, unreadable or not "
+        "inside the result's folder: skipped."
         if missing
         else ""
     )
@@ -224,15 +232,21 @@ def _poisoned_test(state: Mapping[str, Any], path: Path) -> tuple[ImageSet | Non
 
 
 def _resolve(stored: str, result_file: Path) -> Path | None:
-    """The PNG as stored, else under the result file's folder from `bd_test_dataset` on."""
-    candidate = Path(stored)
-    parts = candidate.parts
+    """The PNG under the result file's own folder: from `bd_test_dataset` on when the stored
+    path has that part (BackdoorBench stores the path of the machine it ran on), else the
+    stored path itself when, resolved, it stays inside that folder. Never a path elsewhere:
+    an absolute path, ``..`` climbing out or a link pointing out is None (the file's author
+    does not choose what is read, nor learn which paths exist)."""
+    root = result_file.parent
+    try:
+        parts = Path(stored).parts
+    except (TypeError, ValueError):
+        return None
     if "bd_test_dataset" in parts:
         tail = Path(*parts[parts.index("bd_test_dataset") :])
-        local = result_file.parent / tail
-        if local.is_file():
-            return local
-    return candidate if candidate.is_absolute() and candidate.is_file() else None
+        if ".." not in tail.parts:
+            return confined(tail, root)
+    return confined(stored, root)
 
 
 def _read_png(path: Path) -> Tensor | None:

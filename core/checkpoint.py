@@ -255,6 +255,9 @@ def load_checkpoint(
     """
     path = Path(path)
     _check_path(path)
+    from core.safety import note_read
+
+    note_read(path, sidecar_path(path))  # never written over by this run's outputs
     parsed = read_isolated(
         "core.checkpoint:_parse_file", path, trust_pickle, "Reading", error=CheckpointError,
         timeout=timeout, memory_limit=memory_limit, cancel=cancel,
@@ -295,6 +298,7 @@ def load_checkpoint(
     _check_trigger(trigger, path)
     poisoned_test = _poisoned_test(info, extras, metadata, path)
     notices = _notices(info, path) + running_stats_notice(detection)
+    notices += _contradictions(detection, meta)
     model = build_detected(detection)  # BatchNorms without statistics in the file get none
     try:
         model.load_state_dict(state_dict, strict=True)
@@ -450,7 +454,7 @@ def own_module(path: Path, state_dict: Mapping[str, Tensor]) -> nn.Module:
     model = obj.cpu().eval()
     mine = _clean_state_dict(model.state_dict(), path)
     same = mine.keys() == state_dict.keys() and all(
-        mine[k].shape == v.shape and torch.equal(mine[k], v) for k, v in state_dict.items()
+        same_tensor(mine[k], v) for k, v in state_dict.items()
     )
     if not same:
         raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
@@ -591,6 +595,11 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     elif kind in ("legacy", "pickle"):
         obj = _read_pickle(path, kind, trust_pickle)
         fmt, raw, trigger, meta = _unwrap(obj, path)
+    elif kind == "truncated zip":
+        raise CheckpointError(
+            f"{path.name} is a damaged or truncated zip archive (the format torch.save "
+            "writes): its end, which lists what it holds, is missing; copy the file again"
+        )
     else:
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     state_dict = _clean_state_dict(raw, path)
@@ -651,6 +660,8 @@ def _sniff(path: Path) -> str:
         head = f.read(len(LEGACY_MAGIC))
     if head.startswith(b"PK") and zipfile.is_zipfile(path):
         return "zip"
+    if head.startswith(b"PK\x03\x04") and _zip_entry_name(path):
+        return "truncated zip"  # a real first entry, but the archive's directory is gone
     if head.startswith(LEGACY_MAGIC):
         return "legacy"
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
@@ -658,11 +669,37 @@ def _sniff(path: Path) -> str:
     return repr(head[:4])
 
 
+def _zip_entry_name(path: Path) -> str:
+    """The first entry's name when the file starts with a plausible zip entry header (a
+    printable name of at most 1024 bytes), else ''."""
+    with path.open("rb") as f:
+        header = f.read(30)
+        if len(header) < 30:
+            return ""
+        length = int.from_bytes(header[26:28], "little")
+        name = f.read(length) if 0 < length <= 1024 else b""
+    try:
+        text = name.decode("utf-8")
+    except UnicodeDecodeError:
+        return ""
+    return text if len(name) == length and text.isprintable() else ""
+
+
 def _not_a_checkpoint(path: Path, detail: str) -> str:
     return (
         f"{path.name} is not a PyTorch checkpoint, safetensors file or TorchScript archive "
         f"({detail})."
     )
+
+
+def same_tensor(a: Tensor, b: Tensor) -> bool:
+    """Equal shape, dtype and values, NaN equal to NaN (a damaged model read twice is the same
+    damaged model, not a file that changed while it was read)."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if torch.equal(a, b):
+        return True
+    return a.is_floating_point() and bool(torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
 
 
 def sidecar_path(path: Path) -> Path:
@@ -800,10 +837,15 @@ def _check_pickle(stream: Any, path: Path, count: int) -> list[str]:
 
     Junk fails here and is said to be junk, instead of "needs trust" from the unpickler.
     """
+    from core.pickle_guard import NestedSharing, check_sharing
+
     found: list[str] = []
     for _ in range(count):
         strings: list[str] = []
         try:
+            start = stream.tell()
+            check_sharing(stream)  # a hash bomb is refused by its structure, before any hashing
+            stream.seek(start)
             for op, arg, _pos in pickletools.genops(stream):
                 if op.name in ("GLOBAL", "INST"):
                     found.append(str(arg).replace(" ", "."))
@@ -811,6 +853,8 @@ def _check_pickle(stream: Any, path: Path, count: int) -> list[str]:
                     found.append(".".join(strings[-2:]) if len(strings) >= 2 else "?")
                 elif isinstance(arg, str):
                     strings.append(arg)
+        except NestedSharing as e:
+            raise CheckpointError(f"{path.name} is refused: {e}.") from None
         except (ValueError, EOFError, UnicodeDecodeError, OverflowError) as e:
             raise CheckpointError(
                 _not_a_checkpoint(path, f"its pickle data is damaged: {_first_line(e)}")
@@ -1090,6 +1134,28 @@ def _metadata(detection: Detection, meta: Mapping[str, Any] | None) -> ModelMeta
     metadata = ModelMetadata.from_dict(merged)
     _check_metadata_trigger(metadata)
     return metadata
+
+
+def _contradictions(detection: Detection, meta: Mapping[str, Any] | None) -> list[str]:
+    """A notice for each field of the stored metadata that the weights contradict (the
+    weights win: they are what the model computes with)."""
+    from core.safety import printable
+
+    notices = []
+    stored = meta if isinstance(meta, Mapping) else {}
+    for key, found in (
+        ("arch", detection.arch),
+        ("num_classes", detection.num_classes),
+        ("in_channels", detection.in_channels),
+    ):
+        said = stored.get(key)
+        if said is None or said == found or (key == "arch" and said not in ARCHITECTURES):
+            continue
+        notices.append(
+            f"The metadata says {key} = {printable(repr(said), 40)}, but the weights are "
+            f"{found}: the weights' value is used."
+        )
+    return notices
 
 
 def _check_metadata_trigger(meta: ModelMetadata) -> None:

@@ -44,6 +44,8 @@ MAX_CHANNELS = 64
 # A normalisation std below this multiplies inputs by more than 1000: almost surely broken. A
 # stranger's metadata saying so is refused when read; a --std the user gives gets a warning.
 TINY_STD = 1e-3
+# A mean of images in [0, 1] (or 0..255) lies well inside this, for the metadata and the user
+MAX_ABS_MEAN = 1e3
 
 __all__ = [
     "MAX_INPUT_SIDE",
@@ -131,7 +133,9 @@ def check_statistics(stats: Statistics, role: str) -> None:
 
 def check_normalisation(values: Any, name: str, channels: int) -> tuple[float, ...]:
     """A per-channel ``mean`` or ``std``: one number or ``channels`` finite numbers, a std
-    without 0; else a DataError. The metadata reader and InputSpec both check with this."""
+    positive, a mean within ±MAX_ABS_MEAN; else a DataError. The metadata reader and
+    InputSpec (the command line's --mean/--std, the window's input dialog) both check with
+    this, so both refuse the same values."""
     if isinstance(values, (int, float)) and not isinstance(values, bool):
         values = [values]
     try:
@@ -160,6 +164,16 @@ def check_normalisation(values: Any, name: str, channels: int) -> tuple[float, .
         raise DataError(
             f"the normalisation std {list(numbers)} contains 0 (division by zero); "
             "give the data's standard deviation, e.g. 0.25"
+        )
+    if name == "std" and any(v < 0 for v in numbers):
+        raise DataError(
+            f"the normalisation std {list(numbers)} is negative: a standard deviation is "
+            "positive; give the data's standard deviation, e.g. 0.25"
+        )
+    if name == "mean" and any(abs(v) > MAX_ABS_MEAN for v in numbers):
+        raise DataError(
+            f"the normalisation mean {list(numbers)} is not one of images in [0, 1] "
+            f"(each value must lie within ±{MAX_ABS_MEAN:g})"
         )
     return numbers
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from core.errors import BnpError
+from core.safety import printable
 
 # Set before torch loads OpenMP (nothing above imports torch): idle OpenMP threads sleep
 # instead of spinning. On a busy 2-core machine spinning made 2 threads ~25× slower than 1.
@@ -70,7 +71,12 @@ def _load(args):
 
 def warn(message: str) -> None:
     """A warning line on stderr (the report gets the same text)."""
-    print(f"bnp: warning: {message}", file=sys.stderr)
+    print(f"bnp: warning: {printable(message)}", file=sys.stderr)
+
+
+def _say(text: str) -> None:
+    """One line of output that quotes a file, its control characters escaped (core.safety)."""
+    print(printable(text))
 
 
 def cmd_info(args) -> int:
@@ -91,42 +97,43 @@ def cmd_info(args) -> int:
     found = discover_layers(ckpt.model.eval(), example)
     # a model without usable BatchNorms still gets its file, skipped layers and methods listed
     inspection = Inspection(ckpt, device="cpu", overrides=overrides) if found.layers else None
-    print(f"file          {ckpt.path}")
-    print(f"format        {ckpt.format}")
-    print(f"architecture  {meta.arch}")
-    print(f"classes       {meta.num_classes}")
-    print(f"input         {meta.in_channels}×{meta.input_size[0]}×{meta.input_size[1]}")
+    _say(f"file          {ckpt.path}")
+    _say(f"format        {ckpt.format}")
+    _say(f"architecture  {meta.arch}")
+    _say(f"classes       {meta.num_classes}")
+    _say(f"input         {meta.in_channels}×{meta.input_size[0]}×{meta.input_size[1]}")
     if meta.mean is not None:
-        print(f"normalisation mean={list(meta.mean)} std={list(meta.std or [])}")
+        _say(f"normalisation mean={list(meta.mean)} std={list(meta.std or [])}")
     if meta.dataset:
-        print(f"dataset       {meta.dataset}")
+        _say(f"dataset       {meta.dataset}")
     if meta.attack:
-        print(f"attack        {meta.attack.get('kind', '?')}")
+        _say(f"attack        {meta.attack.get('kind', '?')}")
     if meta.target_label is not None:
-        print(f"target label  {meta.target_label}")
+        _say(f"target label  {meta.target_label}")
     trigger = checkpoint_trigger(ckpt)
-    print(f"trigger       {trigger!r}" if trigger is not None else "trigger       none stored")
+    _say(f"trigger       {trigger!r}" if trigger is not None else "trigger       none stored")
     if ckpt.poisoned_test is not None:
-        print(f"poisoned test {len(ckpt.poisoned_test)} backdoored samples in the file (ASR)")
+        _say(f"poisoned test {len(ckpt.poisoned_test)} backdoored samples in the file (ASR)")
     for notice in ckpt.notices:
-        print(f"notice        {notice}")
+        _say(f"notice        {notice}")
     print()
     if inspection is not None:
-        print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
+        _say(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
         for layer in inspection.layers:
             conv = layer.conv or "(not a convolution: no CLP score)"
-            print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
+            _say(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
         total = sum(layer.channels for layer in inspection.layers)
-        print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+        print()
+        _say(f"{len(inspection.layers)} BatchNorm layers, {total} neurons")
     groups: dict[tuple[str, str], list[str]] = {}
     for skipped in found.skipped:  # one line per kind and reason
         groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
     for (kind, reason), names in groups.items():
         shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
-        print(f"skipped       {len(names)} {kind} ({shown}): {reason}")
+        _say(f"skipped       {len(names)} {kind} ({shown}): {reason}")
     for method, (applies, text) in method_availability(ckpt.model, found).items():
         status = "applies" if applies else "cannot apply"
-        print(f"{METHOD_NAMES[method]:<4} {status}: {text}")
+        _say(f"{METHOD_NAMES[method]:<4} {status}: {text}")
     return 0
 
 
@@ -146,12 +153,14 @@ TABLE_HEADER = f"{'method':<8} {'threshold':>9} {'pruned':>7}  {'ACC %':>6}  {'A
 def _load_data(path: Path | None, role: str):
     """One data set of the command line; a folder holding both splits gives its test split to
     --test and its training split to the other roles."""
-    from core.data import load_images
+    from core.limited import read_images  # the isolated reader: time and memory limits
+    from core.progress import ProgressBar
 
     if path is None:
         return None
-    try:
-        return load_images(path, split="test" if role == "test" else None)
+    try:  # a bar appears once reading a folder tree takes longer than 0.25 s
+        bar = ProgressBar(label=f"{role} data")
+        return read_images(path, split="test" if role == "test" else None, progress=bar)
     except BnpError as exc:
         raise BnpError(f"{role} data ({path}): {exc}") from None
 
@@ -420,8 +429,21 @@ def _command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """The `bnp` entry point: run one command; the exit status (2 for a user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    from core.safety import EscapingStream, forget_reads
+
+    forget_reads()  # a new run: its outputs may not replace what it reads (core.safety)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+def _main(argv: list[str]) -> int:
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)
+        _note_reads(args)
         return int(args.func(args) or 0)
     except BnpError as exc:
         return _fail(str(exc))
@@ -445,9 +467,24 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+# Arguments naming what a command reads: no output of the same run may replace them
+READ_ARGUMENTS = ("checkpoint", "clean", "train", "test", "poisoned", "trigger", "data")
+
+
+def _note_reads(args) -> None:
+    from core.safety import note_read
+
+    for name in READ_ARGUMENTS:
+        value = getattr(args, name, None)
+        if isinstance(value, (str, Path)):
+            note_read(value)
+            if name == "checkpoint":
+                note_read(Path(value).with_name(Path(value).name + ".bnp.json"))  # its sidecar
+
+
 def _fail(message: str) -> int:
     """Print one error line (any line breaks in the message joined) and return exit code 2."""
-    print(f"bnp: error: {' '.join(message.split())}", file=sys.stderr)
+    print(f"bnp: error: {printable(' '.join(message.split()))}", file=sys.stderr)
     return 2
 
 

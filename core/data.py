@@ -4,7 +4,7 @@ Readers (``load_images`` detects the format from what the folder holds):
 
 - CIFAR-10 / CIFAR-100 as torchvision keeps them (``cifar-10-batches-py/``,
   ``cifar-100-python/``). The batches are pickles of plain dicts of numpy arrays; they are read
-  with a restricted unpickler that only rebuilds numpy arrays, never arbitrary classes.
+  by ``core.cifar``'s restricted unpickler, which only rebuilds plain numeric arrays.
 - (Fashion-)MNIST raw idx files, gzipped or not (``train-*`` / ``t10k-*``).
 - STL-10's binary files (``stl10_binary/``), read by ``core.stl10``.
 - An ImageFolder tree: one sub-folder per class, class index = position of the sorted name.
@@ -41,7 +41,6 @@ import gzip
 import io
 import math
 import os
-import pickle
 import re
 import warnings
 import zlib
@@ -58,6 +57,7 @@ from torch import Tensor
 
 from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE, check_normalisation
 from core.errors import DataError
+from core.safety import check_input, note_read
 
 if TYPE_CHECKING:
     from core.triggers import Trigger
@@ -130,7 +130,7 @@ class ImageSet:
             raise DataError(f"images must be N×C×H×W, got shape {tuple(self.images.shape)}")
         if self.images.dtype not in (torch.uint8, torch.float32):
             raise DataError(f"images must be uint8 or float32, got {self.images.dtype}")
-        self.labels = torch.as_tensor(self.labels).to(torch.int64).reshape(-1)
+        self.labels = check_label_values(self.labels, self.class_names, self.source)
         if len(self.labels) != len(self.images):
             raise DataError(
                 f"{len(self.images)} images but {len(self.labels)} labels"
@@ -177,6 +177,28 @@ class ImageSet:
     def float_images(self) -> Tensor:
         """The images as float32 in [0, 1] (a copy when stored as uint8)."""
         return to_float(self.images)
+
+
+def check_label_values(labels: Any, class_names: Sequence[str] | None, where: str = "") -> Tensor:
+    """Labels as int64, the same rule for every format: whole numbers, ≥ 0, and below the
+    number of classes when the set names its classes; else a DataError (one line)."""
+    y = torch.as_tensor(labels).reshape(-1)
+    at = f"{where}: " if where else ""
+    if y.is_floating_point():
+        if len(y) and not bool((torch.isfinite(y) & (y == y.round())).all()):
+            bad = y[~(torch.isfinite(y) & (y == y.round()))][0].item()
+            raise DataError(f"{at}labels must be whole numbers, found {bad:g}")
+    elif y.is_complex():
+        raise DataError(f"{at}labels must be integers, found {str(y.dtype).removeprefix('torch.')}")
+    y = y.to(torch.int64)
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"{at}labels must be ≥ 0, found {int(y.min())}")
+    if class_names and len(y) and int(y.max()) >= len(class_names):
+        raise DataError(
+            f"{at}label {int(y.max())} is not one of the {len(class_names)} classes the data "
+            f"names (0–{len(class_names) - 1})"
+        )
+    return y
 
 
 def to_float(images: Tensor) -> Tensor:
@@ -320,6 +342,7 @@ def load_images(
     """
     p = Path(path).expanduser()
     _check_path(p)
+    note_read(p)  # never written over by this run's outputs
     if limit is not None and limit < 0:
         raise DataError(f"limit must be ≥ 0, got {limit}")
     try:
@@ -361,6 +384,7 @@ def _check_path(p: Path) -> None:
         if e.errno == errno.ENOENT:
             raise DataError(f"data path does not exist: {p}") from None
         raise DataError(os_error_message(e, p)) from None
+    check_input(p, error=DataError)
 
 
 def _load_any(p: Path, split: str | None, limit: int | None, size) -> ImageSet:
@@ -378,7 +402,9 @@ def _load_any(p: Path, split: str | None, limit: int | None, size) -> ImageSet:
     if (stl := stl10_dir(p)) is not None:
         return load_stl10(stl, split, limit)
     if _is_cifar_dir(p):
-        return _load_cifar(_cifar_dir(p), split, limit)
+        from core.cifar import load_cifar
+
+        return load_cifar(_cifar_dir(p), split, limit)
     if _has_npy(p):
         return _load_npy(p, limit)
     pairs = _idx_pairs(p)
@@ -441,7 +467,9 @@ def _load_file(p: Path, *, split: str | None, limit: int | None) -> ImageSet:
             return _load_idx_dir(p.parent, pairs, None, limit)
         raise DataError(f"{p.name} has no matching labels file (…-labels-idx1-ubyte) next to it")
     if p.name in ("data_batch_1", "test_batch", "batches.meta"):
-        return _load_cifar(p.parent, split, limit)
+        from core.cifar import load_cifar
+
+        return load_cifar(p.parent, split, limit)
     raise DataError(
         f"cannot read {p}: give a folder (CIFAR batches, idx files, data.npy + labels.npy, or "
         "an ImageFolder tree), or data.npy / an idx file"
@@ -473,154 +501,6 @@ def _cifar_dir(p: Path) -> Path | None:
         if (d / "meta").is_file() and ((d / "train").is_file() or (d / "test").is_file()):
             return d
     return None
-
-
-def _allowed_numpy_globals() -> dict[tuple[str, str], Any]:
-    import codecs
-
-    allowed: dict[tuple[str, str], Any] = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        ("_codecs", "encode"): codecs.encode,
-    }
-    try:  # numpy ≥ 2
-        from numpy._core import multiarray, numeric
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    for mod in ("numpy.core", "numpy._core"):
-        allowed[(f"{mod}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{mod}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{mod}.numeric", "_frombuffer")] = numeric._frombuffer
-    return allowed
-
-
-_HASHABLE_KEYS = (str, bytes, int, float, bool, type(None))
-
-
-def _check_key(key: Any) -> Any:
-    # Hashing a tuple nested n deep whose parts repeat one memoised object costs 2^n: a few
-    # hundred bytes of pickle can hash for ever. CIFAR's dicts only have plain keys.
-    if not isinstance(key, _HASHABLE_KEYS):
-        raise pickle.UnpicklingError(
-            f"refusing a dict key of type {type(key).__name__}: only plain keys are expected"
-        )
-    return key
-
-
-class _NumpyOnlyUnpickler(pickle._Unpickler):
-    """Unpickler that rebuilds numpy arrays and builtin containers, and refuses anything else:
-    other classes, sets, and dict keys that are not plain values (hashing them can take for
-    ever). Pure Python, so that these checks run before anything is hashed."""
-
-    _allowed = _allowed_numpy_globals()
-    dispatch = dict(pickle._Unpickler.dispatch)
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return self._allowed[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(
-                f"refusing to load {module}.{name}: only numpy arrays are expected"
-            ) from None
-
-    def load_setitem(self) -> None:
-        value = self.stack.pop()
-        key = _check_key(self.stack.pop())
-        self.stack[-1][key] = value
-
-    def load_setitems(self) -> None:
-        items = self.pop_mark()
-        target = self.stack[-1]
-        for i in range(0, len(items), 2):
-            target[_check_key(items[i])] = items[i + 1]
-
-    def load_dict(self) -> None:
-        items = self.pop_mark()
-        self.append({_check_key(items[i]): items[i + 1] for i in range(0, len(items), 2)})
-
-    def refuse_set(self) -> None:
-        raise pickle.UnpicklingError("refusing a set: CIFAR batches hold no sets")
-
-    dispatch[pickle.SETITEM[0]] = load_setitem
-    dispatch[pickle.SETITEMS[0]] = load_setitems
-    dispatch[pickle.DICT[0]] = load_dict
-    for _opcode in (pickle.EMPTY_SET, pickle.ADDITEMS, pickle.FROZENSET):
-        dispatch[_opcode[0]] = refuse_set
-
-
-def _read_cifar_pickle(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as fh:
-            obj = _NumpyOnlyUnpickler(fh, encoding="bytes").load()
-    except OSError as e:
-        raise DataError(os_error_message(e, path)) from None
-    except RecursionError:
-        raise DataError(f"{path} is not a CIFAR batch: it nests objects too deeply") from None
-    except (MemoryError, OverflowError):
-        raise DataError(f"{path} is not a CIFAR batch: it declares impossibly large data") from None
-    except Exception as e:  # noqa: BLE001 - a malformed pickle raises almost anything
-        raise DataError(
-            f"{path} is not a CIFAR batch (a pickled dict of arrays): {type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else 'malformed'}"
-        ) from None
-    if not isinstance(obj, dict):
-        raise DataError(f"{path} is not a CIFAR batch: expected a dict, found {type(obj).__name__}")
-    return {(k.decode("latin1") if isinstance(k, bytes) else str(k)): v for k, v in obj.items()}
-
-
-def _load_cifar(d: Path, split: str | None, limit: int | None) -> ImageSet:
-    which = _normalise_split(split)
-    cifar100 = (d / "meta").is_file() and not (d / "batches.meta").is_file()
-    if cifar100:
-        files = [d / ("train" if which == "train" else "test")]
-        label_key, names_key, meta = "fine_labels", "fine_label_names", d / "meta"
-    else:
-        if which == "train":
-            files = sorted(d.glob("data_batch_*"), key=lambda f: _natural_key(f.name))
-        else:
-            files = [d / "test_batch"]
-        label_key, names_key, meta = "labels", "label_names", d / "batches.meta"
-    files = [f for f in files if f.is_file()]
-    if not files:
-        expected = "data_batch_1..5" if which == "train" else "test_batch"
-        raise DataError(f"CIFAR folder {d} has no {which} batches ({expected})")
-
-    images, labels, n = [], [], 0
-    for f in files:
-        batch = _read_cifar_pickle(f)
-        if "data" not in batch or label_key not in batch:
-            raise DataError(f"{f}: expected keys 'data' and '{label_key}', found {sorted(batch)}")
-        data = np.asarray(batch["data"])
-        lab = np.asarray(batch[label_key], dtype=np.int64).reshape(-1)
-        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-            raise DataError(
-                f"{f}: expected uint8 data of shape N×3072, found {data.dtype} {data.shape}"
-            )
-        if len(lab) != len(data):
-            raise DataError(f"{f}: {len(data)} images but {len(lab)} labels")
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(lab)
-        n += len(data)
-        if limit is not None and n >= limit:
-            break
-    x = np.concatenate(images)[:limit]
-    y = np.concatenate(labels)[:limit]
-
-    class_names = None
-    if meta.is_file():
-        m = _read_cifar_pickle(meta)
-        if names_key in m:
-            class_names = [
-                v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in m[names_key]
-            ]
-    if class_names is None and not cifar100:
-        class_names = list(CIFAR10_CLASSES)
-    return ImageSet(
-        torch.from_numpy(np.ascontiguousarray(x)),
-        torch.from_numpy(y),
-        class_names,
-        f"{d} ({which})",
-    )
 
 
 # ---- idx (MNIST, Fashion-MNIST) --------------------------------------------------------------
@@ -721,7 +601,8 @@ def _load_idx_dir(
         raise DataError(f"{images_file.name} has {len(x)} images, {labels_file.name} {len(y)}")
     x = _images_from_array(x, images_file)
     class_names = FASHION_MNIST_CLASSES.copy() if "fashion" in str(d).lower() else None
-    return ImageSet(x, torch.from_numpy(y.astype(np.int64)), class_names, f"{d} ({prefix})")
+    y = _labels_from_array(y, labels_file)
+    return ImageSet(x, y, class_names, f"{d} ({prefix})")
 
 
 # ---- data.npy + labels.npy -----------------------------------------------------------------
@@ -924,12 +805,16 @@ def _load_image_folder(
     if not order:
         raise DataError(f"ImageFolder {root} has class folders but no image files")
 
+    from core.isolation import report_progress  # reaches the caller's bar from the reader
+
     arrays, total = [], 0
-    for _, f in order:
+    for i, (_, f) in enumerate(order):
+        report_progress(i, len(order))
         a = read_image_array(f)
         total += a.nbytes
         _check_budget(total, root)
         arrays.append(a)
+    report_progress(len(order), len(order))
     grey = all(a.ndim == 2 for a in arrays)
     as_float = any(a.dtype == np.float32 for a in arrays)
     sizes = Counter(a.shape[:2] for a in arrays)
@@ -966,7 +851,7 @@ def read_image_array(path: Path) -> np.ndarray:
     """One image file as H×W (grey) or H×W×3 (colour): uint8, or float32 in [0, 1] for
     16-bit and float images. Refuses images over MAX_IMAGE_PIXELS before decoding them, and
     images whose values cannot be converted faithfully."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
@@ -976,18 +861,32 @@ def read_image_array(path: Path) -> np.ndarray:
                 if pixels > MAX_IMAGE_PIXELS:
                     raise DataError(_too_many_pixels(path, im.width, im.height))
                 im.load()
-                return _pil_to_array(im, path)
+                return _pil_to_array(_upright(im, ImageOps), path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise DataError(
             f"{path} declares more than {MAX_IMAGE_PIXELS / 1e6:.1f} M pixels (a decompression "
             "bomb?): refused"
         ) from None
+    except UnidentifiedImageError:  # its message names a BytesIO object, not the file
+        raise DataError(
+            f"cannot read image {path}: not an image file that can be decoded (damaged, "
+            "truncated, or not an image)"
+        ) from None
     except OSError as e:
         if e.errno is not None:
             raise DataError(os_error_message(e, path)) from None
         raise DataError(f"cannot read image {path}: {e}") from None
-    except (UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
+    except (ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
+
+
+def _upright(im: Any, image_ops: Any) -> Any:
+    """A photo turned as its EXIF orientation says (as every viewer shows it); the image as it
+    is when the tag is absent or malformed."""
+    try:
+        return image_ops.exif_transpose(im) or im
+    except Exception:  # noqa: BLE001 - a stranger's EXIF block: malformed in many ways
+        return im
 
 
 def _too_many_pixels(path: Path, width: int, height: int) -> str:
@@ -1048,6 +947,7 @@ def image_to_tensor(path: str | Path) -> Tensor:
     """One image file (or a .npy array) as float32 C×H×W in [0, 1] (grey → 1 channel)."""
     p = Path(path)
     _check_path(p)
+    note_read(p)
     if p.suffix.lower() == ".npy":
         a = open_npy(p)
         if a.size * 4 > MAX_IMAGE_PIXELS * 12:

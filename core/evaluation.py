@@ -106,6 +106,23 @@ def output_classes(model: nn.Module, spec: InputSpec, device: str | torch.device
         return int(model.eval().to(device)(x).shape[1])
 
 
+UPSCALE_NOTE_FACTOR = 4  # images this many times smaller than the input, on a side, get a note
+
+
+def upscale_notes(images: torch.Tensor, spec: InputSpec, what: str) -> list[str]:
+    """A note when images are scaled up by UPSCALE_NOTE_FACTOR or more to the model's input
+    (1×1 images made 32×32 measure the model on flat blocks, not on pictures)."""
+    h, w = int(images.shape[-2]), int(images.shape[-1])
+    factor = max(spec.size[0] / max(h, 1), spec.size[1] / max(w, 1))
+    if factor < UPSCALE_NOTE_FACTOR:
+        return []
+    return [
+        f"the {what} are {h}×{w}, scaled up {factor:g}× to the model's {spec.size[0]}×"
+        f"{spec.size[1]} input: the model sees blurred blocks, so the numbers say little "
+        "about real inputs"
+    ]
+
+
 def evaluate(
     model: nn.Module,
     test: ImageSet,
@@ -150,6 +167,9 @@ def evaluate(
     bad = [0]
     pred = predict(model, test.images, spec, progress=progress, nonfinite=bad, **common)
     warnings = check_outputs(bad[0], len(test), "test images")
+    warnings += upscale_notes(test.images, spec, "test images")
+    if poisoned is not None:
+        warnings += upscale_notes(poisoned.images, spec, "poisoned images")
     acc = 100.0 * (pred == test.labels).double().mean().item()
     asr, n_poison = None, 0
     if victims is not None and len(victims):

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
@@ -27,6 +27,7 @@ from core.architectures import ARCHITECTURES
 from core.checkpoint import SAFETENSORS_META_KEY, ModelMetadata, sidecar_path
 from core.errors import BnpError
 from core.masks import PruneMask
+from core.safety import check_output
 from core.triggers import PatchTrigger
 
 EXPORT_FORMATS = ("seed", "state_dict", "safetensors", "torchscript")
@@ -112,14 +113,26 @@ def write_error_message(e: OSError, path: Path) -> str:
     return f"cannot write {path}: {e.strerror or e}"
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None], *, source: Path | None = None):
+def atomic_write(
+    path: str | Path,
+    write: Callable[[Path], None],
+    *,
+    source: Path | None = None,
+    reads: Iterable[str | Path | None] = (),
+    what: str = "output",
+):
     """Call `write(tmp)` on a temporary file beside `path`, then rename it over `path`.
 
-    On any failure the temporary file is removed and `path` is left as it was; OSErrors
-    (disk full, read-only folder) become one-line BnpErrors."""
+    The output rule comes first (``core.safety.check_output``): `path` is new or a regular
+    file — never a device, FIFO, socket or symbolic link — and not `source` (the checkpoint),
+    its sidecar, anything in `reads` or anything this run has read. On any failure the
+    temporary file is removed and `path` is left as it was; OSErrors (disk full, read-only
+    folder) become one-line BnpErrors."""
     path = Path(path)
     if source is not None and _same_file(path, source):
         raise BnpError(f"Refusing to overwrite the input checkpoint {source}: choose another name.")
+    sources = (source, sidecar_path(Path(source))) if source is not None else ()
+    check_output(path, [*sources, *reads], what=what)
     if path.is_dir():
         raise BnpError(f"{path} is a folder: choose a file name.")
     if not path.parent.is_dir():
@@ -243,10 +256,16 @@ def export_model(
             _write_bytes(tmp, save(state_dict, metadata=header))
 
     path = Path(path)
-    atomic_write(path, write, source=Path(source) if source else None)
-    if fmt == "state_dict" and meta is not None:
+    source = Path(source) if source else None
+    sidecar = fmt == "state_dict" and meta is not None
+    if sidecar:  # both targets pass the output rule before either is written
+        reads = (source, sidecar_path(source)) if source is not None else ()
+        check_output(sidecar_path(path), reads, what="metadata sidecar")
+    atomic_write(path, write, source=source, what="model")
+    if sidecar:
         data = json.dumps(json_ready(meta), indent=1).encode("utf-8")
-        atomic_write(sidecar_path(path), lambda tmp: _write_bytes(tmp, data))
+        write_sidecar = lambda tmp: _write_bytes(tmp, data)  # noqa: E731
+        atomic_write(sidecar_path(path), write_sidecar, source=source, what="metadata sidecar")
     return path
 
 

@@ -77,6 +77,10 @@ def resolve_device(device: str | None = None) -> torch.device:
         raise BnpError(f"Unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'.") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise BnpError(f"Device {device!r} was asked for, but CUDA is not available here.")
+    if resolved.type not in ("cpu", "cuda"):  # meta holds no data; xla, mps… are not built in
+        raise BnpError(
+            f"Device {device!r} cannot run the model here: use 'cpu', 'cuda' or 'cuda:N'."
+        )
     return resolved
 
 

@@ -100,8 +100,11 @@ def run_isolated(
     timeout: float | None = None,
     memory_limit: int | None = None,
     cancel: Cancel | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Parsed:
     """Call ``module:function(*args)`` in a child; it returns (info, list of tensors).
+
+    What the function reports with ``report_progress(done, total)`` reaches ``progress``.
 
     The function raises BnpError subclasses for the user; those come back with their class and
     message. Running past ``timeout`` seconds, allocating past ``memory_limit`` bytes or
@@ -123,6 +126,11 @@ def run_isolated(
         waiting["timeout"] = timeout
         pid = json.loads(_receive(**waiting))["pid"]
         header = json.loads(_receive(**waiting))
+        while "progress" in header:  # the child's progress reports come before its answer
+            if progress is not None:
+                done, total = header["progress"]
+                progress(int(done), int(total))
+            header = json.loads(_receive(**waiting))
         if not header.get("ok"):
             raise _child_error(header, what, error, memory_limit)
         tensors = _receive_tensors(header["tensors"], memory_limit, what, error, waiting)
@@ -413,6 +421,7 @@ def _child_main(fd: int, zygote: int) -> None:
     conn.send_bytes(json.dumps({"pid": os.getpid()}).encode())
     _limit_memory(memory_limit)
     _limit_cpu(cpu_seconds)
+    _PROGRESS.update(conn=conn, last=time.monotonic(), sent=False)
     try:
         info, tensors = _resolve(func)(*args)
         specs, payloads = _tensor_payloads(tensors)
@@ -437,6 +446,26 @@ def _child_main(fd: int, zygote: int) -> None:
     for payload in payloads:
         conn.send_bytes(payload)
     conn.close()
+
+
+_PROGRESS: dict = {"conn": None, "last": 0.0, "sent": False}
+PROGRESS_INTERVAL_S = 0.25
+
+
+def report_progress(done: int, total: int) -> None:
+    """From a function run in a child: how far it is, sent once the work has taken 0.25 s and
+    then at most every 0.25 s, and at the end (a quick read reports nothing); nothing happens
+    outside a child."""
+    conn = _PROGRESS["conn"]
+    if conn is None:
+        return
+    now = time.monotonic()
+    if done < total and now - _PROGRESS["last"] < PROGRESS_INTERVAL_S:
+        return
+    if done >= total and not _PROGRESS["sent"]:
+        return
+    _PROGRESS.update(last=now, sent=True)
+    conn.send_bytes(json.dumps({"progress": [int(done), int(total)]}).encode())
 
 
 def _error_header(kind: str, message: str) -> bytes:

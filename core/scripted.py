@@ -180,11 +180,11 @@ def _built(
     path: Path, program: Mapping[str, Any], tensors: list[Tensor], state_dict: Mapping[str, Tensor]
 ) -> fx.GraphModule:
     """The converted module, its weights checked against the first read's."""
+    from core.checkpoint import same_tensor
+
     module = build_module(program, tensors)
     for key, value in module.state_dict().items():
-        if key in state_dict and not (
-            state_dict[key].shape == value.shape and torch.equal(state_dict[key], value)
-        ):
+        if key in state_dict and not same_tensor(state_dict[key], value):
             raise CheckpointError(f"{path.name} changed while it was read: its weights differ.")
     return module
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.data import ImageSet, conform_channels, image_to_tensor, to_float
+from core.data import ImageSet, conform_channels, to_float
 from core.errors import DataError
 from core.train_options import TRIGGER_POSITIONS
 
@@ -331,7 +331,9 @@ def trigger_from_image(
     k = _KIND_ALIASES.get(kind)
     if k is None:
         raise DataError(f"unknown trigger kind {kind!r}: patch, corner-blend, four-corner or blend")
-    t = image_to_tensor(path)
+    from core.limited import read_image  # the isolated reader: time and memory limits
+
+    t = read_image(path)
     if size is not None:
         hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
         if tuple(t.shape[-2:]) != hw:

@@ -31,7 +31,12 @@ __all__ = [
     "png_bomb",
     "png_bomb_folder",
     "cifar_hash_bomb",
+    "cifar_object_dtype",
+    "cifar_ndarray_new",
+    "cifar_labels",
     "class_names_not_utf8",
+    "npy_labels",
+    "idx_float_labels",
     "npy_bad_header",
     "npy_pickle_file",
     "npy_object_array",
@@ -47,6 +52,7 @@ __all__ = [
     "negative_var_checkpoint",
     "metadata_checkpoint",
     "DATA_CASES",
+    "CRASH_CASES",
 ]
 
 
@@ -205,6 +211,109 @@ def cifar_hash_bomb(folder: Path, depth: int = 60) -> Path:
     return folder
 
 
+def _op_global(module: str, name: str) -> bytes:
+    return b"c" + module.encode() + b"\n" + name.encode() + b"\n"
+
+
+def _op_bytes(data: bytes) -> bytes:
+    return b"B" + len(data).to_bytes(4, "little") + data  # BINBYTES
+
+
+def _op_text(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data  # BINUNICODE
+
+
+def _op_int(n: int) -> bytes:
+    return b"J" + n.to_bytes(4, "little", signed=True)  # BININT
+
+
+def _op_dtype(spec: str) -> bytes:
+    """numpy.dtype(spec, False, True) on the stack."""
+    return _op_global("numpy", "dtype") + b"(" + _op_text(spec) + b"\x89\x88tR"
+
+
+def _op_frombuffer(raw: bytes, dtype_ops: bytes, shape: tuple[int, ...]) -> bytes:
+    """numpy's _frombuffer(raw, dtype, shape, 'C') on the stack."""
+    dims = b"(" + b"".join(_op_int(n) for n in shape) + b"t"
+    return (
+        _op_global("numpy._core.numeric", "_frombuffer")
+        + b"("
+        + _op_bytes(raw)
+        + dtype_ops
+        + dims
+        + _op_text("C")
+        + b"tR"
+    )
+
+
+def _cifar_batch_ops(labels_ops: bytes, n: int = 4) -> bytes:
+    """A protocol-2 CIFAR batch {b'labels': <labels_ops>, b'data': zeros n×3072 uint8}."""
+    data = _op_frombuffer(bytes(n * 3072), _op_dtype("u1"), (n, 3072))
+    labels = _op_bytes(b"labels") + labels_ops + b"s"
+    return b"\x80\x02}" + labels + _op_bytes(b"data") + data + b"s."
+
+
+def cifar_object_dtype(folder: Path) -> Path:
+    """A CIFAR batch (~12 KB) whose labels are an array of dtype V8 rebuilt (BUILD) with an
+    object field and its flags cleared: numpy then takes the file's bytes 0x4141… for object
+    pointers, and converting the labels crashes the process (signal 11) in a reader that
+    lets the file set a dtype's state."""
+    folder.mkdir(parents=True, exist_ok=True)
+    object_dtype = (
+        _op_dtype("O8")
+        + b"("
+        + _op_int(3)
+        + _op_text("|")
+        + b"NNN"
+        + _op_int(-1)
+        + _op_int(-1)
+        + _op_int(63)
+        + b"tb"
+    )
+    state = (  # (3, '|', None, ('f0',), {'f0': (dtype('O'), 0)}, 8, 1, 0): flags 0, cleared
+        b"("
+        + _op_int(3)
+        + _op_text("|")
+        + b"N("
+        + _op_text("f0")
+        + b"t}"
+        + _op_text("f0")
+        + b"("
+        + object_dtype
+        + _op_int(0)
+        + b"ts"
+        + _op_int(8)
+        + _op_int(1)
+        + _op_int(0)
+        + b"t"
+    )
+    evil = _op_dtype("V8") + state + b"b"  # BUILD: the dtype takes the file's state
+    pointers = (0x4141414141414141).to_bytes(8, "little") * 4
+    (folder / "data_batch_1").write_bytes(_cifar_batch_ops(_op_frombuffer(pointers, evil, (4,))))
+    return folder
+
+
+def cifar_ndarray_new(folder: Path) -> Path:
+    """A CIFAR batch whose labels are ``ndarray.__new__(ndarray, (4,), 'O', <bytes>)`` (NEWOBJ):
+    an object array over the file's bytes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    args = b"(" + _op_int(4) + b"\x85" + _op_text("O") + _op_bytes(b"\x41" * 32) + b"t"
+    labels = _op_global("numpy", "ndarray") + args + b"\x81"  # NEWOBJ
+    (folder / "data_batch_1").write_bytes(_cifar_batch_ops(labels))
+    return folder
+
+
+def cifar_labels(folder: Path, labels: list) -> Path:
+    """A valid CIFAR batch of len(labels) black images with these labels (e.g. -3, 0.7)."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    batch = {b"data": np.zeros((len(labels), 3072), np.uint8), b"labels": labels}
+    (folder / "data_batch_1").write_bytes(pickle.dumps(batch, protocol=2))
+    return folder
+
+
 def class_names_not_utf8(folder: Path) -> Path:
     """A valid npy folder whose class_names.txt is Latin-1, not UTF-8."""
     npy_folder(folder)
@@ -217,6 +326,24 @@ def class_names_not_utf8(folder: Path) -> Path:
 
 def _labels(folder: Path, n: int = 4) -> None:
     np.save(folder / "labels.npy", np.arange(n) % 10)
+
+
+def npy_labels(folder: Path, labels: list) -> Path:
+    """A valid data.npy of len(labels) images with these labels.npy values."""
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "data.npy", np.zeros((len(labels), 8, 8, 1), np.uint8))
+    np.save(folder / "labels.npy", np.array(labels))
+    return folder
+
+
+def idx_float_labels(folder: Path) -> Path:
+    """An idx pair whose labels file holds float32 1.5 (idx type code 0x0D)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((2, 4, 4))))
+    labels = np.array([1.5, 2.0], dtype=">f4")
+    header = bytes([0, 0, 0x0D, 1]) + (2).to_bytes(4, "big")
+    (folder / "train-labels-idx1-ubyte").write_bytes(header + labels.tobytes())
+    return folder
 
 
 def npy_bad_header(folder: Path) -> Path:
@@ -346,6 +473,21 @@ DATA_CASES = {
     "empty npy set": (npy_empty, r"holds no samples"),
     "symbolic-link loop": (symlink_loop, r"loop of symbolic links"),
     "class_names.txt not UTF-8": (class_names_not_utf8, r"class_names.txt is not UTF-8"),
+    "CIFAR labels below 0": (lambda d: cifar_labels(d, [0, -3, 1, 2]), r"labels must be ≥ 0"),
+    "CIFAR labels 0.7": (lambda d: cifar_labels(d, [0.7] * 4), r"labels must be integers"),
+    "CIFAR labels past the classes": (
+        lambda d: cifar_labels(d, [0, 10, 1, 2]),
+        r"label 10 is not one of the 10 classes",
+    ),
+    "npy labels below 0": (lambda d: npy_labels(d, [0, -1, 2, 3]), r"labels must be ≥ 0"),
+    "npy labels 0.5": (lambda d: npy_labels(d, [0.5, 1, 2, 3]), r"labels must be integers"),
+    "idx float labels 1.5": (idx_float_labels, r"labels must be integers"),
+}
+# Files that crashed the reading process (signal 11) before the defence: tested in a child
+# process, so that a regression fails a test instead of killing pytest.
+CRASH_CASES = {
+    "CIFAR labels with an object-field dtype": (cifar_object_dtype, r"refusing dtype V8"),
+    "CIFAR labels from ndarray.__new__": (cifar_ndarray_new, r"refusing to create an object"),
 }
 # Not in DATA_CASES because a reader without the defence never returns (test it in a child
 # process with a timeout): cifar_hash_bomb.

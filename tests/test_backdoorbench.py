@@ -133,7 +133,10 @@ def test_read_in_the_child_samples_come_back_as_named_tensors(tmp_path):
     assert info["extras"] == ["poisoned_images", "poisoned_labels"]
     images, labels = tensors[len(info["names"]) :]
     assert images.shape == (4, 3, 32, 32) and labels.tolist() == [1, 2, 1, 1]
-    assert info["notices"] == ["1 of 5 backdoored test images are missing or unreadable."]
+    assert info["notices"] == [
+        "1 of 5 backdoored test images are missing, unreadable or not inside the result's "
+        "folder: skipped."
+    ]
     assert info["poisoned"]["source"] == "attack_result.pt: bd_test"
     ckpt = load_checkpoint(path)  # the parent rebuilds the same samples as an ImageSet
     assert torch.equal(ckpt.poisoned_test.images, images)
@@ -146,3 +149,29 @@ def test_numpy_types_outside_a_backdoorbench_file_still_need_trust(tmp_path):
     torch.save({"state_dict": state, "stats": np.zeros(3)}, path)  # numpy, not BackdoorBench
     with pytest.raises(UnsafeCheckpointError, match="cannot be loaded safely"):
         load_checkpoint(path)
+
+
+def test_sample_paths_stay_inside_the_results_folder(tmp_path):
+    """Absolute paths elsewhere, `..` climbing out and links pointing out are never read: one
+    notice that names no outside path, and the ASR source holds only the folder's own images."""
+    record = tmp_path / "record" / "badnet_demo"
+    path, _ = write_attack_result(record)
+    outside = tmp_path / "secret"
+    outside.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(outside / "elsewhere.png")
+    result = torch.load(path, weights_only=False)
+    data = result["bd_test"]["bd_data_container"]["data_dict"]
+    keys = sorted(data)
+    data[keys[0]]["path"] = str(outside / "elsewhere.png")  # absolute, elsewhere
+    data[keys[1]]["path"] = "../../secret/elsewhere.png"  # climbs out
+    (record / "bd_test_dataset" / "1" / "4.png").unlink()
+    (record / "bd_test_dataset" / "1" / "4.png").symlink_to(outside / "elsewhere.png")  # link out
+    data[keys[3]]["path"] = "bd_test_dataset/../../../secret/elsewhere.png"
+    torch.save(result, path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.poisoned_test is not None and len(ckpt.poisoned_test) == 1
+    assert ckpt.notices == [
+        "4 of 5 backdoored test images are missing, unreadable or not inside the result's "
+        "folder: skipped."
+    ]
+    assert not any("secret" in notice for notice in ckpt.notices)

@@ -138,20 +138,22 @@ def test_hangs_stop_at_the_wall_clock_limit(tmp_path, name, write, trust):
 
 
 def test_hang_from_the_command_line_stops_at_the_limit(tmp_path):
-    path = corpus.hash_bomb_pickle(tmp_path)
-    result = _run_cli("info", str(path), env={isolation.TIMEOUT_ENV: str(HANG_LIMIT_S)})
+    path = corpus.torchscript_endless(tmp_path)
+    env = {isolation.TIMEOUT_ENV: str(HANG_LIMIT_S)}
+    result = _run_cli("info", str(path), "--trust-pickle", env=env)
     assert result.returncode == 2
     assert "took longer than 5 s" in _one_line(result.stderr)
 
 
 def test_cli_main_hang_uses_the_environment_limit(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(isolation.TIMEOUT_ENV, str(HANG_LIMIT_S))
-    assert cli_main(["info", str(corpus.hash_bomb_zip(tmp_path))]) == 2
+    hang = str(corpus.torchscript_endless(tmp_path))
+    assert cli_main(["info", hang, "--trust-pickle"]) == 2
     assert "took longer than 5 s" in _one_line(capsys.readouterr().err)
 
 
 def test_cancel_stops_a_hang(tmp_path):
-    path = corpus.hash_bomb_pickle(tmp_path)
+    path = corpus.torchscript_endless(tmp_path)
     calls = []
 
     def cancel() -> bool:
@@ -159,12 +161,12 @@ def test_cancel_stops_a_hang(tmp_path):
         return len(calls) > 5  # after ~5 polls of the running reader
 
     with pytest.raises(Cancelled):
-        load_checkpoint(path, cancel=cancel, timeout=600)
+        load_checkpoint(path, trust_pickle=True, cancel=cancel, timeout=600)
     _assert_no_reader_left()
 
 
 def test_ctrl_c_during_a_hang_kills_the_reader(tmp_path):
-    path = corpus.hash_bomb_pickle(tmp_path)
+    path = corpus.torchscript_endless(tmp_path)
     load_checkpoint(corpus.torchscript_plain(tmp_path))  # the zygote is up: SIGINT lands in wait
 
     def interrupt(signum, frame):
@@ -174,7 +176,7 @@ def test_ctrl_c_during_a_hang_kills_the_reader(tmp_path):
     try:
         signal.setitimer(signal.ITIMER_REAL, 1.0)
         with pytest.raises(KeyboardInterrupt):
-            load_checkpoint(path, timeout=600)
+            load_checkpoint(path, trust_pickle=True, timeout=600)
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
@@ -301,10 +303,10 @@ def _grandchildren(pid: int) -> list[int]:
 
 
 def test_ctrl_c_stops_the_command_line_during_a_hang(tmp_path):
-    path = corpus.hash_bomb_pickle(tmp_path)
+    path = corpus.torchscript_endless(tmp_path)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "core.cli", "info", str(path)],
+        [sys.executable, "-m", "core.cli", "info", str(path), "--trust-pickle"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -5,7 +5,7 @@ open."""
 
 from __future__ import annotations
 
-from html import escape
+import html
 from pathlib import Path
 
 from PySide6.QtCore import Qt
@@ -15,6 +15,13 @@ from bnp_gui.class_names import class_names, label_text
 from bnp_gui.image_util import tensor_pixmap
 from bnp_gui.session import Session
 from core.methods import METHOD_NAMES
+from core.safety import printable
+
+
+def escape(text: object) -> str:
+    """A file's string for a rich-text field: control characters written out, HTML escaped."""
+    return html.escape(printable(text))
+
 
 EMPTY_HINT = (
     "<b>No model open.</b><br>Open or drop a checkpoint here (File › Open Checkpoint…, Ctrl+O), "
@@ -53,6 +60,8 @@ class ModelPropertiesPanel(QWidget):
             label.setTextInteractionFlags(Qt.TextSelectableByMouse)
             if key in ("methods", "skipped", "notices"):
                 label.setTextFormat(Qt.RichText)  # lines joined by <br>, the text escaped
+            else:  # a file's strings are never read as markup
+                label.setTextFormat(Qt.PlainText)
             form.addRow(f"{title}:", label)
             self.fields[key] = label
         self.trigger_image = QLabel()
@@ -95,7 +104,8 @@ class ModelPropertiesPanel(QWidget):
         f = self.fields
         f["file"].setText(f"{Path(s.checkpoint_path).name} ({ckpt.format} format)")
         f["file"].setToolTip(s.checkpoint_path)
-        f["arch"].setText(meta.arch + (f", trained on {meta.dataset}" if meta.dataset else ""))
+        dataset = f", trained on {printable(meta.dataset, 200)}" if meta.dataset else ""
+        f["arch"].setText(printable(meta.arch) + dataset)
         norm = f"; normalised mean {spec.mean}, std {spec.std}" if spec.mean else ""
         f["input"].setText(f"{spec.channels}×{spec.size[0]}×{spec.size[1]}{norm}")
         shown = ", ".join(names) if names else "names unknown (labels shown as numbers)"
@@ -111,7 +121,8 @@ class ModelPropertiesPanel(QWidget):
                 details.append(f"poisoning rate {attack['rate']:g}")
             if attack.get("size"):
                 details.append(f"{attack['size']}×{attack['size']} patch")
-            f["attack"].setText(", ".join(str(d) for d in details) + " (from the checkpoint)")
+            shown = ", ".join(printable(d, 200) for d in details)
+            f["attack"].setText(shown + " (from the checkpoint)")
         else:
             f["attack"].setText("not recorded in the checkpoint")
         trigger = s.trigger

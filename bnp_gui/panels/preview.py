@@ -219,10 +219,12 @@ class PreviewPanel(QWidget):
             if s.preview_pending and p.stage == "full":
                 status += " — updating…"
         if s.inspection is not None and s.trigger is None and s.trigger_error:
-            status += f"<br><i>No ASR: {s.trigger_error}</i>"
+            status += f"<br><i>No ASR: {_escape(s.trigger_error)}</i>"
         elif s.trigger is not None:
             target = label_text(class_names(s), s.trigger.target)
-            status += f"<br>ASR trigger: {s.trigger.source.describe()}, target {target}"
+            status += (
+                f"<br>ASR trigger: {_escape(s.trigger.source.describe())}, target {_escape(target)}"
+            )
         self.status.setText(status)
 
     def _number(self, metric: str, stage: str, value: float | None, subset: int | None) -> None:
@@ -265,3 +267,12 @@ class PreviewPanel(QWidget):
         if p.after.asr is not None:
             spots.append({"pos": (k, p.after.asr), "brush": pg.mkBrush(ASR_COLOUR)})
         self.now_marks.setData(spots)
+
+
+def _escape(text: object) -> str:
+    """A file's string in the rich-text status: control characters written out, HTML escaped."""
+    import html
+
+    from core.safety import printable
+
+    return html.escape(printable(text))

@@ -174,8 +174,12 @@ def test_undo_redo_of_thresholds_combination_and_overrides(qtbot, window, tiny_m
     assert s.total_pruned() == s.current_mask().count()
 
 
-def test_session_file_reopens_to_the_same_numbers(qtbot, window, tiny_model, tmp_path):
+def test_session_file_reopens_to_the_same_numbers(qtbot, window, tiny_model, tmp_path, monkeypatch):
+    from bnp_gui.dialogs import session_paths
     from bnp_gui.mainwindow import MainWindow
+
+    asked = []  # the model lies outside the session's folder: the user is asked first
+    monkeypatch.setattr(session_paths, "confirm_outside", lambda *a: asked.append(a[2]) or True)
 
     s = analysed(qtbot, window, tiny_model)
     s.set_input_spec(mean=(0.5,), std=(0.25,))
@@ -206,6 +210,7 @@ def test_session_file_reopens_to_the_same_numbers(qtbot, window, tiny_model, tmp
             s.preview.after.asr,
         )
         assert o.roles == s.roles
+        assert asked and tiny_model[0] in asked[0]
     finally:
         other.close()
 
