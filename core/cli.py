@@ -28,7 +28,24 @@ TRUST_HELP = (
 
 def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model file (.pth/.pt, .safetensors, TorchScript)")
-    p.add_argument("--arch", help="architecture name, when detection is ambiguous or fails")
+    p.add_argument(
+        "--arch",
+        help="architecture name, when detection is ambiguous or fails: a registered one, "
+        "timm/<name> for any timm model, any torchvision classification model, "
+        "<arch>+groupnorm for its GroupNorm variant",
+    )
+    p.add_argument(
+        "--model-code",
+        metavar="FILE.py:CALLABLE",
+        help="build the model with your own code: FILE.py is run and CALLABLE() must return "
+        "the torch.nn.Module the weights load into (strictly); only for code you trust",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("model", "ema"),
+        help="where the file holds the model's weights and an EMA copy: which to use "
+        "(default: the model's)",
+    )
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
 
 
@@ -62,6 +79,8 @@ def _load(args):
         arch=args.arch,
         trust_pickle=args.trust_pickle,
         inputs=_input_overrides(args),
+        weights=args.weights,
+        model_code=args.model_code,
     )
 
 
@@ -94,7 +113,7 @@ def cmd_info(args) -> int:
     print(f"format        {ckpt.format}")
     print(f"architecture  {meta.arch}")
     print(f"classes       {meta.num_classes}")
-    print(f"input         {meta.in_channels}×{meta.input_size[0]}×{meta.input_size[1]}")
+    print(f"input         {spec.channels}×{spec.size[0]}×{spec.size[1]}")
     if meta.mean is not None:
         print(f"normalisation mean={list(meta.mean)} std={list(meta.std or [])}")
     if meta.dataset:
