@@ -320,14 +320,13 @@ def build_detected(detection: Detection) -> nn.Module:
 def load_detected(detection: Detection, state_dict: Mapping[str, Tensor]) -> nn.Module:
     """The detected architecture holding the file's weights (strict), in eval mode.
 
-    Built on `meta` and given copies of the weights, so nothing is initialised only to be
-    overwritten (a ResNet-50's random initialisation costs more than reading its file); a
+    Built on `meta` and given the file's tensors themselves, so nothing is initialised only to
+    be overwritten (a ResNet-50's random initialisation costs more than reading its file); a
     model with tensors the state_dict does not hold (non-persistent buffers) is built for real.
     Raises RuntimeError (torch's) when the weights cannot be loaded."""
     model = build_on_meta(detection.arch, detection.num_classes, detection.in_channels)
     drop_running_stats(model, detection.no_running_stats)
-    copies = {k: v.clone() if isinstance(v, Tensor) else v for k, v in state_dict.items()}
-    model.load_state_dict(copies, strict=True, assign=True)
+    model.load_state_dict(state_dict, strict=True, assign=True)
     left = [t for t in (*model.parameters(), *model.buffers()) if t.is_meta]
     if left:  # tensors made in the constructor, not saved: build for real
         model = build_detected(detection)

@@ -97,7 +97,7 @@ def cmd_info(args) -> int:
 
     from core.checks import model_warnings
     from core.graph import discover_layers, method_availability
-    from core.inspection import METHOD_NAMES, Inspection, checkpoint_trigger, input_spec
+    from core.inspection import METHOD_NAMES, checkpoint_trigger, input_spec
 
     ckpt = _load(args)
     overrides = _input_overrides(args)
@@ -108,7 +108,6 @@ def cmd_info(args) -> int:
     example = torch.zeros(1, spec.channels, *spec.size)
     found = discover_layers(ckpt.model.eval(), example)
     # a model without usable BatchNorms still gets its file, skipped layers and methods listed
-    inspection = Inspection(ckpt, device="cpu", overrides=overrides) if found.layers else None
     print(f"file          {ckpt.path}")
     print(f"format        {ckpt.format}")
     print(f"architecture  {meta.arch}")
@@ -129,13 +128,13 @@ def cmd_info(args) -> int:
     for notice in ckpt.notices:
         print(f"notice        {notice}")
     print()
-    if inspection is not None:
+    if found.layers:
         print(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
-        for layer in inspection.layers:
+        for layer in found.layers:
             conv = layer.conv or "(not a convolution: no CLP score)"
             print(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
-        total = sum(layer.channels for layer in inspection.layers)
-        print(f"\n{len(inspection.layers)} BatchNorm layers, {total} neurons")
+        total = sum(layer.channels for layer in found.layers)
+        print(f"\n{len(found.layers)} BatchNorm layers, {total} neurons")
     groups: dict[tuple[str, str], list[str]] = {}
     for skipped in found.skipped:  # one line per kind and reason
         groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
