@@ -66,9 +66,7 @@ def test_described_signature_is_the_detection_signature(libraries):
 def test_timm_models_outside_any_list_are_detected(libraries, name):
     state_dict = timm_state_dict(name, num_classes=5, in_chans=1)
     detection = detect_architecture(state_dict)
-    assert (detection.arch, detection.num_classes, detection.in_channels) == (
-        f"timm/{name}", 5, 1
-    )
+    assert (detection.arch, detection.num_classes, detection.in_channels) == (f"timm/{name}", 5, 1)
     assert not detection.notices
 
 
