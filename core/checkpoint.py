@@ -380,8 +380,11 @@ def _own_checkpoint(
     cls = metadata.arch.removesuffix(UNREGISTERED_TAIL)  # the network's name, as shown
     notices = [OWN_MODULE_NOTICE.format(cls=cls)]
     if detection is not None:  # its weights fit a registered architecture too
-        metadata = _metadata(detection, {**metadata.to_dict(), **dict(meta or {})})
-        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch)]
+        probed = metadata.to_dict()
+        if not (meta and meta.get("input_size")):
+            del probed["input_size"]  # the architecture's native size, not the first that ran
+        metadata = _metadata(detection, {**probed, **dict(meta or {})})
+        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch), *detection.notices]
     elif fmt == "torchscript":
         notices = [SCRIPTED_NOTICE.format(cls=cls)]
     if notice is not None:
@@ -402,7 +405,7 @@ def _own_checkpoint(
         poisoned_test=_poisoned_test(info, extras, metadata, path),
         notices=_notices(info, path)
         + notices
-        + _guessed_size_notice(meta, metadata)
+        + (_guessed_size_notice(meta, metadata) if detection is None else [])
         + running_stats_notice(
             Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
         ),
@@ -769,6 +772,7 @@ def _read_zip(path: Path, trust_pickle: bool, max_bytes: int, weights: str | Non
         obj = backdoorbench.load_with_numpy(path)  # a BackdoorBench result needs numpy types
         if not backdoorbench.is_backdoorbench(obj):
             obj = None  # numpy types anywhere else still need trust: torch.load says why
+            _refuse_beyond_numpy(path)
     if obj is None:
         obj = _torch_load(path, trust_pickle)
     if backdoorbench.is_backdoorbench(obj):
@@ -779,6 +783,25 @@ def _read_zip(path: Path, trust_pickle: bool, max_bytes: int, weights: str | Non
                 f"{path.name} has BackdoorBench's layout but a malformed entry: {_first_line(e)}"
             ) from None
     return _unwrap(obj, path, weights)
+
+
+def _refuse_beyond_numpy(path: Path) -> None:
+    """A file with numpy types (as BackdoorBench's) that also refers to other objects (PIL
+    images in a data set's state...): name those, not the numpy types torch meets first."""
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - torch.load says what is wrong with it
+        return
+    beyond = sorted(unsafe - backdoorbench.ALLOWED_GLOBALS)
+    if beyond and any(name.startswith("numpy.") for name in unsafe):
+        shown = ", ".join(beyond[:5]) + (f" (+{len(beyond) - 5})" if len(beyond) > 5 else "")
+        raise UnsafeCheckpointError(
+            _unsafe_text(
+                path,
+                f"beside the numpy arrays a BackdoorBench result holds, it refers to the Python "
+                f"object(s) {shown}, which are not plain tensor data",
+            )
+        )
 
 
 # A torch.save zip stores its records uncompressed; a compressed record expanding more than this

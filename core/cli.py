@@ -232,6 +232,12 @@ def cmd_defend(args) -> int:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device, overrides=_input_overrides(args))
+    if args.method == "bnp":  # said before any statistics are computed
+        from core.graph import method_availability
+
+        applies, why = method_availability(inspection.model, inspection.discovery)["bnp"]
+        if not applies:
+            raise BnpError(f"BNP cannot run on this model: {why}.")
     warnings = list(inspection.warnings)
     for message in warnings:
         warn(message)
