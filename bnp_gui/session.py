@@ -259,7 +259,13 @@ class Session(QObject):
 
     # ------------------------------------------------------------------ open
     def open_checkpoint(
-        self, path: str, *, arch: str | None = None, trust_pickle: bool = False
+        self,
+        path: str,
+        *,
+        arch: str | None = None,
+        trust_pickle: bool = False,
+        model_code: str | None = None,
+        weights: str | None = None,
     ) -> None:
         """Load a checkpoint (any engine format) and compute its data-free CLP scores."""
         path = str(Path(path).expanduser())
@@ -271,7 +277,12 @@ class Session(QObject):
             from core.inspection import Inspection
 
             ckpt = load_checkpoint(
-                path, arch=arch, trust_pickle=trust_pickle, **_cancel_argument(load_checkpoint, job)
+                path,
+                arch=arch,
+                trust_pickle=trust_pickle,
+                model_code=model_code,
+                weights=weights,
+                **_cancel_argument(load_checkpoint, job),
             )
             if job.cancelled():
                 return None
