@@ -5,6 +5,10 @@ One process runs, alternately, `torch.load(file, weights_only=True)` and `bnp in
 (the zygote that imports torch once). Prints each pair and the ratio of the medians of the
 warm runs (issue 21's target: `bnp info` at most 1.5× the bare load).
 
+Then the same from the command line, each in a fresh process: `bnp info FILE` beside
+`python -c "import torch; torch.load(FILE)"` (the reader child starts in each `bnp info`,
+meanwhile the command imports torch itself).
+
 Usage: OMP_NUM_THREADS=2 PYTHONPATH=. python bench/bench_info.py [--repeat 5]
 """
 
@@ -13,7 +17,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +69,41 @@ def main() -> None:
     info = statistics.median(r[1] for r in rows[1:])
     print(f"median of warm runs: torch.load {load:.3f} s, bnp info {info:.3f} s, "
           f"ratio {info / load:.2f}× (target ≤ 1.5×)")  # fmt: skip
+    _command_line(args, path_for_cli(args))
+
+
+def path_for_cli(args) -> Path:
+    import torch
+    import torchvision
+
+    path = Path(tempfile.gettempdir()) / f"bnp_bench_info_{os.getpid()}_{args.arch}.pth"
+    torch.save(torchvision.models.get_model(args.arch, num_classes=1000).state_dict(), path)
+    return path
+
+
+def _timed(command: list[str]) -> float:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, env=env, cwd=ROOT)
+    return time.perf_counter() - start
+
+
+def _command_line(args, path: Path) -> None:
+    load = [sys.executable, "-c", f"import torch; torch.load({str(path)!r}, weights_only=True)"]
+    info = [sys.executable, "-m", "core.cli", "info", str(path)]
+    rows = []
+    try:
+        for _ in range(args.repeat):
+            rows.append((_timed(load), _timed(info)))
+    finally:
+        path.unlink()
+    print(f"\ncommand line, fresh processes: {'python -c torch.load':>20}  {'bnp info':>9}  ratio")
+    for i, (a, b) in enumerate(rows):
+        print(f"{i:>3}  {a:19.2f}s  {b:8.2f}s  {b / a:5.2f}×")
+    a = statistics.median(r[0] for r in rows)
+    b = statistics.median(r[1] for r in rows)
+    print(f"median: python -c torch.load {a:.2f} s, bnp info {b:.2f} s, ratio {b / a:.2f}× "
+          "(target ≤ 1.5×)")  # fmt: skip
 
 
 if __name__ == "__main__":

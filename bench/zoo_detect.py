@@ -27,7 +27,9 @@ from torch.utils._device import DeviceContext
 
 ROOT = Path(__file__).resolve().parent.parent
 # timm's models that compute as torchvision's of the same name (tests/test_library_models.py)
-SAME = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"}
+SAME = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+        "densenet121", "densenet161", "densenet169", "densenet201", "inception_v3"}  # fmt: skip
 
 
 class _Meta(DeviceContext):
@@ -60,7 +62,7 @@ def _shapes(build) -> dict[str, list[int]] | None:
     return None
 
 
-def dump(out: Path) -> None:
+def dump(out: Path, only: list[str] | None = None) -> None:
     import timm
     import torchvision
 
@@ -78,18 +80,28 @@ def dump(out: Path) -> None:
     for name in timm_bn:
         entries[f"timm:{name}"] = {"expected": f"timm/{name}", "build": ("timm", name)}
     for bb, arch in ARCHITECTURE.items():
-        entries[f"backdoorbench:{bb}"] = {"expected": arch, "build": ("torchvision", bb)}
+        entries[f"backdoorbench:{bb}"] = {"expected": arch, "build": ("registry", arch)}
     for row, (project, fn) in research_models.CASES.items():
         entries[f"{project}:{row}"] = {"expected": f"--model-code {fn}", "build": ("ours", fn)}
     entries["torchvision:resnet18 with GroupNorm(32)"] = {
         "expected": "resnet18+groupnorm", "build": ("gn", "resnet18")}  # fmt: skip
+    if only:  # rebuild these entries of an earlier dump, keep the others
+        with gzip.open(out, "rt") as f:
+            earlier = json.load(f)["entries"]
+        entries = {k: (v if k in only else earlier[k]) for k, v in entries.items()}
     start = time.monotonic()
     for i, (key, entry) in enumerate(entries.items()):
+        if "shapes" in entry:
+            continue
         kind, name = entry["build"]
         if kind == "torchvision":
             build = lambda n=name: torchvision.models.get_model(n, weights=None)  # noqa: E731
-        elif kind == "timm":
-            build = lambda n=name: timm.create_model(n)  # noqa: E731
+        elif kind == "timm":  # a classifier: feature extractors (CLIP trunks) get 1000 classes
+            build = lambda n=name: timm.create_model(n, num_classes=1000)  # noqa: E731
+        elif kind == "registry":
+            from core.architectures import build_model
+
+            build = lambda n=name: build_model(n, 1000, 3)  # noqa: E731
         elif kind == "gn":
             build = lambda: torchvision.models.resnet18(  # noqa: E731
                 norm_layer=lambda c: nn.GroupNorm(32, c)
@@ -110,7 +122,7 @@ def _verdict(entry: dict, arch: str | None, notices: list[str]) -> str:
     base = arch.removesuffix("_aux").removesuffix("_noaux")
     if arch == expected or base == expected.removesuffix("_aux"):
         return "opened right"
-    if expected.startswith("timm/") and arch == expected[5:] and arch in SAME:
+    if expected.startswith("timm/") and base == expected[5:] and base in SAME:
         return "opened right"  # timm's ResNets compute as torchvision's
     if expected == "googlenet_aux" and arch == "googlenet_aux":
         return "opened right"
@@ -157,9 +169,10 @@ def main() -> None:
     parser.add_argument("step", choices=("dump", "judge"))
     parser.add_argument("shapes", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--only", nargs="*", help="dump: rebuild only these entries")
     args = parser.parse_args()
     if args.step == "dump":
-        dump(args.shapes)
+        dump(args.shapes, args.only)
     else:
         judge(args.shapes, args.out)
 

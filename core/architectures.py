@@ -660,9 +660,16 @@ def detect_architecture(state_dict: Mapping[str, Tensor], arch: str | None = Non
     )
 
 
-# architectures of timm that compute exactly as torchvision's of the same name (checked in
-# tests/test_library_models.py): a file fitting both is no look-alike
-SAME_AS_TORCHVISION = frozenset({"resnet18", "resnet34", "resnet50", "resnet101", "resnet152"})
+# the timm models that compute exactly as torchvision's registered here (same weights, same
+# outputs: checked in tests/test_library_models.py and by hand for each): no look-alikes
+SAME_AS_TORCHVISION = {
+    **{name: f"timm/{name}" for name in (
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+        "densenet121", "densenet161", "densenet169", "densenet201",
+    )},
+    "inception_v3_noaux": "timm/inception_v3",
+}  # fmt: skip
 
 
 def _preference(d: Detection) -> tuple:
@@ -687,7 +694,7 @@ def _choose(state_dict: Mapping[str, Tensor], fits: list[Detection]) -> Detectio
             fits = [*fits, _detection(gn)]
     fits = sorted(fits, key=_preference)
     chosen = fits[0]
-    same = {f"timm/{chosen.arch}"} if chosen.arch in SAME_AS_TORCHVISION else set()
+    same = {SAME_AS_TORCHVISION.get(chosen.arch)}
     others = [f for f in fits[1:] if f.arch not in same]
     notices = list(_with_norm_notice(chosen).notices)
     if others:

@@ -427,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)
+        if args.command in ("info", "defend"):  # the reader child imports torch meanwhile
+            from core.isolation import prestart
+
+            prestart()
         return int(args.func(args) or 0)
     except BnpError as exc:
         return _fail(str(exc))

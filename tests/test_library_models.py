@@ -133,15 +133,16 @@ def test_groupnorm_resnet18_opens_as_groupnorm_not_as_batchnorm(libraries, tmp_p
     assert len(bn.model.layer1[0].bn1.__dict__) and bn.model.layer1[0].bn1.running_var is None
 
 
-def test_timm_and_torchvision_resnets_compute_the_same(libraries):
+@pytest.mark.parametrize("name", ["resnet18", "densenet121"])
+def test_timm_and_torchvision_models_said_the_same_compute_the_same(libraries, name):
     """SAME_AS_TORCHVISION: no look-alike notice between these."""
     timm = pytest.importorskip("timm")
     from core.architectures import SAME_AS_TORCHVISION
 
-    assert "resnet18" in SAME_AS_TORCHVISION
+    assert SAME_AS_TORCHVISION[name] == f"timm/{name}"
     torch.manual_seed(0)
-    ours = torchvision.models.resnet18(num_classes=3).eval()
-    theirs = timm.create_model("resnet18", num_classes=3).eval()
+    ours = torchvision.models.get_model(name, num_classes=3).eval()
+    theirs = timm.create_model(name, num_classes=3).eval()
     theirs.load_state_dict(ours.state_dict())
     x = torch.rand(2, 3, 48, 48)
     with torch.no_grad():
