@@ -586,6 +586,11 @@ def _compare(state_dict: Mapping[str, Tensor], arch: str) -> _Fit:
     file_classes, file_channels = _file_classes_and_channels(state_dict)
     num_classes = head_shape[0] if head_shape and len(head_shape) in (2, 4) else file_classes
     in_channels = stem_shape[1] if stem_shape and len(stem_shape) == 4 else file_channels
+    if stem and in_channels not in (1, 3):  # a space-to-depth stem (TResNet) sees C·k² channels
+        base = _expected_shapes(arch, 10, 3).get(stem)
+        factor = base[1] // 3 if base and len(base) == 4 and base[1] % 3 == 0 else 1
+        if factor > 1 and in_channels % factor == 0:
+            in_channels //= factor
     expected = _expected_shapes(arch, num_classes, in_channels)
     fit = _Fit(arch, num_classes, in_channels)
     missing_stats: dict[str, set[str]] = {}
@@ -639,7 +644,11 @@ def detect_architecture(state_dict: Mapping[str, Tensor], arch: str | None = Non
         if sig == wanted and not (fit := _compare(state_dict, name)).mismatches
     ]
     quick, others = library_models.quick_fits(state_dict, excluded=HAND_REGISTERED)
-    fits += [Detection(q.name, q.num_classes, q.in_channels) for q in quick]
+    for q in quick:
+        if q.in_channels in (1, 3):
+            fits.append(Detection(q.name, q.num_classes, q.in_channels))
+        elif not (fit := _compare(state_dict, q.name)).mismatches:  # e.g. a TResNet stem
+            fits.append(_detection(fit))
     if not any(not f.no_running_stats for f in fits):  # compare the rest for real (builds)
         for name in others:
             if not (fit := _compare(state_dict, name)).mismatches:

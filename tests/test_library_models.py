@@ -14,7 +14,7 @@ from core.errors import ArchitectureMismatch
 
 # the models the tests describe (a full library takes minutes): names from issue 21
 TIMM_NAMES = ["regnety_008", "dpn68", "efficientnet_b0", "tf_efficientnet_b0", "resnet18",
-              "resnet50", "resnet50_gn", "repvgg_a0"]  # fmt: skip
+              "resnet50", "resnet50_gn", "repvgg_a0", "tresnet_m"]  # fmt: skip
 TORCHVISION_NAMES = ["maxvit_t", "resnet18", "alexnet"]
 
 
@@ -62,7 +62,7 @@ def test_described_signature_is_the_detection_signature(libraries):
     assert "maxvit_t" in ARCHITECTURES and ARCHITECTURES["maxvit_t"].input_size == 224
 
 
-@pytest.mark.parametrize("name", ["regnety_008", "dpn68", "repvgg_a0"])
+@pytest.mark.parametrize("name", ["regnety_008", "dpn68", "repvgg_a0", "tresnet_m"])
 def test_timm_models_outside_any_list_are_detected(libraries, name):
     state_dict = timm_state_dict(name, num_classes=5, in_chans=1)
     detection = detect_architecture(state_dict)
