@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import json
 import os
 import threading
@@ -27,7 +28,6 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
-import torchvision
 from torch import Tensor, nn
 
 from core import library_models
@@ -108,28 +108,35 @@ def _torchvision(builder: str, **kwargs) -> Builder:
     """A registry builder calling torchvision's own builder (random weights, no download)."""
 
     def build(num_classes: int, in_channels: int) -> nn.Module:
+        import torchvision  # imported on first build: the reader child never needs it
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notice
             model = torchvision.models.get_model(
                 builder, weights=None, num_classes=num_classes, **kwargs
             )
         if type(model) is torchvision.models.MNASNet:
-            model.__class__ = VersionedMNASNet
+            model.__class__ = versioned_mnasnet()
         return replace_stem(model, in_channels)
 
     build.__qualname__ = f"torchvision.models.{builder}"
     return build
 
 
-class VersionedMNASNet(torchvision.models.MNASNet):
+@cache
+def versioned_mnasnet() -> type:
     """torchvision's MNASNet, loading a state_dict without torch's version metadata
     (safetensors files, any dict rebuilt from another) as the current layout (version 2);
     torchvision's own class refuses it."""
+    import torchvision
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
-        if local_metadata.get("version") is None:
-            local_metadata = {**local_metadata, "version": 2}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+    class VersionedMNASNet(torchvision.models.MNASNet):
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+            if local_metadata.get("version") is None:
+                local_metadata = {**local_metadata, "version": 2}
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    return VersionedMNASNet
 
 
 def _timm(name: str) -> Builder:
@@ -456,7 +463,7 @@ def key_signature(keys) -> str:
 
 def _library_versions() -> dict[str, str]:
     """Versions of the library whose builders the hand registry's signatures depend on."""
-    return {"torchvision": torchvision.__version__.split("+")[0]}
+    return {"torchvision": importlib.metadata.version("torchvision").split("+")[0]}
 
 
 def _library(arch: str) -> str:
