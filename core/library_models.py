@@ -315,6 +315,18 @@ def descriptions(library: str) -> dict[str, Described]:
     return known
 
 
+def known_descriptions(library: str) -> dict[str, Described]:
+    """The descriptions already shipped or cached, never computed (for a list in the window)."""
+    version = library_version(library)
+    if version is None:
+        return {}
+    for path in (SHIPPED_FILE, user_cache_file(library, version)):
+        known = _read(path, library, version)
+        if known is not None:
+            return known
+    return {}
+
+
 def _write(path: Path, data: dict) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -38,7 +38,7 @@ def architecture_names() -> list[tuple[str, str]]:
 
     names = [(f"{n} ({ARCHITECTURES[n].family})", n) for n in HAND_REGISTERED]
     for library in library_models.LIBRARIES:
-        for name in sorted(library_models.descriptions(library)):
+        for name in sorted(library_models.known_descriptions(library)):  # never computed here
             if name not in HAND_REGISTERED:
                 names.append((f"{name} ({library})", name))
     return names
