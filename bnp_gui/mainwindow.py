@@ -462,7 +462,7 @@ class MainWindow(QMainWindow):
             return
         dialog = ArchitectureDialog(path, "", self, forced=True)
         if dialog.exec():
-            self.open_checkpoint(path, arch=dialog.arch())
+            self.open_checkpoint(path, **dialog.choice())
 
     def open_data(self, roles: DataRoles, trigger=None) -> None:
         if trigger is not None:
@@ -523,7 +523,7 @@ class MainWindow(QMainWindow):
             return
         dialog = ArchitectureDialog(path, why, self)
         if dialog.exec():
-            self.open_checkpoint(path, arch=dialog.arch())
+            self.open_checkpoint(path, **dialog.choice())
         else:
             self.show_message("error", f"Cannot open {Path(path).name}: {why}")
 

@@ -283,7 +283,13 @@ class Session(TradeoffCurves, QObject):
 
     # ------------------------------------------------------------------ open
     def open_checkpoint(
-        self, path: str, *, arch: str | None = None, trust_pickle: bool = False
+        self,
+        path: str,
+        *,
+        arch: str | None = None,
+        trust_pickle: bool = False,
+        model_code: str | None = None,
+        weights: str | None = None,
     ) -> None:
         """Load a checkpoint (any engine format) and compute its data-free CLP scores."""
         path = str(Path(path).expanduser())
@@ -296,7 +302,12 @@ class Session(TradeoffCurves, QObject):
             from core.inspection import Inspection
 
             ckpt = load_checkpoint(
-                path, arch=arch, trust_pickle=trust_pickle, **_cancel_argument(load_checkpoint, job)
+                path,
+                arch=arch,
+                trust_pickle=trust_pickle,
+                model_code=model_code,
+                weights=weights,
+                **_cancel_argument(load_checkpoint, job),
             )
             if job.cancelled():
                 return None

@@ -1,8 +1,10 @@
 """Registry of the architectures the engine knows, and detection of one from a state_dict.
 
 Architectures come from the libraries made for them: every torchvision classification model
-with BatchNorm (built by torchvision's own builders), BackdoorBench's model names, our CIFAR
-nets, and, when the optional `timm` is installed, a set of popular timm models.
+with BatchNorm (built by torchvision's own builders), BackdoorBench's model names and our CIFAR
+nets are registered here by hand; every other torchvision classification builder and, when the
+optional `timm` is installed, every timm model (`timm/<name>`) come from the libraries' own
+registries (`core.library_models`), so a new release needs no change here.
 
 Detection compares key names first, shapes second, and materialises nothing: each candidate's
 key names are a *signature* (a hash of its parameter key names) computed once by a build on
@@ -17,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib.metadata
-import importlib.util
 import json
 import os
 import threading
@@ -27,10 +28,9 @@ from dataclasses import dataclass, field
 from functools import cache, lru_cache
 from pathlib import Path
 
-import torch
-import torchvision
 from torch import Tensor, nn
 
+from core import library_models
 from core.errors import ArchitectureMismatch, BnpError
 from core.models import (
     cifar_resnet18,
@@ -75,6 +75,8 @@ class Detection:
     num_classes: int
     in_channels: int
     no_running_stats: tuple[str, ...] = ()
+    # what the user should know: other architectures the same tensors fit, GroupNorm
+    notices: tuple[str, ...] = field(default=(), compare=False)
 
 
 # ---- builders -----------------------------------------------------------------------------
@@ -106,28 +108,35 @@ def _torchvision(builder: str, **kwargs) -> Builder:
     """A registry builder calling torchvision's own builder (random weights, no download)."""
 
     def build(num_classes: int, in_channels: int) -> nn.Module:
+        import torchvision  # imported on first build: the reader child never needs it
+
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # googlenet/inception init notice
             model = torchvision.models.get_model(
                 builder, weights=None, num_classes=num_classes, **kwargs
             )
         if type(model) is torchvision.models.MNASNet:
-            model.__class__ = VersionedMNASNet
+            model.__class__ = versioned_mnasnet()
         return replace_stem(model, in_channels)
 
     build.__qualname__ = f"torchvision.models.{builder}"
     return build
 
 
-class VersionedMNASNet(torchvision.models.MNASNet):
+@cache
+def versioned_mnasnet() -> type:
     """torchvision's MNASNet, loading a state_dict without torch's version metadata
     (safetensors files, any dict rebuilt from another) as the current layout (version 2);
     torchvision's own class refuses it."""
+    import torchvision
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
-        if local_metadata.get("version") is None:
-            local_metadata = {**local_metadata, "version": 2}
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+    class VersionedMNASNet(torchvision.models.MNASNet):
+        def _load_from_state_dict(self, state_dict, prefix, local_metadata, *args) -> None:
+            if local_metadata.get("version") is None:
+                local_metadata = {**local_metadata, "version": 2}
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, *args)
+
+    return VersionedMNASNet
 
 
 def _timm(name: str) -> Builder:
@@ -166,17 +175,6 @@ TORCHVISION_BN = {
     "torchvision_mnasnet": ["mnasnet0_5", "mnasnet0_75", "mnasnet1_0", "mnasnet1_3"],
 }  # fmt: skip
 
-# timm models registered when timm is installed (`pip install bnp-inspector[timm]`)
-TIMM_MODELS = (
-    "resnet50d", "seresnet50", "resnetv2_50", "efficientnet_b0", "tf_efficientnet_b0",
-    "mobilenetv3_large_100", "mobilenetv2_100", "regnety_016", "densenet121", "dla34",
-    "cspresnet50", "rexnet_100", "mixnet_s", "ghostnet_100", "hrnet_w18_small",
-)  # fmt: skip
-
-# timm models whose state_dict keys and shapes equal another entry's, though they compute
-# differently (TensorFlow "same" padding) or come from another implementation
-TIMM_SAME_KEYS = {"tf_efficientnet_b0": "timm/efficientnet_b0", "densenet121": "densenet121"}
-
 TRANSFORM_NOTE = (
     "transform_input cannot be seen in the weights: torchvision's ImageNet weights need the "
     "'{name}_transform_input' variant (--arch)"
@@ -214,20 +212,79 @@ def _registry() -> Iterator[ArchSpec]:
     # models without BatchNorm that BackdoorBench trains: they load; no method applies
     yield ArchSpec("convnext_tiny", "torchvision_convnext", 224, _torchvision("convnext_tiny"))
     yield ArchSpec("bb_vit_b_16", "backdoorbench", 224, backdoorbench_vit_b_16)
-    if _timm_available():
-        for name in TIMM_MODELS:
-            same = TIMM_SAME_KEYS.get(name)
-            note = f"same keys as {same}: chosen by name (--arch) only" if same else ""
-            yield ArchSpec(f"timm/{name}", "timm", 224, _timm(name), not same, note)
 
 
-def _timm_available() -> bool:
-    if os.environ.get("BNP_NO_TIMM"):
-        return False
-    return importlib.util.find_spec("timm") is not None
+class _Registry(dict):
+    """The architectures registered by hand; a library model (`timm/<name>`, a torchvision
+    builder) or a GroupNorm variant (`<arch>+groupnorm`) is looked up on first use."""
+
+    def __missing__(self, name: str) -> ArchSpec:
+        spec = _library_spec(name)
+        if spec is None:
+            raise KeyError(name)
+        self[name] = spec
+        return spec
+
+    def __contains__(self, name: object) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        return isinstance(name, str) and _library_spec(name) is not None
+
+    def get(self, name, default=None):
+        try:
+            return self[name]
+        except KeyError:
+            return default
 
 
-ARCHITECTURES: dict[str, ArchSpec] = {spec.name: spec for spec in _registry()}
+ARCHITECTURES: dict[str, ArchSpec] = _Registry((spec.name, spec) for spec in _registry())
+HAND_REGISTERED = tuple(ARCHITECTURES)
+GROUPNORM_TAIL = "+groupnorm"
+GROUPNORM_GROUPS = 32
+
+
+def _library_spec(name: str) -> ArchSpec | None:
+    """A library model, or a GroupNorm variant of any architecture, by its registry name."""
+    if name.endswith(GROUPNORM_TAIL):
+        base = name[: -len(GROUPNORM_TAIL)]
+        if base.endswith(GROUPNORM_TAIL) or base not in ARCHITECTURES:
+            return None
+        spec = ARCHITECTURES[base]
+        return ArchSpec(name, spec.family, spec.input_size, _groupnorm(spec.build), True,
+                        GROUPNORM_NOTE.format(base=base))  # fmt: skip
+    if dict.__contains__(ARCHITECTURES, name):
+        return None
+    described = library_models.find(name)
+    if described is None:
+        return None
+    if library_models.library_of(name) == "timm":
+        build = _timm(name[len(library_models.TIMM_PREFIX) :])
+        return ArchSpec(name, "timm", described.input_size, build)
+    return ArchSpec(name, "torchvision", described.input_size, _torchvision(name))
+
+
+GROUPNORM_NOTE = "{base} with GroupNorm(32 groups) in place of every BatchNorm"
+
+
+def _groupnorm(build: Builder) -> Builder:
+    """The builder's model with every BatchNorm replaced by a GroupNorm of 32 groups (the
+    usual choice; the number of groups is not in the weights)."""
+
+    def build_gn(num_classes: int, in_channels: int) -> nn.Module:
+        model = build(num_classes, in_channels)
+        norms = [(n, m) for n, m in model.named_modules()
+                 if isinstance(m, nn.modules.batchnorm._BatchNorm)]  # fmt: skip
+        if not norms or any(m.num_features % GROUPNORM_GROUPS for _, m in norms):
+            raise BnpError(
+                f"Its BatchNorm layers cannot all become GroupNorms of {GROUPNORM_GROUPS} groups."
+            )
+        for name, bn in norms:
+            parent, _, attr = name.rpartition(".")
+            gn = nn.GroupNorm(GROUPNORM_GROUPS, bn.num_features, eps=bn.eps)
+            setattr(model.get_submodule(parent) if parent else model, attr, gn)
+        return model
+
+    return build_gn
 
 
 def _spec(arch: str) -> ArchSpec:
@@ -238,7 +295,16 @@ def _spec(arch: str) -> ArchSpec:
 
 
 def _known() -> str:
-    return f"Known architectures ({len(ARCHITECTURES)}): {', '.join(ARCHITECTURES)}."
+    counts = [
+        f"{len(library_models.descriptions(lib))} {lib} models"
+        for lib in library_models.LIBRARIES
+        if library_models.library_version(lib)
+    ]
+    return (
+        f"Known architectures: {', '.join(HAND_REGISTERED)}; and from the libraries' registries "
+        f"{' and '.join(counts)} (timm ones as timm/<name>); <arch>{GROUPNORM_TAIL} for a "
+        "GroupNorm variant."
+    )
 
 
 def build_model(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
@@ -256,6 +322,23 @@ def build_detected(detection: Detection) -> nn.Module:
     model = build_model(detection.arch, detection.num_classes, detection.in_channels)
     drop_running_stats(model, detection.no_running_stats)
     return model
+
+
+def load_detected(detection: Detection, state_dict: Mapping[str, Tensor]) -> nn.Module:
+    """The detected architecture holding the file's weights (strict), in eval mode.
+
+    Built on `meta` and given the file's tensors themselves, so nothing is initialised only to
+    be overwritten (a ResNet-50's random initialisation costs more than reading its file); a
+    model with tensors the state_dict does not hold (non-persistent buffers) is built for real.
+    Raises RuntimeError (torch's) when the weights cannot be loaded."""
+    model = build_on_meta(detection.arch, detection.num_classes, detection.in_channels)
+    drop_running_stats(model, detection.no_running_stats)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    left = [t for t in (*model.parameters(), *model.buffers()) if t.is_meta]
+    if left:  # tensors made in the constructor, not saved: build for real
+        model = build_detected(detection)
+        model.load_state_dict(state_dict, strict=True)
+    return model.eval()
 
 
 def running_stats_notice(detection: Detection) -> list[str]:
@@ -326,7 +409,7 @@ def _empty_weights() -> Iterator[None]:
 def build_on_meta(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """A model of the architecture with shapes only: no memory, no initialisation cost."""
     try:
-        with torch.device("meta"):
+        with library_models.FastMeta():  # in-place initialisation skipped: shapes only
             return build_model(arch, num_classes, in_channels)
     except (NotImplementedError, RuntimeError):  # a builder that computes with tensors
         with _empty_weights():
@@ -346,6 +429,9 @@ def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str,
 def _stem_and_head(arch: str) -> tuple[str | None, str | None]:
     """Weight keys of the first convolution and of the classifier (the last Linear layer,
     else the last convolution, as in heads made of a 1×1 conv) of an architecture."""
+    described = None if arch in HAND_REGISTERED else library_models.find(arch)
+    if described is not None and described.heads:
+        return described.stem or None, f"{described.heads[0]}.weight"
     model = build_on_meta(arch)
     _SHAPES_10_3[arch] = {key: tuple(v.shape) for key, v in model.state_dict().items()}
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -376,15 +462,12 @@ def key_signature(keys) -> str:
 
 
 def _library_versions() -> dict[str, str]:
-    """Versions of the libraries whose builders the signatures depend on."""
-    versions = {"torchvision": torchvision.__version__.split("+")[0]}
-    if _timm_available():
-        versions["timm"] = importlib.metadata.version("timm")
-    return versions
+    """Versions of the library whose builders the hand registry's signatures depend on."""
+    return {"torchvision": importlib.metadata.version("torchvision").split("+")[0]}
 
 
 def _library(arch: str) -> str:
-    return "timm" if ARCHITECTURES[arch].family == "timm" else "torchvision"
+    return "torchvision"
 
 
 def _user_cache_file() -> Path:
@@ -401,7 +484,8 @@ def _read_signatures(path: Path, versions: dict[str, str]) -> dict[str, tuple[in
         return {
             arch: (int(n), str(sig))
             for arch, (n, sig) in data["archs"].items()
-            if arch in ARCHITECTURES and written.get(_library(arch)) == versions.get(_library(arch))
+            if arch in HAND_REGISTERED
+            and written.get(_library(arch)) == versions.get(_library(arch))
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}  # a missing or damaged cache is recomputed
@@ -415,16 +499,17 @@ def compute_signature(arch: str) -> tuple[int, str]:
 
 @cache
 def signatures() -> dict[str, tuple[int, str]]:
-    """Signatures of every registered architecture: shipped, cached, or computed once."""
+    """Signatures of every architecture registered by hand: shipped, cached, or computed once
+    (the libraries' models: `core.library_models`)."""
     versions = _library_versions()
     known = _read_signatures(SIGNATURE_FILE, versions)
-    if not set(ARCHITECTURES) <= set(known):
+    if not set(HAND_REGISTERED) <= set(known):
         known.update(_read_signatures(_user_cache_file(), versions))
-    missing = [arch for arch in ARCHITECTURES if arch not in known]
+    missing = [arch for arch in HAND_REGISTERED if arch not in known]
     if missing:
         known.update({arch: compute_signature(arch) for arch in missing})
         write_signatures(_user_cache_file(), known, versions, quiet=True)
-    return {arch: known[arch] for arch in ARCHITECTURES}
+    return {arch: known[arch] for arch in HAND_REGISTERED}
 
 
 def write_signatures(
@@ -436,7 +521,7 @@ def write_signatures(
 ) -> None:
     """Write signatures (all registered ones by default) with the library versions they hold for."""
     if sigs is None:
-        sigs = {arch: compute_signature(arch) for arch in ARCHITECTURES}
+        sigs = {arch: compute_signature(arch) for arch in HAND_REGISTERED}
     data = {"versions": versions or _library_versions(), "archs": dict(sigs)}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -490,12 +575,29 @@ def _shape(value: object) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, Tensor) else None
 
 
+def _file_classes_and_channels(state_dict: Mapping[str, Tensor]) -> tuple[int, int]:
+    """The class count and input channels a file shows without knowing its architecture:
+    its last 2-D weight's rows, its first 4-D weight's input channels."""
+    matrices = [v for k, v in state_dict.items() if isinstance(v, Tensor) and v.dim() == 2]
+    kernels = [v for v in state_dict.values() if isinstance(v, Tensor) and v.dim() == 4]
+    return (
+        int(matrices[-1].shape[0]) if matrices else 10,
+        int(kernels[0].shape[1]) if kernels else 3,
+    )
+
+
 def _compare(state_dict: Mapping[str, Tensor], arch: str) -> _Fit:
     stem, head = _stem_and_head(arch)
     head_shape = _shape(state_dict.get(head)) if head else None
     stem_shape = _shape(state_dict.get(stem)) if stem else None
-    num_classes = head_shape[0] if head_shape and len(head_shape) in (2, 4) else 10
-    in_channels = stem_shape[1] if stem_shape and len(stem_shape) == 4 else 3
+    file_classes, file_channels = _file_classes_and_channels(state_dict)
+    num_classes = head_shape[0] if head_shape and len(head_shape) in (2, 4) else file_classes
+    in_channels = stem_shape[1] if stem_shape and len(stem_shape) == 4 else file_channels
+    if stem and in_channels not in (1, 3):  # a space-to-depth stem (TResNet) sees C·k² channels
+        base = _expected_shapes(arch, 10, 3).get(stem)
+        factor = base[1] // 3 if base and len(base) == 4 and base[1] % 3 == 0 else 1
+        if factor > 1 and in_channels % factor == 0:
+            in_channels //= factor
     expected = _expected_shapes(arch, num_classes, in_channels)
     fit = _Fit(arch, num_classes, in_channels)
     missing_stats: dict[str, set[str]] = {}
@@ -524,7 +626,13 @@ def _detection(fit: _Fit) -> Detection:
 
 
 def detect_architecture(state_dict: Mapping[str, Tensor], arch: str | None = None) -> Detection:
-    """Find the registered architecture whose keys and shapes fit the state_dict exactly."""
+    """Find the architecture whose keys and shapes fit the state_dict exactly: among those
+    registered by hand and every model of the libraries' registries (`core.library_models`).
+
+    When several fit (same tensors, different forward), the one keeping running statistics
+    exactly where the file has them wins, then the hand-registered, torchvision's, then the
+    shortest name; the notice names the others and `--arch`. A file without any running
+    statistics is read as GroupNorm where the architecture allows (`<arch>+groupnorm`)."""
     if arch is not None:
         if arch not in ARCHITECTURES:
             raise ArchitectureMismatch(f"Unknown architecture {arch!r}. {_known()}")
@@ -533,16 +641,33 @@ def detect_architecture(state_dict: Mapping[str, Tensor], arch: str | None = Non
             raise ArchitectureMismatch(
                 f"The weights do not fit the architecture {arch!r}: {fit.describe(5)}."
             )
-        return _detection(fit)
+        return _with_norm_notice(_detection(fit))
 
     wanted = key_signature(state_dict.keys())
     sigs = {name: sig for name, sig in signatures().items() if ARCHITECTURES[name].detect}
-    for name, (_, sig) in sigs.items():
-        if sig == wanted and not (fit := _compare(state_dict, name)).mismatches:
-            return _detection(fit)
+    fits = [
+        _detection(fit)
+        for name, (_, sig) in sigs.items()
+        if sig == wanted and not (fit := _compare(state_dict, name)).mismatches
+    ]
+    quick, others = library_models.quick_fits(state_dict, excluded=HAND_REGISTERED)
+    for q in quick:
+        if q.in_channels in (1, 3):
+            fits.append(Detection(q.name, q.num_classes, q.in_channels))
+        elif not (fit := _compare(state_dict, q.name)).mismatches:  # e.g. a TResNet stem
+            fits.append(_detection(fit))
+    if not any(not f.no_running_stats for f in fits):  # compare the rest for real (builds)
+        for name in others:
+            if not (fit := _compare(state_dict, name)).mismatches:
+                fits.append(_detection(fit))
+    if fits:
+        return _choose(state_dict, fits)
     # no fit: compare for real with the candidates closest in number of keys
     n = len(_parameter_keys(state_dict.keys()))
-    nearest = sorted(sigs, key=lambda name: abs(sigs[name][0] - n))[:8]
+    nearest = sorted(sigs, key=lambda name: abs(sigs[name][0] - n))[:6]
+    described = [d for lib in library_models.LIBRARIES
+                 for d in library_models.descriptions(lib).values()]  # fmt: skip
+    nearest += [d.name for d in sorted(described, key=lambda d: abs(d.n_keys - n))[:3]]
     closest = sorted((_compare(state_dict, name) for name in nearest), key=lambda f: f.mismatches)
     lines = "\n".join(f"  - {fit.describe()}" for fit in closest[:3])
     raise ArchitectureMismatch(
@@ -551,10 +676,93 @@ def detect_architecture(state_dict: Mapping[str, Tensor], arch: str | None = Non
     )
 
 
+# the timm models that compute exactly as torchvision's registered here (same weights, same
+# outputs: checked in tests/test_library_models.py and by hand for each): no look-alikes
+SAME_AS_TORCHVISION = {
+    **{name: f"timm/{name}" for name in (
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2",
+        "densenet121", "densenet161", "densenet169", "densenet201",
+    )},
+    "inception_v3_noaux": "timm/inception_v3",
+}  # fmt: skip
+
+
+def _preference(d: Detection) -> tuple:
+    name = d.arch
+    where = 0 if name in HAND_REGISTERED else 2 if name.startswith("timm/") else 1
+    base = name.removeprefix("timm/")
+    return (bool(d.no_running_stats), where, base.startswith("tf_"), len(name), name)
+
+
+def _choose(state_dict: Mapping[str, Tensor], fits: list[Detection]) -> Detection:
+    """The fit to use and a notice naming the others (see detect_architecture)."""
+    file_stats = any(k.endswith(".running_mean") for k in state_dict)
+    if not file_stats and not any(not f.no_running_stats for f in fits):
+        # no running statistics at all: a GroupNorm model as much as a BatchNorm one without
+        best = min(fits, key=_preference)
+        variant = best.arch + GROUPNORM_TAIL
+        try:
+            gn = _compare(state_dict, variant) if not best.arch.endswith(GROUPNORM_TAIL) else None
+        except BnpError:  # its channels do not divide into groups
+            gn = None
+        if gn is not None and not gn.mismatches:
+            fits = [*fits, _detection(gn)]
+    fits = sorted(fits, key=_preference)
+    chosen = fits[0]
+    same = {SAME_AS_TORCHVISION.get(chosen.arch)}
+    others = [f for f in fits[1:] if f.arch not in same]
+    notices = list(_with_norm_notice(chosen).notices)
+    if others:
+
+        def label(d: Detection) -> str:
+            return d.arch + (
+                " (BatchNorm without running statistics)" if d.no_running_stats else ""
+            )
+
+        shown = ", ".join(label(d) for d in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        verb = "fits" if len(others) == 1 else "fit"
+        notices.insert(0, LOOKALIKE_NOTICE.format(
+            n=len(others) + 1, chosen=label(chosen), others=shown + more, verb=verb))  # fmt: skip
+    return Detection(chosen.arch, chosen.num_classes, chosen.in_channels,
+                     chosen.no_running_stats, tuple(notices))  # fmt: skip
+
+
+LOOKALIKE_NOTICE = (
+    "The weights fit {n} architectures with the same tensors: {chosen} is used; {others} "
+    "{verb} too. They may compute differently (padding, normalisation), which the weights do not "
+    "show: if the file's model is another, open it with --arch NAME (the window: Open With "
+    "Architecture…)."
+)
+GROUPNORM_LAYERS_NOTICE = (
+    "{arch} normalises with GroupNorm{how}: a GroupNorm keeps no running statistics and "
+    "normalises each sample on its own, so EP, BNP and CLP do not apply to those layers."
+)
+
+
+def _with_norm_notice(d: Detection) -> Detection:
+    """The detection with a notice when its model normalises with GroupNorm."""
+    if d.arch.endswith(GROUPNORM_TAIL):
+        base = d.arch[: -len(GROUPNORM_TAIL)]
+        how = (
+            f" in place of every BatchNorm of {base} (32 groups, the usual choice: the number "
+            "of groups is not in the weights)"
+        )
+    else:
+        described = None if d.arch in HAND_REGISTERED else library_models.find(d.arch)
+        if described is None or not described.groupnorm:
+            return d
+        how = f" ({described.groupnorm} layers)"
+    notice = GROUPNORM_LAYERS_NOTICE.format(arch=d.arch, how=how)
+    return Detection(d.arch, d.num_classes, d.in_channels, d.no_running_stats,
+                     (*d.notices, notice))  # fmt: skip
+
+
 def main() -> None:
     """`python -m core.architectures`: rewrite the shipped signature file."""
     write_signatures(SIGNATURE_FILE)
-    print(f"{len(ARCHITECTURES)} signatures written to {SIGNATURE_FILE}")
+    print(f"{len(HAND_REGISTERED)} signatures written to {SIGNATURE_FILE}")
 
 
 if __name__ == "__main__":

@@ -37,12 +37,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core import backdoorbench
+from core import backdoorbench, weight_sets
 from core.architectures import (
     ARCHITECTURES,
     Detection,
-    build_detected,
     detect_architecture,
+    load_detected,
     running_stats_notice,
 )
 from core.backdoorbench import BackdoorBenchResult
@@ -55,14 +55,14 @@ from core.checks import (
 )
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
-from core.isolation import MEMORY_ENV, read_isolated
+from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
 TORCHSCRIPT_META_FILE = "bnp_meta.json"
 SIDECAR_SUFFIX = ".bnp.json"
 # Keys under which training scripts commonly nest the weights, tried in this order.
-WRAPPER_KEYS = ("state_dict", "model", "net", "model_state_dict", "state_dict_ema")
+WRAPPER_KEYS = weight_sets.MODEL_KEYS + weight_sets.EMA_KEYS
 PREFIXES = ("module.", "_orig_mod.", "model.")  # DataParallel, torch.compile, Lightning
 
 
@@ -238,6 +238,8 @@ def load_checkpoint(
     timeout: float | None = None,
     memory_limit: int | None = None,
     inputs: Mapping[str, Any] | None = None,
+    weights: str | None = None,
+    model_code: str | None = None,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of any supported format into a registered architecture, or use the
     file's own module: a trusted pickled module as it is, a TorchScript archive of an
@@ -252,15 +254,28 @@ def load_checkpoint(
     (default $BNP_PARSE_TIMEOUT or 120) or ``memory_limit`` bytes (default $BNP_PARSE_MEMORY_MB
     or 4 GiB) it is stopped with a CheckpointError; ``cancel()`` returning True stops it with
     ``Cancelled``. Only plain tensors and JSON come back; the model is built here.
+
+    ``weights`` ("model" or "ema") chooses between a model's weights and its EMA copy where a
+    file holds both (`core.weight_sets`; default the model's). ``model_code``
+    ("FILE.py:CALLABLE") builds the model with the user's own code instead (`core.model_code`:
+    it runs that code) and loads the weights into it strictly.
     """
     path = Path(path)
     _check_path(path)
     from core.safety import note_read
 
     note_read(path, sidecar_path(path))  # never written over by this run's outputs
-    parsed = read_isolated(
-        "core.checkpoint:_parse_file", path, trust_pickle, "Reading", error=CheckpointError,
-        timeout=timeout, memory_limit=memory_limit, cancel=cancel,
+    code = None
+    if model_code is not None:
+        from core import model_code as user_code
+
+        if arch is not None:
+            raise CheckpointError("Give --arch or --model-code, not both.")
+        code = user_code.parse(model_code)
+    parsed = run_isolated(
+        "core.checkpoint:_parse_file", str(path.absolute()), bool(trust_pickle),
+        memory_limit or default_memory_limit(), weights, what=f"Reading {path.name}",
+        error=CheckpointError, timeout=timeout, memory_limit=memory_limit, cancel=cancel,
     )  # fmt: skip
     info = parsed.info
     fmt, names, extra_names = str(info["format"]), list(info["names"]), list(info["extras"])
@@ -272,6 +287,8 @@ def load_checkpoint(
     if meta is None:
         meta = _read_sidecar(path)  # our bare state_dict exports keep metadata beside them
     meta = _with_inputs(meta, inputs)
+    if code is not None:
+        return _code_checkpoint(path, fmt, code, state_dict, meta, info, extras, trigger)
 
     own = bool(info.get("own_module")) and trust_pickle and arch is None
     try:
@@ -297,11 +314,10 @@ def load_checkpoint(
     metadata = _metadata(detection, meta)
     _check_trigger(trigger, path)
     poisoned_test = _poisoned_test(info, extras, metadata, path)
-    notices = _notices(info, path) + running_stats_notice(detection)
+    notices = _notices(info, path) + list(detection.notices) + running_stats_notice(detection)
     notices += _contradictions(detection, meta)
-    model = build_detected(detection)  # BatchNorms without statistics in the file get none
-    try:
-        model.load_state_dict(state_dict, strict=True)
+    try:  # BatchNorms without statistics in the file get none
+        model = load_detected(detection, state_dict)
     except RuntimeError as e:
         raise CheckpointError(
             f"{path.name} fits {detection.arch} by its keys and shapes but its weights "
@@ -368,8 +384,11 @@ def _own_checkpoint(
     cls = metadata.arch.removesuffix(UNREGISTERED_TAIL)  # the network's name, as shown
     notices = [OWN_MODULE_NOTICE.format(cls=cls)]
     if detection is not None:  # its weights fit a registered architecture too
-        metadata = _metadata(detection, {**metadata.to_dict(), **dict(meta or {})})
-        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch)]
+        probed = metadata.to_dict()
+        if not (meta and meta.get("input_size")):
+            del probed["input_size"]  # the architecture's native size, not the first that ran
+        metadata = _metadata(detection, {**probed, **dict(meta or {})})
+        notices = [OWN_FITS_NOTICE.format(cls=cls, arch=detection.arch), *detection.notices]
     elif fmt == "torchscript":
         notices = [SCRIPTED_NOTICE.format(cls=cls)]
     if notice is not None:
@@ -390,11 +409,27 @@ def _own_checkpoint(
         poisoned_test=_poisoned_test(info, extras, metadata, path),
         notices=_notices(info, path)
         + notices
-        + _guessed_size_notice(meta, metadata)
+        + (_guessed_size_notice(meta, metadata) if detection is None else [])
         + running_stats_notice(
             Detection(metadata.arch, metadata.num_classes, metadata.in_channels, no_stats)
         ),
     )
+
+
+def _code_checkpoint(path, fmt, code, state_dict, meta, info, extras, trigger) -> LoadedCheckpoint:
+    """The model built by the user's code (core.model_code), holding the file's weights."""
+    from core import model_code as user_code
+
+    model = user_code.build(code)
+    user_code.load_weights(model, state_dict, code, path.name)
+    notice = (
+        f"The model was built by your code {code} (it ran on this computer) and the file's "
+        "weights were loaded into it strictly; exports reopen with the same --model-code."
+    )
+    ckpt = _own_checkpoint(path, fmt, model, state_dict, meta, info, extras, trigger, None, notice)
+    ckpt.metadata.arch = code.label
+    ckpt.metadata.extra["model_code"] = str(code)
+    return ckpt
 
 
 OWN_MODULE_NOTICE = (
@@ -569,7 +604,9 @@ def _notices(info: Mapping[str, Any], path: Path) -> list[str]:
 # ---- reading the file (in the child process) ----------------------------------------------
 
 
-def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dict, list[Tensor]]:
+def _parse_file(
+    path_text: str, trust_pickle: bool, max_bytes: int, weights: str | None = None
+) -> tuple[dict, list[Tensor]]:
     """Child side of load_checkpoint: the file → JSON info and a list of tensors."""
     import warnings
 
@@ -586,7 +623,7 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
     if kind == "safetensors":
         fmt, raw, meta = "safetensors", *_read_safetensors(path)
     elif kind == "zip":
-        read = _read_zip(path, trust_pickle, max_bytes)
+        read = _read_zip(path, trust_pickle, max_bytes, weights)
         if isinstance(read, BackdoorBenchResult):
             fmt, raw, meta = read.format, read.state_dict, read.meta
             extras, more = _backdoorbench_payload(read)
@@ -594,7 +631,7 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
             fmt, raw, trigger, meta = read
     elif kind in ("legacy", "pickle"):
         obj = _read_pickle(path, kind, trust_pickle)
-        fmt, raw, trigger, meta = _unwrap(obj, path)
+        fmt, raw, trigger, meta = _unwrap(obj, path, weights)
     elif kind == "truncated zip":
         raise CheckpointError(
             f"{path.name} is a damaged or truncated zip archive (the format torch.save "
@@ -602,12 +639,16 @@ def _parse_file(path_text: str, trust_pickle: bool, max_bytes: int) -> tuple[dic
         )
     else:
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
+    if weights is not None and kind == "safetensors":
+        weight_sets.choose({}, path, weights, _holds_weights)  # says there is no choice
+    if isinstance(raw, _Chosen):  # one of two weight sets: say which
+        more["notices"] = [*more.get("notices", []), *raw.notices]
     state_dict = _clean_state_dict(raw, path)
     if trigger is not None:
         extras["trigger"] = trigger
     info = {
         "format": fmt,
-        "own_module": isinstance(raw, _ModuleWeights),
+        "own_module": isinstance(raw, _ModuleWeights) or getattr(raw, "module", False),
         "names": list(state_dict),
         "extras": list(extras),
         "meta": None if meta is None else _meta_to_json(meta, path),
@@ -746,7 +787,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], Any]:
     return tensors, header.get(SAFETENSORS_META_KEY)
 
 
-def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
+def _read_zip(path: Path, trust_pickle: bool, max_bytes: int, weights: str | None = None):
     """torch.save's zip format or a TorchScript archive, sizes checked before anything is read:
     (format, weights, trigger, metadata), or a BackdoorBenchResult for BackdoorBench's files."""
     try:
@@ -768,6 +809,7 @@ def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
         obj = backdoorbench.load_with_numpy(path)  # a BackdoorBench result needs numpy types
         if not backdoorbench.is_backdoorbench(obj):
             obj = None  # numpy types anywhere else still need trust: torch.load says why
+            _refuse_beyond_numpy(path)
     if obj is None:
         obj = _torch_load(path, trust_pickle)
     if backdoorbench.is_backdoorbench(obj):
@@ -777,7 +819,26 @@ def _read_zip(path: Path, trust_pickle: bool, max_bytes: int):
             raise CheckpointError(
                 f"{path.name} has BackdoorBench's layout but a malformed entry: {_first_line(e)}"
             ) from None
-    return _unwrap(obj, path)
+    return _unwrap(obj, path, weights)
+
+
+def _refuse_beyond_numpy(path: Path) -> None:
+    """A file with numpy types (as BackdoorBench's) that also refers to other objects (PIL
+    images in a data set's state...): name those, not the numpy types torch meets first."""
+    try:
+        unsafe = set(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # noqa: BLE001 - torch.load says what is wrong with it
+        return
+    beyond = sorted(unsafe - backdoorbench.ALLOWED_GLOBALS)
+    if beyond and any(name.startswith("numpy.") for name in unsafe):
+        shown = ", ".join(beyond[:5]) + (f" (+{len(beyond) - 5})" if len(beyond) > 5 else "")
+        raise UnsafeCheckpointError(
+            _unsafe_text(
+                path,
+                f"beside the numpy arrays a BackdoorBench result holds, it refers to the Python "
+                f"object(s) {shown}, which are not plain tensor data",
+            )
+        )
 
 
 # A torch.save zip stores its records uncompressed; a compressed record expanding more than this
@@ -1018,8 +1079,13 @@ def _unsafe_text(path: Path, why: str) -> str:
 # ---- finding the weights inside what was read ---------------------------------------------
 
 
-def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | None]:
-    """(format, raw state_dict, trigger, metadata dict) from a torch.load result."""
+def _unwrap(
+    obj: Any, path: Path, weights: str | None = None
+) -> tuple[str, Any, Tensor | None, Mapping | None]:
+    """(format, raw state_dict, trigger, metadata dict) from a torch.load result; ``weights``
+    ("model" or "ema") chooses between a model's weights and its EMA copy (core.weight_sets)."""
+    if weights is not None and not isinstance(obj, Mapping):
+        weight_sets.choose({}, path, weights, _holds_weights)  # says there is no choice
     if isinstance(obj, nn.Module):
         return "pickled-module", _ModuleWeights(obj.state_dict()), None, None
     if not isinstance(obj, Mapping):
@@ -1029,6 +1095,8 @@ def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | No
     if not obj:
         raise CheckpointError(f"{path.name} holds an empty dict: there are no weights in it.")
     if all(isinstance(v, Tensor) for v in obj.values()):
+        if weights is not None:
+            weight_sets.choose({}, path, weights, _holds_weights)  # says there is no choice
         return "state_dict", obj, None, None
 
     meta = obj.get("meta")
@@ -1038,7 +1106,8 @@ def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | No
     if trigger is not None and not isinstance(trigger, Tensor):
         raise CheckpointError(f"The 'trigger' entry of {path.name} is not a tensor.")
 
-    candidates = [k for k in WRAPPER_KEYS if _holds_weights(obj.get(k))]
+    chosen, notices = weight_sets.choose(obj, path, weights, _holds_weights)
+    candidates = [chosen] if chosen is not None else []
     if not candidates:  # a single nested state_dict under a name we do not know
         candidates = [k for k, v in obj.items() if _holds_weights(v)]
         if len(candidates) != 1:
@@ -1051,6 +1120,8 @@ def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | No
     inner = obj[key]
     if isinstance(inner, nn.Module):
         inner = _ModuleWeights(inner.state_dict())
+    if notices:
+        inner = _Chosen(inner, notices=notices, module=isinstance(inner, _ModuleWeights))
     if key == "state_dict" and (trigger is not None or meta is not None):
         fmt = "seed"
     else:
@@ -1060,6 +1131,15 @@ def _unwrap(obj: Any, path: Path) -> tuple[str, Any, Tensor | None, Mapping | No
 
 class _ModuleWeights(dict):
     """The state_dict of a pickled module (the file carries a module of its own)."""
+
+
+class _Chosen(dict):
+    """One of several weight sets (core.weight_sets), with the notices that say which."""
+
+    def __init__(self, weights: Mapping, *, notices: list[str], module: bool) -> None:
+        super().__init__(weights)
+        self.notices = notices
+        self.module = module
 
 
 def _holds_weights(value: Any) -> bool:
@@ -1081,7 +1161,7 @@ def _clean_state_dict(raw: Any, path: Path) -> dict[str, Tensor]:
         raise CheckpointError(
             f"The weights in {path.name} are not all named tensors (e.g. {bad[0]!r})."
         )
-    state_dict = {k: v.detach() for k, v in raw.items()}
+    state_dict = weight_sets.drop_averaging_counter({k: v.detach() for k, v in raw.items()})
     for prefix in PREFIXES:
         if all(k.startswith(prefix) for k in state_dict):
             state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
@@ -1111,8 +1191,9 @@ def _with_inputs(
     they are applied (core.data.InputSpec); a valid size also stands in for the file's here."""
     inputs = {k: v for k, v in (inputs or {}).items() if v is not None}
     dropped = {"size": "input_size", "mean": "mean", "std": "std"}
-    if meta is None or not any(k in inputs for k in dropped):
+    if not any(k in inputs for k in dropped):
         return meta
+    meta = meta or {}  # a bare state_dict: the caller's size stands in for the registry's
     kept = {k: v for k, v in meta.items() if k not in {dropped[k] for k in inputs if k in dropped}}
     size = inputs.get("size")
     if size is not None and all(isinstance(s, int) and 1 <= s <= MAX_INPUT_SIDE for s in size):

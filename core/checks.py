@@ -66,13 +66,21 @@ def _names(names: list[str], limit: int = 3) -> str:
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity: one sum decides (NaN and ±inf carry through it) unless it
+    overflows, then every element is checked."""
+    if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
+        return True
+    return bool(torch.isfinite(tensor).all())
+
+
 def model_warnings(model: nn.Module, spec: InputSpec | None = None) -> list[str]:
     """What in the weights or the input spec makes the model's outputs meaningless."""
     warnings: list[str] = []
     broken = [
         name
         for name, tensor in (*model.named_parameters(), *model.named_buffers())
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+        if tensor.is_floating_point() and not _finite(tensor)
     ]
     if broken:
         warnings.append(

@@ -29,7 +29,24 @@ TRUST_HELP = (
 
 def _add_checkpoint_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, help="model file (.pth/.pt, .safetensors, TorchScript)")
-    p.add_argument("--arch", help="architecture name, when detection is ambiguous or fails")
+    p.add_argument(
+        "--arch",
+        help="architecture name, when detection is ambiguous or fails: a registered one, "
+        "timm/<name> for any timm model, any torchvision classification model, "
+        "<arch>+groupnorm for its GroupNorm variant",
+    )
+    p.add_argument(
+        "--model-code",
+        metavar="FILE.py:CALLABLE",
+        help="build the model with your own code: FILE.py is run and CALLABLE() must return "
+        "the torch.nn.Module the weights load into (strictly); only for code you trust",
+    )
+    p.add_argument(
+        "--weights",
+        choices=("model", "ema"),
+        help="where the file holds the model's weights and an EMA copy: which to use "
+        "(default: the model's)",
+    )
     p.add_argument("--trust-pickle", action="store_true", help=TRUST_HELP)
 
 
@@ -63,6 +80,8 @@ def _load(args):
         arch=args.arch,
         trust_pickle=args.trust_pickle,
         inputs=_input_overrides(args),
+        weights=args.weights,
+        model_code=args.model_code,
     )
 
 
@@ -85,7 +104,7 @@ def cmd_info(args) -> int:
 
     from core.checks import model_warnings
     from core.graph import discover_layers, method_availability
-    from core.inspection import METHOD_NAMES, Inspection, checkpoint_trigger, input_spec
+    from core.inspection import METHOD_NAMES, checkpoint_trigger, input_spec
 
     ckpt = _load(args)
     overrides = _input_overrides(args)
@@ -96,12 +115,11 @@ def cmd_info(args) -> int:
     example = torch.zeros(1, spec.channels, *spec.size)
     found = discover_layers(ckpt.model.eval(), example)
     # a model without usable BatchNorms still gets its file, skipped layers and methods listed
-    inspection = Inspection(ckpt, device="cpu", overrides=overrides) if found.layers else None
     _say(f"file          {ckpt.path}")
     _say(f"format        {ckpt.format}")
     _say(f"architecture  {meta.arch}")
     _say(f"classes       {meta.num_classes}")
-    _say(f"input         {meta.in_channels}×{meta.input_size[0]}×{meta.input_size[1]}")
+    _say(f"input         {spec.channels}×{spec.size[0]}×{spec.size[1]}")
     if meta.mean is not None:
         _say(f"normalisation mean={list(meta.mean)} std={list(meta.std or [])}")
     if meta.dataset:
@@ -117,14 +135,14 @@ def cmd_info(args) -> int:
     for notice in ckpt.notices:
         _say(f"notice        {notice}")
     print()
-    if inspection is not None:
+    if found.layers:
         _say(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
-        for layer in inspection.layers:
+        for layer in found.layers:
             conv = layer.conv or "(not a convolution: no CLP score)"
             _say(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
-        total = sum(layer.channels for layer in inspection.layers)
+        total = sum(layer.channels for layer in found.layers)
         print()
-        _say(f"{len(inspection.layers)} BatchNorm layers, {total} neurons")
+        _say(f"{len(found.layers)} BatchNorm layers, {total} neurons")
     groups: dict[tuple[str, str], list[str]] = {}
     for skipped in found.skipped:  # one line per kind and reason
         groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
@@ -239,6 +257,12 @@ def cmd_defend(args) -> int:
     acc_budget = check_acc_budget(args.acc_budget)
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device, overrides=_input_overrides(args))
+    if args.method == "bnp":  # said before any statistics are computed
+        from core.graph import method_availability
+
+        applies, why = method_availability(inspection.model, inspection.discovery)["bnp"]
+        if not applies:
+            raise BnpError(f"BNP cannot run on this model: {why}.")
     warnings = list(inspection.warnings)
     for message in warnings:
         warn(message)
@@ -444,6 +468,10 @@ def _main(argv: list[str]) -> int:
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)
         _note_reads(args)
+        if args.command in ("info", "defend"):  # the reader child imports torch meanwhile
+            from core.isolation import prestart
+
+            prestart()
         return int(args.func(args) or 0)
     except BnpError as exc:
         return _fail(str(exc))

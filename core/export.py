@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -207,7 +208,11 @@ def pruned_state_dict(model: nn.Module, mask: PruneMask | None) -> dict[str, tor
     pruned = copy.deepcopy(model).cpu()
     if mask is not None:
         mask.apply_(pruned)
-    return {k: v.detach().clone().contiguous() for k, v in pruned.state_dict().items()}
+    source = pruned.state_dict()
+    out = OrderedDict((k, v.detach().clone().contiguous()) for k, v in source.items())
+    # the layers' format versions: torchvision's MNASNet refuses a state_dict without them
+    out._metadata = getattr(source, "_metadata", OrderedDict())  # type: ignore[attr-defined]
+    return out
 
 
 def export_model(

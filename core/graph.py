@@ -96,7 +96,12 @@ def discover_layers(model: nn.Module, example: torch.Tensor | None = None) -> La
         traced_by = "hooked forward pass"
     else:
         dims: dict[str, int] = {}
-        if example is not None:
+        # fx counts the calls of leaf modules, and a BatchNorm2d refuses any input but 4-D:
+        # a model of plain BatchNorm2d layers needs no forward pass to know both
+        plain = all(
+            type(m) is nn.BatchNorm2d for m in modules.values() if isinstance(m, _BatchNorm)
+        )
+        if example is not None and not plain:
             try:
                 _, hooked_calls, dims = _hooked_pass(model, example)
                 calls = {**calls, **hooked_calls}

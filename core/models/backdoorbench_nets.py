@@ -8,7 +8,6 @@ average pool, `linear` head) and its `vit_b_16`, a torchvision ViT-B/16 behind a
 
 from __future__ import annotations
 
-import torchvision
 from torch import Tensor, nn
 
 from core.models.preact_resnet import add_stem_and_stages
@@ -39,6 +38,7 @@ def backdoorbench_preactresnet18(num_classes: int = 10, in_channels: int = 3) ->
 
 def backdoorbench_vit_b_16(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """BackdoorBench's `vit_b_16`: Sequential(Resize(224×224), torchvision vit_b_16)."""
+    import torchvision
     from torchvision.transforms import Resize
 
     vit = torchvision.models.vit_b_16(weights=None, num_classes=num_classes)
