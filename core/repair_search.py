@@ -90,6 +90,7 @@ class RepairOutcome:
     applied: str | None = None  # the candidate applied
     acc_budget: float = ACC_BUDGET
     asr_goal: float = ASR_GOAL
+    before: Verdict | None = None  # the unchanged model, judged on the same held-out samples
 
     @property
     def repairs(self) -> bool:
@@ -125,6 +126,9 @@ class RepairOutcome:
         }
         if s is not None:
             out["selection"] = s.to_dict()
+        if self.before is not None:
+            b = self.before.to_dict()
+            out["before"] = {k: b[k] for k in ("estimated_asr", "asr_interval", "asr_samples")}
         return out
 
 
@@ -323,6 +327,7 @@ def search_repair(
         data, check, acc_ref = _recovery_parts(
             probe, clean, holdout, target, trigger, model, seed, cancel
         )
+    unchanged = verdict_of(model, None)
     candidates: list[Candidate] = []
     chosen = None
     span = (shares[1] - shares[0]) / max(1, sum(p != "pruning" for p in plans))
@@ -359,7 +364,7 @@ def search_repair(
     if progress is not None:
         progress(STEPS, STEPS)
     if chosen is None:
-        verdict = verdict_of(model, None)
+        verdict = replace(unchanged)
         verdict.reason = (
             "Nothing changed: no candidate stays within the accuracy budget"
             + (f" ({', '.join(c.name for c in candidates)} tried)" if candidates else "")
@@ -377,6 +382,7 @@ def search_repair(
             None,
             acc_budget,
             asr_goal,
+            unchanged,
         )
     return RepairOutcome(
         chosen.verdict,
@@ -390,6 +396,7 @@ def search_repair(
         chosen.name,
         acc_budget,
         asr_goal,
+        unchanged,
     )
 
 
