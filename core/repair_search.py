@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.data import ImageSet
-from core.errors import BnpError
+from core.errors import BnpError, Cancelled
 from core.masks import PruneMask
 from core.reconstruct import stamp
 from core.recovery import Recovery, RecoveryData, recover
@@ -150,8 +150,6 @@ def predict(
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             if cancel is not None and cancel():
-                from core.errors import Cancelled
-
                 raise Cancelled("Repair cancelled.")
             batch = x[start : start + batch_size]
             logits = functional_call(model, params, (batch,)) if params else model(batch)
