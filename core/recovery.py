@@ -17,11 +17,10 @@ statistics the model was trained with), pruned neurons stay pruned (the mask is 
 after every step), and the run is deterministic for a seed and a thread count. After each epoch
 a check on samples it did not train on (`RecoveryCheck`) gives the estimated ASR and accuracy;
 the run stops once the estimate reaches the goal with no accuracy lost, and otherwise keeps the
-best epoch (within the budget and at the goal, the most accurate; else the lowest estimate),
-giving up after three epochs without a better one; at least one epoch runs. A small learning
-rate with clipped gradients: the stamped samples drive the backdoor neurons far outside their
-clean range, and large steps there cost clean accuracy that the few clean samples then win back
-only slowly.
+best epoch (within the budget and at the goal, the most accurate; else the lowest estimate); at
+least one epoch runs. A small learning rate with clipped gradients: the stamped samples drive
+the backdoor neurons far outside their clean range, and large steps there cost clean accuracy
+that the few clean samples then win back only slowly.
 """
 
 from __future__ import annotations
@@ -45,7 +44,6 @@ UNLEARN_BATCH = 16
 UNLEARN_WEIGHT = 1.0
 CLIP = 1.0  # gradient norm per step
 T = 2.0  # distillation temperature
-PATIENCE = 3  # epochs without a better one before giving up
 
 # (model) → (estimated ASR %, clean accuracy %) on samples the recovery does not train on
 RecoveryCheck = Callable[[nn.Module], tuple[float, float]]
@@ -210,8 +208,6 @@ def recover(
             key = _epoch_key(asr, acc, ref, goal, budget)
             if best_key is None or key < best_key:
                 best_key, best_state, result.epochs = key, copy.deepcopy(net.state_dict()), epoch
-            elif epoch - result.epochs >= PATIENCE:
-                break  # no better epoch for a while: more of the same will not help
             if not key[1] and acc >= ref - 1e-9:
                 break  # at the goal with no accuracy lost: the least training that does it
     if best_state is not None:
