@@ -121,14 +121,26 @@ class RepairPanel(QWidget):
         if outcome is None or s.inspection is None:
             return
         inspection = s.inspection
-        if self.original is None or self.original[0] is not inspection:
-            state = {k: v.detach().clone() for k, v in inspection.model.state_dict().items()}
-            self.original = (inspection, state, dict(s.thresholds), dict(s.enabled), s.combine)
+        keep = self.original is None or self.original[0] is not inspection
+        decisions = (dict(s.thresholds), dict(s.enabled), s.combine)
         weights = copy.deepcopy(outcome.model.state_dict())
+
+        def run(job):
+            # on the engine's lane: a preview swaps masked parameters in while it runs, so the
+            # weights are read and written only here, never from the window's thread
+            before = {k: v.detach().clone() for k, v in inspection.model.state_dict().items()}
+            inspection.model.load_state_dict(weights)
+            return before
+
+        def done(before) -> None:
+            if keep:
+                self.original = (inspection, before, *decisions)
+            self._decisions(outcome)
+
         s.runner.start(
             "repair",
-            lambda job: inspection.model.load_state_dict(weights),
-            done=s._for_model(inspection, lambda _r: self._decisions(outcome)),
+            run,
+            done=s._for_model(inspection, done),
             error=functools.partial(s._report_error, "Applying the repair failed"),
         )
 

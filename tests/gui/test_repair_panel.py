@@ -43,17 +43,26 @@ def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
     if not outcome.steps:
         assert not panel.apply_button.isEnabled()
         return
-    original = {k: v.clone() for k, v in s.inspection.model.state_dict().items()}
+
+    def weights():  # under the engine's lock: a running preview swaps masked parameters in
+        with s.runner.engine_lock:
+            return {k: v.clone() for k, v in s.inspection.model.state_dict().items()}
+
+    original = weights()
+    errors = []
+    s.message.connect(lambda level, text: errors.append(text) if level == "error" else None)
     panel.apply()
+    qtbot.waitUntil(lambda: not s.runner.is_running("repair"), timeout=LONG)
     qtbot.waitUntil(lambda: panel.undo_button.isEnabled(), timeout=LONG)
-    weights = s.inspection.model.state_dict()
-    assert all(torch.equal(weights[k], v) for k, v in outcome.model.state_dict().items())
+    assert not errors
+    applied = weights()
+    assert all(torch.equal(applied[k], v) for k, v in outcome.model.state_dict().items())
     assert s.total_pruned() == outcome.mask.count()
     panel.undo()
     qtbot.waitUntil(lambda: not panel.undo_button.isEnabled(), timeout=LONG)
     qtbot.waitUntil(lambda: not s.runner.is_running("repair"), timeout=LONG)
-    weights = s.inspection.model.state_dict()
-    assert all(torch.equal(weights[k], v) for k, v in original.items())
+    restored = weights()
+    assert all(torch.equal(restored[k], v) for k, v in original.items()) and not errors
 
 
 def test_repair_can_be_cancelled(qtbot, window, demo):
