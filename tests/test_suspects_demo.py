@@ -30,6 +30,7 @@ def auto_report(tmp_path_factory):
     argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
     argv += ["--test", str(DEMO / "test"), "--device", "cpu"]
     argv += ["--report", str(out / "r.json"), "--suspects", str(out / "s.csv")]
+    argv += ["--out", str(out / "repaired.pth")]
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         assert main(argv) == 0
@@ -57,6 +58,10 @@ def test_demo_target_and_suggestion(auto_report):
     assert report["target_estimate"]["confidence"] > 0.8
     s = report["suggestion"]
     assert s["repairs"] and s["estimated_asr"] <= 5 and s["clean_acc_drop"] <= 2
+    # "repairs" is the held-out verdict: both upper bounds hold on samples that did not select
+    assert s["verdict"] == "repairs" and s["asr_interval"][1] <= 5
+    assert s["acc_drop_interval"][1] <= 2 and s["steps"][0].startswith("prune ")
+    assert s["asr_samples"] > 0 and s["acc_samples"] == s["holdout"]["clean_judge"]
     assert s["pruned"] == report["pruned"] > 0 and s["why"]
     assert set(s["methods"]) <= {"ep", "bnp", "clp"} and s["combine"] in ("union", "intersection")
     assert report["estimated_asr"] <= 5 and report["estimated_asr_before"] > 90
@@ -75,18 +80,32 @@ def test_demo_target_and_suggestion(auto_report):
 
 
 def test_auto_prints_its_configuration_in_the_table_and_layers_in_data_flow_order(auto_report):
-    from core.suggest import describe
-
     report, out = auto_report
     s = report["suggestion"]
     lines = (out / "stdout.txt").read_text().splitlines()
     auto_row = next(i for i, line in enumerate(lines) if line.startswith("auto "))
-    assert lines[auto_row + 1] == f"  auto = {describe(s['methods'], s['combine'])}"
-    listed = [line.split(":")[0].strip() for line in lines[auto_row + 2 :]]
+    assert lines[auto_row + 1] == f"  auto = {'; '.join(s['steps'])}"  # what was applied
+    assert lines[auto_row + 2].startswith(f"  verdict: {s['verdict']} — ")
+    listed = [line.split(":")[0].strip() for line in lines[auto_row + 3 :]]
     assert listed == list(report["flagged"])  # the report's order, which is the model's
     flow = ["bn1"] + [f"layer{a}.{b}.bn{c}" for a in (1, 2, 3) for b in range(3) for c in (1, 2)]
     ranks = [flow.index(name) for name in listed if name in flow]
     assert len(ranks) >= 2 and ranks == sorted(ranks)  # ResNet-20's BatchNorms, forward order
+
+
+def test_demo_repaired_model_reloads_with_its_numbers(auto_report):
+    """The exported file is the repaired model (pruning and any recovery): reopened, it gives
+    the ACC/ASR the report measured after the repair, and it says which steps made it."""
+    from core.checkpoint import load_checkpoint
+    from core.data import load_images
+    from core.inspection import Inspection
+
+    report, out = auto_report
+    reopened = Inspection(load_checkpoint(out / "repaired.pth"), device="cpu")
+    assert reopened.ckpt.metadata.extra["repair"] == report["suggestion"]["steps"]
+    metrics = reopened.evaluate(load_images(DEMO / "test"), target=0)
+    assert metrics.acc == pytest.approx(report["acc_after"])
+    assert metrics.asr == pytest.approx(report["asr_after"])
 
 
 def test_defend_without_auto_reports_suspects_and_estimate(tmp_path):
