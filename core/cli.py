@@ -210,6 +210,12 @@ def _in_data_flow_order(inspection, neurons: dict) -> dict:
 def _check_defend_args(args) -> None:
     """The argument errors of `bnp defend` that need no engine: raised before torch loads, so a
     forgotten option is said at once, not after the model has loaded (a minute when busy)."""
+    if args.no_recovery and not args.auto:
+        raise BnpError("--no-recovery only applies to --auto: add --auto or drop it.")
+    if args.seed is not None and not args.auto:
+        raise BnpError("--seed only applies to --auto (its held-out split and recovery).")
+    if args.seed is not None and args.seed < 0:
+        raise BnpError(f"--seed must be ≥ 0, got {args.seed}.")
     if args.out is not None and args.report is not None and _same_path(args.out, args.report):
         raise BnpError(
             f"--out and --report both name {args.out}: the report would replace the pruned "
@@ -235,12 +241,6 @@ def _check_defend_args(args) -> None:
         raise BnpError("BNP needs clean labelled samples: pass --clean DIR.")
     if args.method == "ep" and args.train is None:
         raise BnpError("EP needs samples of the suspect training set: pass --train DIR.")
-    if args.no_recovery and not args.auto:
-        raise BnpError("--no-recovery only applies to --auto: add --auto or drop it.")
-    if args.seed is not None and not args.auto:
-        raise BnpError("--seed only applies to --auto (its held-out split and recovery).")
-    if args.seed is not None and args.seed < 0:
-        raise BnpError(f"--seed must be ≥ 0, got {args.seed}.")
 
 
 def cmd_defend(args) -> int:

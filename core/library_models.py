@@ -57,6 +57,7 @@ class Described:
     groupnorm: int  # GroupNorm layers (timm's GroupNormAct among them)
 
     def to_json(self) -> list:
+        """The description as one compact JSON row (the shipped file's layout)."""
         return [
             *(self.n_keys, self.key_sig, self.shape_sig, self.stats_sig, self.n_stats),
             *(self.stem, list(self.heads), self.input_size, self.batchnorm, self.groupnorm),
@@ -64,6 +65,7 @@ class Described:
 
     @classmethod
     def from_json(cls, name: str, row: list) -> Described:
+        """A description read back from its JSON row."""
         n, key, shape, stats, n_stats, stem, heads, size, bn, gn = row
         return cls(name, int(n), str(key), str(shape), str(stats), int(n_stats), str(stem),
                    tuple(str(h) for h in heads), int(size), int(bn), int(gn))  # fmt: skip
@@ -77,6 +79,7 @@ def _hash(lines: Iterable[str]) -> str:
 
 
 def parameter_keys(keys: Iterable[str]) -> list[str]:
+    """The key names that are not BatchNorm statistics, sorted."""
     return sorted(k for k in keys if not k.endswith(STAT_SUFFIXES))
 
 
@@ -139,12 +142,14 @@ class FastMeta(DeviceContext):
 
 
 def timm_available() -> bool:
+    """Whether timm is installed (and not switched off by BNP_NO_TIMM)."""
     if os.environ.get("BNP_NO_TIMM"):
         return False
     return importlib.util.find_spec("timm") is not None
 
 
 def library_version(library: str) -> str | None:
+    """The installed version of a library (local build suffix dropped); None if absent."""
     if library == "timm" and not timm_available():
         return None
     try:
@@ -252,6 +257,7 @@ def describe(library: str, name: str) -> Described | None:
 
 
 def user_cache_file(library: str, version: str) -> Path:
+    """Where descriptions of a library version not shipped with the package are cached."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "bnp-inspector" / f"library-{library}-{version}.json"
 
@@ -338,6 +344,7 @@ def _write(path: Path, data: dict) -> None:
 
 
 def library_of(name: str) -> str:
+    """ "timm" for a `timm/` name, else "torchvision"."""
     return "timm" if name.startswith(TIMM_PREFIX) else "torchvision"
 
 
@@ -351,6 +358,8 @@ def find(name: str) -> Described | None:
 
 @dataclass(frozen=True)
 class QuickFit:
+    """A library model whose description fits a file, before any model is built."""
+
     name: str
     num_classes: int
     in_channels: int

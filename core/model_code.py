@@ -30,6 +30,7 @@ class ModelCode:
 
     @property
     def label(self) -> str:
+        """How reports and notices name the model's origin."""
         return f"{self.callable} from {self.file.name} (your model code)"
 
     def __str__(self) -> str:

@@ -66,10 +66,12 @@ class RecoveryData:
 
     @property
     def n_stamped(self) -> int:
+        """Clean samples stamped with the reconstructed trigger (0 without one)."""
         return 0 if self.stamped_x is None else len(self.stamped_x)
 
     @property
     def n_unlearn(self) -> int:
+        """Suspected samples the recovery pushes away from the target."""
         return 0 if self.unlearn_x is None else len(self.unlearn_x)
 
 

@@ -66,6 +66,7 @@ class Candidate:
     recovery: Recovery | None = None
 
     def to_dict(self) -> dict:
+        """The candidate in the report: its name, steps, verdict and recovery history."""
         out = {"name": self.name, "steps": list(self.steps)} | self.verdict.to_dict()
         if self.recovery is not None:
             out["recovery_history"] = [
@@ -94,10 +95,12 @@ class RepairOutcome:
 
     @property
     def repairs(self) -> bool:
+        """Whether the held-out verdict says it repairs."""
         return self.verdict.repairs
 
     @property
     def why(self) -> str:
+        """The verdict's reason and what the ASR estimate rests on."""
         return self.verdict.reason + (f" (ASR estimate from {self.source})" if self.source else "")
 
     def to_dict(self) -> dict:

@@ -81,6 +81,7 @@ class EscapingStream:
         self.stream = stream
 
     def write(self, text: str) -> int:
+        """Write `text` with terminal control characters escaped (a leading \\r kept)."""
         lead = "\r" if text.startswith("\r") else ""
         self.stream.write(lead + _TERMINAL_CONTROL.sub(_escape, text[len(lead) :]))
         return len(text)

@@ -159,6 +159,7 @@ class Holdout:
         return cls(s_select, s_judge, c_select, c_judge, seed)
 
     def to_dict(self) -> dict:
+        """The split's seed and the size of each part (the report's `holdout`)."""
         return {
             "seed": self.seed,
             "suspected_select": len(self.suspected_select),
@@ -193,6 +194,7 @@ class Verdict:
 
     @property
     def repairs(self) -> bool:
+        """Whether the verdict is "repairs"."""
         return self.verdict == REPAIRS
 
     def describe(self) -> str:
@@ -209,6 +211,8 @@ class Verdict:
         )
 
     def to_dict(self) -> dict:
+        """The verdict in the report (`suggestion`'s contract keys, rounded)."""
+
         def r(v):
             return None if v is None else round(float(v), 2)
 
