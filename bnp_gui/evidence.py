@@ -62,7 +62,9 @@ def evidence_report(plan: EvidencePlan, mask) -> dict:
     """The report fields of the evidence, for exactly ``mask`` (worker thread)."""
     from core.repair import Repair
 
-    fields = Repair(plan.analysis, plan.probe, plan.train, plan.clean, plan.suggestion).report(mask)
+    fields = Repair(plan.analysis, plan.probe, plan.train, plan.clean).report(mask)
+    if plan.suggestion is not None:  # the window's Suggest (not --auto's held-out repair)
+        fields["suggestion"] = plan.suggestion.to_dict()
     fields["evidence_trust"] = plan.trust
     fields["evidence_contradicted_by_measured_asr"] = plan.contradicted
     fields["suggestion_applied"] = plan.applied if plan.suggestion is not None else None

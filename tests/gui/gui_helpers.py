@@ -33,3 +33,19 @@ def wait_full_preview(qtbot, session) -> None:
 def analyze(qtbot, window) -> None:
     with qtbot.waitSignal(window.session.analysis_finished, timeout=LONG):
         window.session.analyze()
+
+
+def analysed(qtbot, window, model, *, defaults: bool = False, suspects: bool = False):
+    """`model` (checkpoint, data roles) opened and analysed; the session. `defaults`: from the
+    paper's defaults (earlier tests saved other settings); `suspects`: until the suspect-sample
+    analysis is in too."""
+    checkpoint, roles = model
+    if defaults:
+        window.tools.reset_to_defaults()
+    open_model(qtbot, window, checkpoint)
+    open_data(qtbot, window, roles)
+    analyze(qtbot, window)
+    s = window.session
+    if suspects:
+        qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
+    return s

@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, analysed, analyze, open_model, wait_full_preview
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
@@ -20,23 +20,13 @@ from bnp_gui.decisions import PAPER_DEFAULTS, capture
 from bnp_gui.panels.neuron_table import COLUMNS
 
 
-def analysed(qtbot, window, tiny_model):
-    """The tiny model analysed, from the paper's defaults (earlier tests saved other settings)."""
-    checkpoint, roles = tiny_model
-    window.tools.reset_to_defaults()
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
-    return window.session
-
-
 def flagged_count(flags) -> int:
     return int(sum(int(f.sum()) for f in flags.values()))
 
 
 # ---------------------------------------------------------------- 2. what is pruned, visible
 def test_marks_separate_flagged_by_view_from_pruned_by_mask(qtbot, window, tiny_model):
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     heatmap = window.heatmap
     s.set_threshold("bnp", 1.5)
     s.set_threshold("ep", 1.5)
@@ -89,7 +79,7 @@ def test_trade_off_curve_says_what_it_measures(qtbot, window, tiny_model):
 
 
 def test_neuron_table_sorts_filters_and_follows_the_selection(qtbot, window, tiny_model):
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     tools = window.tools
     tools.docks["table"].show()
     table = tools.table
@@ -148,7 +138,7 @@ def test_arrow_keys_move_the_selection(qtbot, window, tiny_model):
 
 # ---------------------------------------------------------------- 3. undo and keep
 def test_undo_redo_of_thresholds_combination_and_overrides(qtbot, window, tiny_model):
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     undo, redo = window.tools.undo_action, window.tools.redo_action
     start = capture(s)
     window.thresholds.spins["bnp"].setValue(2.0)
@@ -181,7 +171,7 @@ def test_session_file_reopens_to_the_same_numbers(qtbot, window, tiny_model, tmp
     asked = []  # the model lies outside the session's folder: the user is asked first
     monkeypatch.setattr(session_paths, "confirm_outside", lambda *a: asked.append(a[2]) or True)
 
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     s.set_input_spec(mean=(0.5,), std=(0.25,))
     analyze(qtbot, window)
     s.set_threshold("bnp", 1.7)
@@ -289,7 +279,7 @@ def test_plot_menus_export_and_scores_csv(qtbot, window, tiny_model, tmp_path):
 def test_model_pane_presentation_mode_and_examples(qtbot, window, tiny_model):
     tools = window.tools
     assert "Open or drop a checkpoint" in tools.model_pane.hint.text()
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     pane = tools.model_pane
     assert pane.text("arch").startswith("cifar_resnet20")
     assert pane.text("input") == "1×16×16"
@@ -313,7 +303,7 @@ def test_model_pane_presentation_mode_and_examples(qtbot, window, tiny_model):
 
 
 def test_before_numbers_stay_fixed_once_measured_on_the_full_set(qtbot, window, tiny_model):
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     wait_full_preview(qtbot, s)
     full = window.preview.value("ACC", "before")
     shown = []
@@ -376,7 +366,7 @@ def test_banner_follows_a_dark_palette(qtbot, window):
 def test_a_click_does_not_wait_behind_the_curve_and_a_layer_is_computed_once(
     qtbot, window, tiny_model
 ):
-    s = analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True)
     wait_full_preview(qtbot, s)
     qtbot.waitUntil(lambda: not s.is_busy("curve"), timeout=LONG)
     s.curves.clear()

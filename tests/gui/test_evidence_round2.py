@@ -11,21 +11,10 @@ import types
 from pathlib import Path
 
 import pytest
-from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, analysed, wait_full_preview
 
 from bnp_gui.decisions import capture
 from bnp_gui.session import CURVE_SUBSET, PreviewResult
-
-
-def _analysed(qtbot, window, tiny_model):
-    checkpoint, roles = tiny_model
-    window.tools.reset_to_defaults()
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
-    s = window.session
-    qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
-    return s
 
 
 def _suggestion(methods, combine="intersection", why="because the estimate says so"):
@@ -37,7 +26,7 @@ def _suggestion(methods, combine="intersection", why="because the estimate says 
 
 
 def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
-    s = _analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
     stack = window.tools.history.stack
     s.set_threshold("ep", 1.75)  # a step of the analyst's before Suggest
     wait_full_preview(qtbot, s)
@@ -56,7 +45,7 @@ def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
 
 
 def test_the_suggestion_stays_in_the_panel(qtbot, window, tiny_model):
-    s = _analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
     why = "EP k=2.5 is the smallest pruning whose estimated ASR is 2.0 % (≤ 5 %)."
     s.suspects._suggested(_suggestion({"ep": 2.5}, "union", why))
     label = window.suspects.suggestion
@@ -97,7 +86,7 @@ def test_no_evidence_is_said_once_and_yields_to_a_high_measured_asr(qtbot, windo
 
 
 def test_export_carries_the_evidence(qtbot, window, tiny_model, tmp_path):
-    s = _analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
     state = s.suspects
     with qtbot.waitSignal(state.suggestion_changed, timeout=LONG):
         window.suggest_action.trigger()
@@ -167,7 +156,7 @@ def test_the_report_explains_an_inferred_target(planted_analysis):
 def test_trade_off_curve_measures_the_previews_mask(qtbot, window, tiny_model):
     from bnp_gui.trigger_source import measure
 
-    s = _analysed(qtbot, window, tiny_model)
+    s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
     assert s.mask_methods().keys() == {"ep", "bnp"} and s.view_method == "bnp"
     k = s.thresholds["bnp"]
     qtbot.waitUntil(lambda: k in {p for p, _ in s.curves.get("bnp", [])}, timeout=LONG)

@@ -6,17 +6,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from gui_helpers import LONG, analyze, open_data, open_model
-
-
-def _analysed(qtbot, window, demo):
-    checkpoint, roles = demo
-    s = window.session
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
-    qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
-    return s
+from gui_helpers import LONG, analysed
 
 
 def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
@@ -25,7 +15,7 @@ def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
 
     # one epoch per recovery: what is checked here is the window's flow, not the recovery
     monkeypatch.setattr(core.repair_search, "recover", functools.partial(recover, epochs=1))
-    s = _analysed(qtbot, window, demo)
+    s = analysed(qtbot, window, demo, suspects=True)
     panel = window.repair
     assert panel.repair_button.isEnabled() and not panel.apply_button.isEnabled()
     panel.repair()
@@ -66,7 +56,7 @@ def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
 
 
 def test_repair_can_be_cancelled(qtbot, window, demo):
-    s = _analysed(qtbot, window, demo)
+    s = analysed(qtbot, window, demo, suspects=True)
     panel = window.repair
     panel.repair()
     panel.cancel()

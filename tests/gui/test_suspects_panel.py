@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
-from gui_helpers import LONG, analyze, open_data, open_model
+from gui_helpers import LONG, analysed
 from PySide6.QtCore import Qt
 
 from bnp_gui.panels.suspects import THUMB
@@ -13,12 +13,7 @@ from core.inspection import METHODS
 
 
 def _analysed(qtbot, window, demo):
-    checkpoint, roles = demo
-    s = window.session
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
-    qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
+    s = analysed(qtbot, window, demo, suspects=True)
     qtbot.waitUntil(lambda: s.suspects.estimate is not None, timeout=LONG)
     return s
 

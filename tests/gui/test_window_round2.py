@@ -4,7 +4,7 @@ when it opens (issue 20, item 1 and the NaN warning). Tiny models only."""
 from __future__ import annotations
 
 import torch
-from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
+from gui_helpers import LONG, analysed, open_data, open_model, wait_full_preview
 
 
 def _garbage(tmp_path):
@@ -104,11 +104,7 @@ def test_a_model_with_nan_weights_warns_when_it_opens(qtbot, window, tiny_model,
 
 
 def test_analysis_ends_with_a_neuron_selected(qtbot, window, tiny_model):
-    checkpoint, roles = tiny_model
-    s = window.session
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
+    s = analysed(qtbot, window, tiny_model)
     qtbot.waitUntil(lambda: s.selected is not None, timeout=LONG)
     layer, channel = s.selected
     assert layer in dict(s.layers)
@@ -118,11 +114,7 @@ def test_every_plot_exports_as_svg(qtbot, window, tiny_model, tmp_path):
     from pyqtgraph.exporters import SVGExporter
     from PySide6.QtSvg import QSvgRenderer
 
-    checkpoint, roles = tiny_model
-    s = window.session
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
+    s = analysed(qtbot, window, tiny_model)
     wait_full_preview(qtbot, s)
     for name in ("heatmap", "distribution", "neuron", "preview"):
         path = tmp_path / f"{name}.svg"
