@@ -350,7 +350,10 @@ def cmd_defend(args) -> int:
     if args.auto:
         print(_metrics_row("auto", None, mask.count(), after))
         print(f"  auto = {'; '.join(outcome.steps) or 'nothing applied'}")
-        print(f"  verdict: {outcome.verdict.verdict} — {outcome.why}")
+        verdict, why = outcome.verdict.verdict, outcome.why
+        if why.lower().startswith(f"{verdict}: "):  # said once
+            why = why[len(verdict) + 2 :]
+        print(f"  verdict: {verdict} — {why}")
     else:
         print(_metrics_row(args.method, args.threshold, mask.count(), after))
     for layer, channels in _in_data_flow_order(inspection, mask.neurons()).items():
