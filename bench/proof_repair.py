@@ -69,7 +69,8 @@ def defender_dirs(name: str, workdir: Path) -> tuple[Path, Path, Path, torch.Ten
         import numpy as np
 
         poisoned = torch.from_numpy(np.load(DEMO / "train_poisoned" / "poisoned.npy"))
-        return DEMO / "fmnist_resnet20_badnets.pth", DEMO / "train_poisoned", DEMO / "clean", poisoned
+        ckpt = DEMO / "fmnist_resnet20_badnets.pth"
+        return ckpt, DEMO / "train_poisoned", DEMO / "clean", poisoned
     ckpt = workdir / f"{name}.pth"
     data = torch.load(workdir / f"{name}.data.pt", weights_only=True)
     folder = workdir / f"{name}_defender"
