@@ -173,6 +173,12 @@ def _same_path(a: Path, b: Path) -> bool:
 
 
 def cmd_defend(args) -> int:
+    if args.no_recovery and not args.auto:
+        raise BnpError("--no-recovery only applies to --auto: add --auto or drop it.")
+    if args.seed is not None and not args.auto:
+        raise BnpError("--seed only applies to --auto (its held-out split and recovery).")
+    if args.seed is not None and args.seed < 0:
+        raise BnpError(f"--seed must be ≥ 0, got {args.seed}.")
     from core.checks import check_threshold
     from core.export import (
         export_model,
@@ -239,15 +245,20 @@ def cmd_defend(args) -> int:
             clean,
             auto=args.auto,
             acc_budget=acc_budget,
-            progress=ProgressBar(label="suggest") if args.auto else None,
+            recovery=not args.no_recovery,
+            seed=args.seed or 0,
+            progress=ProgressBar(label="repair") if args.auto else None,
             warn=lambda message: print(f"bnp: warning: {message}", file=sys.stderr),
         )
         print(f"target estimate: {repair.analysis.reason}", file=sys.stderr)
+    model = None  # the loaded model; --auto: the repaired copy
     if args.auto:
-        suggestion = repair.suggestion
-        mask = suggestion.mask
+        outcome = repair.outcome
+        mask, model = outcome.mask, outcome.model
         report = {"method": "auto", "flagged": mask.neurons(), "pruned": mask.count()}
-        print(f"suggestion: {suggestion.why}", file=sys.stderr)
+        print(f"repair: {outcome.verdict.verdict} — {outcome.why}", file=sys.stderr)
+        for step in outcome.steps or ["nothing applied"]:
+            print(f"  step: {step}", file=sys.stderr)
     else:
         mask = inspection.mask({args.method: args.threshold})
         report = method_report(inspection, args.method, args.threshold, mask)
@@ -278,7 +289,9 @@ def cmd_defend(args) -> int:
             print(f"ASR not computed: the checkpoint does not say {missing}.", file=sys.stderr)
         attack = dict(trigger=trigger, target=target, poisoned=poisoned)
         before = inspection.evaluate(test, **attack, progress=ProgressBar(label="before"))
-        after = inspection.evaluate(test, mask=mask, **attack, progress=ProgressBar(label="after"))
+        after = inspection.evaluate(
+            test, mask=mask, model=model, **attack, progress=ProgressBar(label="after")
+        )
         report.update(acc_before=before.acc, asr_before=before.asr)
         report.update(acc_after=after.acc, asr_after=after.asr)
         for message in dict.fromkeys(before.warnings + after.warnings):
@@ -297,16 +310,20 @@ def cmd_defend(args) -> int:
 
     if args.out is not None:
         fmt = args.format or format_for_path(args.out)
+        metadata = session_metadata(inspection)  # input overrides, target, trigger
+        if args.auto:
+            metadata.extra = {**metadata.extra, "repair": list(repair.outcome.steps)}
         export_model(
-            inspection.model,
+            inspection.model if model is None else model,
             args.out,
             mask=mask,
             fmt=fmt,
-            metadata=session_metadata(inspection),  # input overrides, target, trigger
+            metadata=metadata,
             trigger=ckpt.trigger,
             source=args.checkpoint,
         )
-        print(f"pruned model written to {args.out} ({fmt})", file=sys.stderr)
+        what = "repaired" if args.auto else "pruned"
+        print(f"{what} model written to {args.out} ({fmt})", file=sys.stderr)
     if args.report is not None:
         write_json(args.report, report, source=args.checkpoint)
         print(f"report written to {args.report}", file=sys.stderr)
@@ -348,14 +365,26 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument(
         "--auto",
         action="store_true",
-        help="choose methods, thresholds and union/intersection from the suspect samples "
-        "(--train) and the clean samples (--clean), without the trigger",
+        help="repair without the trigger: choose the pruning (methods, thresholds, "
+        "union/intersection) and a recovery fine-tuning from the suspect samples (--train) "
+        "and the clean samples (--clean), judged on held-out parts of them; --out writes the "
+        "repaired model",
     )
     p.add_argument(
         "--acc-budget",
         type=float,
         metavar="POINTS",
         help="--auto: clean accuracy the repair may cost, in points (default 2)",
+    )
+    p.add_argument(
+        "--no-recovery",
+        action="store_true",
+        help="--auto: prune only (no fine-tuning that unlearns the suspected samples)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        help="--auto: seed of the held-out split and of the recovery (default 0)",
     )
     p.add_argument(
         "--suspects",
@@ -379,7 +408,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     )
     p.add_argument("--alpha", type=float, default=0.2, help="blend weight of a trigger image")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: CUDA when available)")
-    p.add_argument("--out", type=Path, help="write the pruned model here")
+    p.add_argument("--out", type=Path, help="write the pruned (--auto: repaired) model here")
     p.add_argument("--format", choices=("seed", "state_dict", "safetensors", "torchscript"))
     p.add_argument("--report", type=Path, help="write a JSON report here")
     _add_input_args(p)

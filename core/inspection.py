@@ -289,10 +289,12 @@ class Inspection:
         progress: Progress | None = None,
         cancel: CancelCheck | None = None,
         batch_size: int = 256,
+        model: torch.nn.Module | None = None,
     ) -> Metrics:
         """ACC/ASR with `mask` applied, weights untouched. The ASR's trigger is the checkpoint's
         unless another is given, None (no ASR) or `poisoned` samples that carry it already; the
-        target label defaults to the checkpoint's."""
+        target label defaults to the checkpoint's. `model`: another model of the same
+        architecture (a repaired copy) instead of the loaded one."""
         if isinstance(trigger, str):
             if trigger != "checkpoint":
                 raise ValueError(f"trigger: a Trigger, None or 'checkpoint', not {trigger!r}")
@@ -306,7 +308,7 @@ class Inspection:
             except DataError as exc:
                 raise DataError(f"the checkpoint's metadata: {exc}") from None
         return evaluate(
-            self.model,
+            self.model if model is None else model,
             test,
             self.spec,
             mask=mask,

@@ -1,9 +1,10 @@
 """Repair without knowing the attack, as the command line runs it (`bnp defend --auto`).
 
 One call after the statistics pass: suspect samples and the target (`core.suspects`), the
-suggested configuration (`core.suggest`) when asked for, the label-free ASR estimate of any
-mask, and the report fields `suspect_samples`, `target_estimate`, `suggestion`,
-`estimated_asr`. Also writes the suspect list (data cleansing) as CSV or JSON.
+repair when asked for (`core.repair_search`: pruning and recovery chosen on one part of the
+data, judged on another), the label-free ASR estimate of any mask, and the report fields
+`suspect_samples`, `target_estimate`, `suggestion`, `estimated_asr`. Also writes the suspect
+list (data cleansing) as CSV or JSON.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from core.data import ImageSet
 from core.errors import BnpError
 from core.masks import PruneMask
+from core.repair_search import RepairOutcome, search_repair
 from core.statistics import CancelCheck, Progress
-from core.suggest import ACC_BUDGET, Suggestion, suggest
+from core.suggest import ACC_BUDGET
 from core.suspects import (
     AsrEstimate,
     MaskProbe,
@@ -43,13 +45,18 @@ def check_acc_budget(value: float | None) -> float:
 
 @dataclass
 class Repair:
-    """Suspects, target, (suggestion) and the probe that evaluates masks on them."""
+    """Suspects, target, (the repair) and the probe that evaluates masks on them."""
 
     analysis: SuspectAnalysis
     probe: MaskProbe
     train: ImageSet
     clean: ImageSet | None
-    suggestion: Suggestion | None = None
+    outcome: RepairOutcome | None = None
+
+    @property
+    def suggestion(self) -> RepairOutcome | None:
+        """The repair chosen with --auto (None without)."""
+        return self.outcome
 
     @property
     def target(self) -> int | None:
@@ -66,18 +73,30 @@ class Repair:
         """The report fields: suspect samples, target estimate, estimated ASR (before/after),
         and the suggestion when there is one."""
         before = self.estimate(None)
-        after = (
-            self.suggestion.estimate
-            if self.suggestion is not None and mask is self.suggestion.mask
-            else self.estimate(mask)
-        )
         fields = {
             "target_estimate": self.analysis.target_dict(),
-            "estimated_asr": after.percent,
             "estimated_asr_before": before.percent,
-            "estimate": after.to_dict() | {"describe": after.describe()},
             "suspect_samples": self.analysis.records(self.train.files),
         }
+        if self.outcome is not None:  # the held-out estimate of the repaired model
+            v = self.outcome.verdict
+            fields["estimated_asr"] = v.estimate
+            fields["estimate"] = {
+                "percent": None if v.estimate is None else round(v.estimate, 2),
+                "n_samples": v.n,
+                "basis": v.basis,
+                "source": self.outcome.source,
+                "interval95": None if v.interval is None else [round(x, 2) for x in v.interval],
+                "target": self.analysis.target,
+                "is_estimate": True,
+                "held_out": True,
+                "describe": v.describe()
+                + (f" ({self.outcome.source})" if self.outcome.source else ""),
+            }
+        else:
+            after = self.estimate(mask)
+            fields["estimated_asr"] = after.percent
+            fields["estimate"] = after.to_dict() | {"describe": after.describe()}
         if self.analysis.target is not None:
             labels = self.clean.labels if self.clean is not None else None
             rebuilt = reconstruction(self.probe, self.analysis, labels)
@@ -86,8 +105,8 @@ class Repair:
                 "why": rebuilt.reason,
                 "values": 0 if rebuilt.trigger is None else rebuilt.trigger.count,
             }
-        if self.suggestion is not None:
-            fields["suggestion"] = self.suggestion.to_dict()
+        if self.outcome is not None:
+            fields["suggestion"] = self.outcome.to_dict()
         return fields
 
 
@@ -98,11 +117,14 @@ def run_repair(
     *,
     auto: bool = False,
     acc_budget: float = ACC_BUDGET,
+    recovery: bool = True,
+    seed: int = 0,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     warn: Callable[[str], None] | None = None,
 ) -> Repair:
-    """Analyse the suspect samples (statistics collected) and, with `auto`, suggest."""
+    """Analyse the suspect samples (statistics collected) and, with `auto`, find the repair
+    (`recovery`: also try fine-tuning; `seed`: the held-out split's and the recovery's)."""
     probe = make_probe(inspection, train, clean)
     analysis = analyse_suspects(inspection, train, clean, probe=probe, cancel=cancel)
     for message in analysis.warnings:
@@ -112,16 +134,10 @@ def run_repair(
     if auto:
         if clean is None:
             raise BnpError("--auto checks the clean accuracy of every candidate: pass --clean DIR.")
-        repair.suggestion = suggest(
-            inspection,
-            analysis,
-            train,
-            clean,
-            acc_budget=acc_budget,
-            probe=probe,
-            progress=progress,
-            cancel=cancel,
-        )
+        repair.outcome = search_repair(
+            inspection, analysis, train, clean, probe=probe, acc_budget=acc_budget,
+            recovery=recovery, seed=seed, progress=progress, cancel=cancel,
+        )  # fmt: skip
     return repair
 
 

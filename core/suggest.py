@@ -5,10 +5,11 @@ intersection, at a shared threshold k), the suggestion is the one pruning the fe
 whose *estimated* ASR (`core.suspects`) is low enough while the accuracy on the clean labelled
 samples drops at most `acc_budget` points. "Low enough" is asked of the estimate's 95 % upper
 bound (Wilson, from the n samples it rests on: stamped clean samples where a trigger was
-reconstructed, else suspected ones): at most `asr_goal`, or, where n is too small for
-any bound that low, the bound of an estimate of zero — the lowest n samples can show. Only when
-no configuration meets that does a point estimate ≤ `asr_goal` count, and the explanation
-says it rests on too few samples. The search uses that pruning more neurons (a smaller k)
+reconstructed, else suspected ones): at most `asr_goal`. Only when no configuration meets that
+does a point estimate ≤ `asr_goal` count, and the explanation calls the repair uncertain. These
+are the numbers of the samples that chose the configuration, so they are optimistic: the
+held-out verdict on a repair is `core.verdict`'s (`core.repair_search` runs this search on a
+selection part and judges it on the rest). The search uses that pruning more neurons (a smaller k)
 lowers the ASR and the accuracy: per configuration, a bisection over k finds the largest k whose
 estimate is low enough, then one accuracy check decides. When no configuration repairs within
 the budget, the suggestion says so and names the configuration with the lowest estimated ASR
@@ -136,12 +137,6 @@ def upper_bound(percent: float, n: int) -> float:
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return 100 * min(1.0, centre + half)
-
-
-def required_bound(goal: float, n: int) -> float:
-    """The upper bound an estimate from `n` samples must reach to count as a sure repair: the
-    goal, or, where `n` is too small for any bound that low, the bound of an estimate of 0."""
-    return max(goal, upper_bound(0.0, n))
 
 
 class _Search:
@@ -306,11 +301,10 @@ class _Search:
         return estimate.percent is not None and estimate.percent <= self.goal + 1e-9
 
     def sure(self, estimate: AsrEstimate) -> bool:
-        """The estimate's 95 % upper bound is at most the goal (or as low as n samples show)."""
+        """The estimate's 95 % upper bound is at most the goal."""
         if not self.repaired(estimate):
             return False
-        bound = upper_bound(estimate.percent, estimate.n)
-        return bound <= required_bound(self.goal, estimate.n) + 1e-9
+        return upper_bound(estimate.percent, estimate.n) <= self.goal + 1e-9
 
 
 def _unpruned_predictions(inspection, train: ImageSet, clean: ImageSet) -> dict:
@@ -342,9 +336,9 @@ def suggest(
     cancel: CancelCheck | None = None,
     reuse_statistics: bool = True,
 ) -> Suggestion:
-    """The smallest pruning (method, k, combination) whose estimated ASR is surely ≤
-    `asr_goal` while the clean accuracy drops at most `acc_budget` points (see the module
-    docstring for "surely"); says so plainly when none does. `reuse_statistics`: take the
+    """The smallest pruning (method, k, combination) whose estimated ASR's 95 % upper bound is
+    ≤ `asr_goal` while the clean accuracy drops at most `acc_budget` points (see the module
+    docstring); says so plainly when none does. `reuse_statistics`: take the
     unpruned model's predictions from the statistics pass (False: compute them again)."""
     if clean is None or len(clean) == 0:
         raise BnpError("A suggestion needs clean labelled samples to check accuracy: pass --clean.")
@@ -409,8 +403,8 @@ def suggest(
             + (
                 f", 95 % upper bound {bound:.1f} %"
                 if sure
-                else f"; but its 95 % upper bound, {bound:.1f} %, is above what "
-                f"{estimate.n} samples can show — the repair is uncertain"
+                else f"; but its 95 % upper bound, {bound:.1f} %, is above the goal — the "
+                "repair is uncertain"
             )
             + f") {_cost(drop)} (budget {acc_budget:g})."
         )

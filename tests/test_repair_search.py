@@ -1,0 +1,239 @@
+"""Repair beyond pruning on the tiny planted model: the recovery (`core.recovery`) and the search
+that judges candidates on held-out samples (`core.repair_search`), and `bnp defend --auto`
+exporting the repaired model."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from suspect_models import TARGET, TRIGGER, analysed_planted
+
+from core.checkpoint import load_checkpoint
+from core.cli import main
+from core.errors import Cancelled
+from core.evaluation import evaluate
+from core.export import export_model, session_metadata
+from core.masks import PruneMask
+from core.recovery import RecoveryData, recover
+from core.repair_search import search_repair
+from core.verdict import REPAIRS, UNVERIFIED
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Every test here runs on one torch thread (tests/conftest.py)."""
+
+
+@pytest.fixture(scope="module")
+def backdoored():
+    return analysed_planted()
+
+
+def _data(probe, analysis, clean):
+    return RecoveryData(
+        probe.inputs["clean"],
+        clean.labels,
+        TARGET,
+        unlearn_x=probe.inputs["train"][analysis.suspected_index()],
+    )
+
+
+def _some_mask(inspection) -> PruneMask:
+    layer = inspection.layers[1]
+    flags = torch.zeros(layer.channels, dtype=torch.bool)
+    flags[[0, 5, 9]] = True
+    return PruneMask.from_flags({layer.name: flags}, zero_beta=True)
+
+
+# ---- the recovery ------------------------------------------------------------------------------
+
+
+def test_recovery_is_deterministic_and_keeps_the_pruned_neurons(backdoored):
+    p, probe, analysis = backdoored
+    model, mask = p.inspection.model, _some_mask(p.inspection)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    data = _data(probe, analysis, p.clean)
+    first = recover(model, mask, data, epochs=2, seed=0)
+    again = recover(model, mask, data, epochs=2, seed=0)
+    other = recover(model, mask, data, epochs=2, seed=1)
+    a, b, c = (r.model.state_dict() for r in (first, again, other))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same seed: the same weights
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # another seed: others
+    assert any(not torch.equal(a[k], original[k]) for k in a)  # it trained
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # a copy
+    ((name, flags),) = mask.gamma.items()
+    bn = dict(first.model.named_modules())[name]
+    assert torch.all(bn.weight[flags] == 0) and torch.all(bn.bias[flags] == 0)
+    assert torch.any(bn.weight[~flags] != 0)
+    assert first.epochs == first.epochs_run == 2 and first.n_unlearn == analysis.n_suspected
+    assert first.describe().startswith("recovery: 2 epochs, unlearning")
+
+
+def test_recovery_unlearns_the_suspected_samples(backdoored):
+    p, probe, analysis = backdoored
+    rows = analysis.suspected_index()
+    x = probe.inputs["train"][rows]
+    before = (p.inspection.model(x).argmax(1) == TARGET).float().mean()
+    result = recover(p.inspection.model, None, _data(probe, analysis, p.clean), epochs=3)
+    with torch.no_grad():
+        after = (result.model(x).argmax(1) == TARGET).float().mean()
+    assert before > 0.8 and after < before / 2
+
+
+def test_recovery_stops_early_on_its_check_and_can_be_cancelled(backdoored):
+    p, probe, analysis = backdoored
+    data = _data(probe, analysis, p.clean)
+    calls = []
+
+    def check(net):
+        calls.append(1)
+        return (0.0, 90.0)  # at the goal within the budget from the first epoch
+
+    result = recover(p.inspection.model, None, data, check=check, acc_reference=90.0, epochs=5)
+    assert result.epochs == result.epochs_run == 1 and len(calls) == 2  # epoch 0 and 1
+    with pytest.raises(Cancelled):
+        recover(p.inspection.model, None, data, epochs=2, cancel=lambda: True)
+    seen = []
+    recover(p.inspection.model, None, data, epochs=1, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] and all(d <= t for d, t in seen)
+
+
+# ---- the search --------------------------------------------------------------------------------
+
+
+def test_search_judges_on_samples_that_did_not_select(backdoored):
+    p, probe, analysis = backdoored
+    out = search_repair(p.inspection, analysis, p.train, p.clean, probe=probe, recovery=False)
+    h = out.holdout
+    assert set(h.suspected_select.tolist()).isdisjoint(h.suspected_judge.tolist())
+    assert set(h.clean_select.tolist()).isdisjoint(h.clean_judge.tolist())
+    assert sorted(h.suspected_select.tolist() + h.suspected_judge.tolist()) == sorted(
+        analysis.suspected_index().tolist()
+    )
+    # the pruning was chosen from the selection part only ...
+    assert out.suggestion.estimate.suspected == len(h.suspected_select)
+    assert out.suggestion.clean_acc_before is not None
+    # ... and is judged on the rest: the stamped judging set comes from the judging clean
+    # samples outside the target class, or the estimate rests on the judging suspected ones
+    v = out.verdict
+    judged_clean = p.clean.labels[h.clean_judge]
+    assert v.n in (int((judged_clean != TARGET).sum()), len(h.suspected_judge))
+    assert v.n_acc == len(h.clean_judge)
+    assert [c.name for c in out.candidates] == ["pruning"]
+    assert out.steps == [] or out.steps[0].startswith("prune ")
+    d = out.to_dict()
+    for key in (
+        "verdict",
+        "reason",
+        "steps",
+        "estimated_asr",
+        "asr_interval",
+        "asr_samples",
+        "acc_drop_estimate",
+        "acc_drop_interval",
+        "acc_samples",
+    ):
+        assert key in d
+    assert d["verdict"] in ("repairs", "does not repair", "unverified")
+    again = search_repair(p.inspection, analysis, p.train, p.clean, probe=probe, recovery=False)
+    assert again.to_dict() == d  # deterministic
+
+
+def test_search_tries_recovery_when_pruning_does_not_hold(backdoored):
+    p, probe, analysis = backdoored
+    out = search_repair(
+        p.inspection,
+        analysis,
+        p.train,
+        p.clean,
+        probe=probe,
+        asr_goal=-1.0,
+        recovery_options={"epochs": 1},
+    )
+    names = [c.name for c in out.candidates]
+    assert names == ["pruning", "pruning + recovery", "recovery"]  # nothing reaches −1 %
+    assert out.verdict.verdict != REPAIRS
+    assert all(c.verdict.confidence > 98 for c in out.candidates)  # three looks: Bonferroni
+    if out.applied is not None:
+        assert out.steps == next(c.steps for c in out.candidates if c.name == out.applied)
+
+
+def test_search_without_a_target_changes_nothing(backdoored):
+    p, probe, analysis = backdoored
+    none = replace(analysis, target=None, reason="No backdoor evidence.")
+    out = search_repair(p.inspection, none, p.train, p.clean, probe=probe)
+    assert out.verdict.verdict == UNVERIFIED and out.steps == [] and out.mask.count() == 0
+    assert out.model is p.inspection.model and "Nothing changed" in out.verdict.reason
+
+
+def test_search_can_be_cancelled(backdoored):
+    p, probe, analysis = backdoored
+    with pytest.raises(Cancelled):
+        search_repair(p.inspection, analysis, p.train, p.clean, probe=probe, cancel=lambda: True)
+
+
+# ---- the command line --------------------------------------------------------------------------
+
+
+def _npy(folder, images: torch.Tensor, labels: torch.Tensor):
+    folder.mkdir()
+    np.save(folder / "data.npy", images.permute(0, 2, 3, 1).numpy())
+    np.save(folder / "labels.npy", labels.numpy())
+    return folder
+
+
+def test_cli_exports_the_repaired_model_that_reloads_with_its_numbers(backdoored, tmp_path):
+    p, _probe, _analysis = backdoored
+    ckpt = tmp_path / "tiny.pt"
+    export_model(
+        p.inspection.model, ckpt, fmt="torchscript", metadata=session_metadata(p.inspection)
+    )
+    train = _npy(tmp_path / "train", p.train.images, p.train.labels)
+    clean = _npy(tmp_path / "clean", p.clean.images, p.clean.labels)
+    test = _npy(tmp_path / "test", p.test.images, p.test.labels)
+    out, report = tmp_path / "repaired.pt", tmp_path / "r.json"
+    argv = [
+        "defend",
+        str(ckpt),
+        "--auto",
+        "--train",
+        str(train),
+        "--clean",
+        str(clean),
+        "--test",
+        str(test),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--format",
+        "torchscript",
+        "--report",
+        str(report),
+    ]
+    assert main(argv) == 0
+    r = json.loads(report.read_text())
+    s = r["suggestion"]
+    assert s["verdict"] in ("repairs", "does not repair", "unverified") and s["reason"]
+    assert s["asr_samples"] > 0 and s["acc_samples"] == s["holdout"]["clean_judge"]
+    lo, hi = s["asr_interval"]
+    assert lo <= s["estimated_asr"] <= hi
+    assert r["pruned"] == s["pruned"] and isinstance(s["steps"], list)
+    reopened = load_checkpoint(out)
+    assert reopened.metadata.extra.get("repair") == s["steps"]
+    again = evaluate(reopened.model, p.test, p.inspection.spec, trigger=TRIGGER, target=TARGET)
+    assert again.acc == pytest.approx(r["acc_after"]) and again.asr == pytest.approx(r["asr_after"])
+    if s["steps"]:
+        assert (r["acc_after"], r["asr_after"]) != (r["acc_before"], r["asr_before"])
+
+
+def test_cli_argument_errors_for_the_repair_flags(tmp_path, capsys):
+    ckpt = str(tmp_path / "missing.pth")
+    assert main(["defend", ckpt, "--method", "ep", "--no-recovery"]) == 2
+    assert "--no-recovery only applies to --auto" in capsys.readouterr().err
+    assert main(["defend", ckpt, "--auto", "--seed", "-1"]) == 2
+    assert "--seed must be ≥ 0" in capsys.readouterr().err
