@@ -2,6 +2,7 @@
 
     python bench/proof_repair.py [NAME ...] [--workdir /work/proof-models] [--threads 1]
         [--eval-limit 10000] [--no-oracle] [--defend-args "--no-recovery"] [--out FILE.md]
+    python bench/proof_repair.py --table [--out FILE.md]   # the table of the runs saved earlier
 
 NAME: `demo` (the bundled model) or a model of `bench/proof_models.py` in --workdir (default:
 every model found there, and the demo). Per model, the engine runs as an analyst runs it, with
@@ -244,18 +245,24 @@ def row(r: dict) -> str:
     else:
         oracle = "no pruning repairs within 2 points"
     verdict = c["verdict"] + (" **FALSE REPAIR**" if r["false_repair"] else "")
+    if r["asr_before"] is not None and r["asr_before"] <= ASR_GOAL:
+        goal = "left as is" if not c["steps"] else "changed"
+    else:
+        held = r["asr_after"] is not None and r["asr_after"] <= ASR_GOAL
+        goal = "yes" if held and r["real_drop"] <= ACC_BUDGET else "no"
     return (
         f"| {r['name']} | {_num(r['acc_before'])} / {_num(r['asr_before'])} | "
-        f"{_num(r['acc_after'])} / {_num(r['asr_after'])} | {verdict} | {est_asr} | "
+        f"{_num(r['acc_after'])} / {_num(r['asr_after'])} | {goal} | {verdict} | {est_asr} | "
         f"{est_drop} | {r['real_drop']:.2f} | {'; '.join(c['steps']) or 'none'} | {oracle} | "
         f"{r['seconds']:.0f} s |"
     )
 
 
 HEADER = [
-    "| model | before: ACC / ASR % | after: ACC / ASR % | verdict | est. ASR % [interval] (n) "
+    "| model | before: ACC / ASR % | after: ACC / ASR % | real repair | claimed verdict "
+    "| est. ASR % [interval] (n) "
     "| est. ACC drop [interval] (n) | real drop | steps | oracle (pruned): ACC / ASR | time |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
 ]
 
 
@@ -268,6 +275,9 @@ def main() -> None:
     parser.add_argument("--no-oracle", action="store_true")
     parser.add_argument("--defend-args", default="", help="more `bnp defend` options")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument(
+        "--table", action="store_true", help="only print the table of the results saved earlier"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.names or [
@@ -275,7 +285,10 @@ def main() -> None:
     ]
     results = []
     for name in names:
-        r = analyse(name, args)
+        cache = args.workdir / "results" / f"{name}.json"
+        if args.table and not cache.exists():
+            continue
+        r = json.loads(cache.read_text()) if args.table else analyse(name, args)
         results.append(r)
         print("\n".join(HEADER[:1] + [row(r)]), flush=True)
         print(
