@@ -41,6 +41,7 @@ from bnp_gui.panels.neuron import NeuronPanel
 from bnp_gui.panels.neuron_table import write_csv
 from bnp_gui.panels.plot_style import palette_colors
 from bnp_gui.panels.preview import PreviewPanel
+from bnp_gui.panels.repair import install as install_repair
 from bnp_gui.panels.suspects import SuspectsPanel
 from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
@@ -184,6 +185,7 @@ class MainWindow(QMainWindow):
         self._make_actions()
         self._make_menus()
         self.tools = AnalystTools(self)  # docks, undo, session files, presentation, CSV
+        self.repair = install_repair(self)  # the Repair dock (Analysis › Repair…)
 
         s.message.connect(self.show_message)
         s.busy_changed.connect(self._busy_changed)

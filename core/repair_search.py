@@ -27,7 +27,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.data import ImageSet
-from core.errors import BnpError
+from core.errors import BnpError, Cancelled
 from core.masks import PruneMask
 from core.reconstruct import stamp
 from core.recovery import Recovery, RecoveryData, recover
@@ -90,6 +90,7 @@ class RepairOutcome:
     applied: str | None = None  # the candidate applied
     acc_budget: float = ACC_BUDGET
     asr_goal: float = ASR_GOAL
+    before: Verdict | None = None  # the unchanged model, judged on the same held-out samples
 
     @property
     def repairs(self) -> bool:
@@ -125,6 +126,9 @@ class RepairOutcome:
         }
         if s is not None:
             out["selection"] = s.to_dict()
+        if self.before is not None:
+            b = self.before.to_dict()
+            out["before"] = {k: b[k] for k in ("estimated_asr", "asr_interval", "asr_samples")}
         return out
 
 
@@ -146,8 +150,6 @@ def predict(
     with torch.inference_mode():
         for start in range(0, len(x), batch_size):
             if cancel is not None and cancel():
-                from core.errors import Cancelled
-
                 raise Cancelled("Repair cancelled.")
             batch = x[start : start + batch_size]
             logits = functional_call(model, params, (batch,)) if params else model(batch)
@@ -323,6 +325,7 @@ def search_repair(
         data, check, acc_ref = _recovery_parts(
             probe, clean, holdout, target, trigger, model, seed, cancel
         )
+    unchanged = verdict_of(model, None)
     candidates: list[Candidate] = []
     chosen = None
     span = (shares[1] - shares[0]) / max(1, sum(p != "pruning" for p in plans))
@@ -359,7 +362,7 @@ def search_repair(
     if progress is not None:
         progress(STEPS, STEPS)
     if chosen is None:
-        verdict = verdict_of(model, None)
+        verdict = replace(unchanged)
         verdict.reason = (
             "Nothing changed: no candidate stays within the accuracy budget"
             + (f" ({', '.join(c.name for c in candidates)} tried)" if candidates else "")
@@ -377,6 +380,7 @@ def search_repair(
             None,
             acc_budget,
             asr_goal,
+            unchanged,
         )
     return RepairOutcome(
         chosen.verdict,
@@ -390,6 +394,7 @@ def search_repair(
         chosen.name,
         acc_budget,
         asr_goal,
+        unchanged,
     )
 
 

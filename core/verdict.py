@@ -17,7 +17,7 @@ The verdict (`judge`) rests on bounds, never on a point estimate alone:
 - **does not repair**: a lower bound says it fails (ASR's lower bound above the goal, or the
   drop's lower bound above the budget);
 - **unverified**: neither, with the reason — too few held-out samples for any bound that low
-  ("only 22 held-out suspected samples: the 95 % bound cannot go below 15.4 %"), or an interval
+  ("only 22 held-out suspected samples: the 95 % bound cannot go below 14.9 %"), or an interval
   that straddles the goal or the budget.
 
 Where several candidates are judged on the same held-out samples, the caller asks for a

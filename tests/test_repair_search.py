@@ -78,7 +78,8 @@ def test_recovery_unlearns_the_suspected_samples(backdoored):
     rows = analysis.suspected_index()
     x = probe.inputs["train"][rows]
     before = (p.inspection.model(x).argmax(1) == TARGET).float().mean()
-    result = recover(p.inspection.model, None, _data(probe, analysis, p.clean), epochs=3)
+    data = _data(probe, analysis, p.clean)
+    result = recover(p.inspection.model, None, data, epochs=3, lr=0.01)
     with torch.no_grad():
         after = (result.model(x).argmax(1) == TARGET).float().mean()
     assert before > 0.8 and after < before / 2

@@ -28,6 +28,7 @@ def auto_report(tmp_path_factory):
     argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
     argv += ["--test", str(DEMO / "test"), "--device", "cpu"]
     argv += ["--report", str(out / "r.json"), "--suspects", str(out / "s.csv")]
+    argv += ["--out", str(out / "repaired.pth")]
     assert main(argv) == 0
     return json.loads((out / "r.json").read_text()), out
 
@@ -52,6 +53,10 @@ def test_demo_target_and_suggestion(auto_report):
     assert report["target_estimate"]["confidence"] > 0.8
     s = report["suggestion"]
     assert s["repairs"] and s["estimated_asr"] <= 5 and s["clean_acc_drop"] <= 2
+    # "repairs" is the held-out verdict: both upper bounds hold on samples that did not select
+    assert s["verdict"] == "repairs" and s["asr_interval"][1] <= 5
+    assert s["acc_drop_interval"][1] <= 2 and s["steps"][0].startswith("prune ")
+    assert s["asr_samples"] > 0 and s["acc_samples"] == s["holdout"]["clean_judge"]
     assert s["pruned"] == report["pruned"] > 0 and s["why"]
     assert set(s["methods"]) <= {"ep", "bnp", "clp"} and s["combine"] in ("union", "intersection")
     assert report["estimated_asr"] <= 5 and report["estimated_asr_before"] > 90
@@ -67,6 +72,21 @@ def test_demo_target_and_suggestion(auto_report):
     assert report["acc_after"] >= report["acc_before"] - 3
     rows = list(csv.DictReader((out / "s.csv").open()))
     assert len(rows) == 500 and rows[0]["poisoned"] == "True"
+
+
+def test_demo_repaired_model_reloads_with_its_numbers(auto_report):
+    """The exported file is the repaired model (pruning and any recovery): reopened, it gives
+    the ACC/ASR the report measured after the repair, and it says which steps made it."""
+    from core.checkpoint import load_checkpoint
+    from core.data import load_images
+    from core.inspection import Inspection
+
+    report, out = auto_report
+    reopened = Inspection(load_checkpoint(out / "repaired.pth"), device="cpu")
+    assert reopened.ckpt.metadata.extra["repair"] == report["suggestion"]["steps"]
+    metrics = reopened.evaluate(load_images(DEMO / "test"), target=0)
+    assert metrics.acc == pytest.approx(report["acc_after"])
+    assert metrics.asr == pytest.approx(report["asr_after"])
 
 
 def test_defend_without_auto_reports_suspects_and_estimate(tmp_path):

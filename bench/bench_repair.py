@@ -1,0 +1,87 @@
+"""How long the repair takes on the demo model, beside one statistics pass (issue 17's targets).
+
+    python bench/bench_repair.py [--threads 2] [--rounds 2]
+
+One statistics pass = `Inspection.collect` over the demo's clean (500) and suspect (500) samples.
+The repair = suspect analysis + `core.repair_search.search_repair` (the held-out split, the
+pruning suggested on the selection part, the recovery fine-tunings, the verdicts), as
+`bnp defend --auto` runs it. Three searches are timed in alternating rounds with the statistics
+pass: pruning alone (`--no-recovery`), the default search, and a search that finds no repair
+(the goal set below 0 %, so that every candidate is built and judged: the worst case).
+Printed: medians, the ratios to the statistics pass, the whole pipeline (statistics + repair)
+against the 60 s target, and the machine's load average — other jobs slow both sides alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.demo import load_demo  # noqa: E402
+from core.repair_search import search_repair  # noqa: E402
+from core.suspects import analyse_suspects, make_probe  # noqa: E402
+
+SEARCHES = {
+    "pruning only": dict(recovery=False),
+    "default": dict(),
+    "no repair (worst case)": dict(asr_goal=-1.0),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    demo = load_demo("cpu")
+    inspection = demo.inspection
+    inspection.collect(demo.clean, demo.train)  # warm-up
+    stats_times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in SEARCHES}
+    outcomes = {}
+    cpu_start = time.process_time()
+    for _ in range(args.rounds):
+        for name, options in SEARCHES.items():
+            start = time.perf_counter()
+            inspection.collect(demo.clean, demo.train)
+            stats_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            probe = make_probe(inspection, demo.train, demo.clean)
+            analysis = analyse_suspects(inspection, demo.train, demo.clean, probe=probe)
+            outcomes[name] = search_repair(
+                inspection, analysis, demo.train, demo.clean, probe=probe, **options
+            )
+            times[name].append(time.perf_counter() - start)
+    stats_s = statistics.median(stats_times)
+    print(f"threads             {args.threads}")
+    print(f"load average        {os.getloadavg()[0]:.1f} (1 min, at the end)")
+    print(f"cpu time            {time.process_time() - cpu_start:.1f} s in all (this process)")
+    print(f"statistics pass     {stats_s:6.2f} s  (1000 samples; rounds {_fmt(stats_times)})")
+    for name, values in times.items():
+        t = statistics.median(values)
+        out = outcomes[name]
+        print(
+            f"{name:<24}{t:6.2f} s  = {t / stats_s:5.2f} × a statistics pass; statistics + "
+            f"repair {stats_s + t:6.2f} s (target ≤ 60 s); rounds {_fmt(values)}"
+        )
+        print(f"{'':<24}verdict: {out.verdict.verdict}; steps: {out.steps or ['none']}")
+        print(f"{'':<24}{out.verdict.describe()}")
+
+
+def _fmt(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f}" for t in times)
+
+
+if __name__ == "__main__":
+    main()
