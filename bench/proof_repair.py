@@ -211,6 +211,9 @@ def analyse(name: str, args) -> dict:
         "oracle_run": not args.no_oracle,
         "false_repair": false_repair,
         "defend_args": args.defend_args,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip(),
     }
     cache.write_text(json.dumps(result, indent=1))
     return result
