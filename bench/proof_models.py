@@ -73,10 +73,10 @@ def recipes() -> dict[str, dict]:
             clean_label="clean",
             what="clean-label attack (PGD against `clean`), 3×3 patch in 4 corners, target 0",
         ),
-        "vgg-blend": dict(  # 10 000 × 2: a VGG step costs 8× a ResNet-20 step on this CPU
+        "vgg-blend": dict(  # 6 000 × 2: a VGG step costs 8× a ResNet-20 step on this CPU
             base,
             arch="vgg16_bn_cifar",
-            train_limit=10000,
+            train_limit=6000,
             epochs=2,
             lr=0.02,
             trigger=blend,
