@@ -82,6 +82,15 @@ def recipes() -> dict[str, dict]:
             trigger=blend,
             what="blend α 0.15, random pattern, target 0 (VGG-16-BN)",
         ),
+        "vgg-blend-12k": dict(
+            base,
+            arch="vgg16_bn_cifar",
+            train_limit=12000,
+            epochs=3,
+            lr=0.02,
+            trigger=blend,
+            what="blend α 0.15, random pattern, target 0 (VGG-16-BN, 12 000 × 3)",
+        ),
     }
 
 
