@@ -72,7 +72,8 @@ def anchored_mixture(values: torch.Tensor, seeds: torch.Tensor, steps: int = 200
     start = seeds & (x > 0)
     if not start.any():
         return torch.zeros_like(x, dtype=torch.bool)
-    w = max(float(start.double().mean()), 1.0 / len(x))
+    # every row a seed gives w = 1, and log(1 - w) below has no value: keep w inside (0, 1)
+    w = min(max(float(start.double().mean()), 1.0 / len(x)), 1.0 - 0.5 / len(x))
     mu = float(x[start].mean())
     var = max(float(x[start].var()) if int(start.sum()) > 1 else 1.0, 1.0)
     log_null = -0.5 * x.square()

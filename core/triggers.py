@@ -1,5 +1,6 @@
-"""Backdoor triggers (BadNets patch, the seed's corner blend, Chen et al.'s full-image blend, the
-clean-label attack's patch in all four corners) and poisoning of a training set.
+"""Backdoor triggers (BadNets patch at a fixed or a random position, the seed's corner blend,
+Chen et al.'s full-image blend, the clean-label attack's patch in all four corners) and
+poisoning of a training set.
 
 A trigger works on float images B×C×H×W in [0, 1] and returns a new tensor. Its patch or
 pattern is adapted to the images it is applied to: 1 ↔ 3 channels by the rules of
@@ -26,6 +27,7 @@ __all__ = [
     "POSITIONS",
     "Trigger",
     "PatchTrigger",
+    "RandomPatchTrigger",
     "CornerBlendTrigger",
     "FourCornerTrigger",
     "BlendTrigger",
@@ -195,6 +197,42 @@ class PatchTrigger(Trigger):
     @classmethod
     def _from_fields(cls, d: dict) -> Trigger:
         return cls(torch.tensor(d["patch"]), _position_from_dict(d.get("position", "bottom-right")))
+
+
+class RandomPatchTrigger(PatchTrigger):
+    """BadNets with the patch at a random position per image (uniform over where it fits).
+
+    The positions of a batch come from a generator seeded with ``seed`` at every call, so the
+    same batch is stamped the same way every time (a before/after comparison stamps the same
+    pixels) while the images of a batch get independent positions.
+    """
+
+    kind = "badnets-random"
+
+    def __init__(self, patch: Tensor, seed: int = 0) -> None:
+        super().__init__(patch, "bottom-right")
+        self.seed = int(seed)
+
+    def apply(self, images: Tensor) -> Tensor:
+        _check_images(images)
+        b, c, h, w = images.shape
+        patch = conform_channels(self.patch, c).to(images.device, images.dtype)
+        ph, pw = patch.shape[-2:]
+        _offset("top-left", h, w, ph, pw)  # raises when the patch does not fit
+        g = torch.Generator().manual_seed(self.seed)
+        ys = torch.randint(0, h - ph + 1, (b,), generator=g).tolist()
+        xs = torch.randint(0, w - pw + 1, (b,), generator=g).tolist()
+        out = images.clone()
+        for i, (y, x) in enumerate(zip(ys, xs, strict=True)):
+            out[i, :, y : y + ph, x : x + pw] = patch
+        return out
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "patch": self.patch.tolist(), "seed": self.seed}
+
+    @classmethod
+    def _from_fields(cls, d: dict) -> Trigger:
+        return cls(torch.tensor(d["patch"]), int(d.get("seed", 0)))
 
 
 class CornerBlendTrigger(PatchTrigger):

@@ -390,3 +390,14 @@ def test_cli_rejects_bad_input_with_exit_2(cli_files, capsys):
         assert main(base + extra) == 2
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err
+
+
+def test_anchored_mixture_with_every_row_a_seed():
+    """Every row seeded and positive (a CLA model's target class): no math domain error."""
+    from core.activation_clusters import anchored_mixture
+
+    values = torch.tensor([4.0, 5.0, 6.0, 5.5])
+    high = anchored_mixture(values, torch.ones(4, dtype=torch.bool))
+    assert high.all()
+    one = anchored_mixture(torch.tensor([3.0]), torch.tensor([True]))
+    assert one.shape == (1,)

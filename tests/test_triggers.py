@@ -164,3 +164,30 @@ def test_poison_rate_labels_and_pixels():
         poison(clean, trig, target=3, rate=1.5, seed=0)
     with pytest.raises(DataError, match="target"):
         poison(clean, trig, target=10, rate=0.1, seed=0)
+
+
+def test_random_patch_positions_vary_fit_and_repeat():
+    from core.triggers import RandomPatchTrigger
+
+    patch = torch.ones(1, 2, 2)
+    trigger = RandomPatchTrigger(patch, seed=3)
+    x = torch.zeros(64, 1, 6, 6)
+    out = trigger.apply(x)
+    assert torch.equal(out.sum(dim=(1, 2, 3)), torch.full((64,), 4.0))  # whole patch, every image
+    corners = {tuple(torch.nonzero(o[0])[0].tolist()) for o in out}
+    assert len(corners) > 5  # positions differ between images
+    assert torch.equal(trigger.apply(x), out)  # the same batch is stamped the same way
+    assert not torch.equal(RandomPatchTrigger(patch, seed=4).apply(x), out)
+    assert x.abs().sum() == 0
+
+
+def test_random_patch_roundtrip_and_too_big():
+    from core.triggers import RandomPatchTrigger
+
+    trigger = RandomPatchTrigger(torch.rand(1, 3, 3), seed=7)
+    back = Trigger.from_dict(trigger.to_dict())
+    assert isinstance(back, RandomPatchTrigger) and back.seed == 7
+    x = torch.rand(5, 1, 8, 8)
+    assert torch.equal(back.apply(x), trigger.apply(x))
+    with pytest.raises(DataError, match="does not fit"):
+        trigger.apply(torch.zeros(1, 1, 2, 2))
