@@ -361,13 +361,14 @@ def search_repair(
             chosen = cand
             break
     if chosen is None:
-        chosen = _fallback(candidates, acc_budget)
+        chosen = _fallback(candidates, acc_budget, unchanged)
     if progress is not None:
         progress(STEPS, STEPS)
     if chosen is None:
         verdict = replace(unchanged)
         verdict.reason = (
-            "Nothing changed: no candidate stays within the accuracy budget"
+            "Nothing changed: no candidate lowers the held-out ASR below the unchanged model's "
+            "estimate within the accuracy budget"
             + (f" ({', '.join(c.name for c in candidates)} tried)" if candidates else "")
             + f"; the unchanged model: {verdict.reason[:1].lower()}{verdict.reason[1:]}"
         )
@@ -401,13 +402,24 @@ def search_repair(
     )
 
 
-def _fallback(candidates: list[Candidate], budget: float) -> Candidate | None:
-    """No candidate repairs: the unverified ones before the failed ones, then the lowest held-out
-    estimate whose accuracy-drop estimate stays within the budget (the earlier on ties)."""
+def _fallback(
+    candidates: list[Candidate], budget: float, unchanged: Verdict | None = None
+) -> Candidate | None:
+    """No candidate repairs: among those whose accuracy-drop estimate stays within the budget
+    and whose held-out ASR is shown lower than the unchanged model's (its upper bound below
+    the unchanged estimate: a change that does not lower it is not worth making), the
+    unverified ones before the failed ones, then the lowest held-out estimate (the earlier on
+    ties). None: leave the model as it is."""
+
+    def lowers(c: Candidate) -> bool:
+        if unchanged is None or unchanged.estimate is None:
+            return True
+        return c.verdict.interval is not None and c.verdict.interval[1] < unchanged.estimate
+
     within = [
         c
         for c in candidates
-        if c.verdict.acc_drop is not None and c.verdict.acc_drop <= budget + 1e-9
+        if c.verdict.acc_drop is not None and c.verdict.acc_drop <= budget + 1e-9 and lowers(c)
     ]
     if not within:
         return None

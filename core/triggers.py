@@ -214,6 +214,7 @@ class RandomPatchTrigger(PatchTrigger):
         self.seed = int(seed)
 
     def apply(self, images: Tensor) -> Tensor:
+        """The patch pasted at a random position per image (the same batch, the same places)."""
         _check_images(images)
         b, c, h, w = images.shape
         patch = conform_channels(self.patch, c).to(images.device, images.dtype)
@@ -228,6 +229,7 @@ class RandomPatchTrigger(PatchTrigger):
         return out
 
     def to_dict(self) -> dict:
+        """The trigger as JSON-able fields (patch, seed), for the checkpoint's metadata."""
         return {"kind": self.kind, "patch": self.patch.tolist(), "seed": self.seed}
 
     @classmethod

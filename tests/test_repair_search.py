@@ -19,8 +19,8 @@ from core.evaluation import evaluate
 from core.export import export_model, session_metadata
 from core.masks import PruneMask
 from core.recovery import RecoveryData, recover
-from core.repair_search import search_repair
-from core.verdict import REPAIRS, UNVERIFIED
+from core.repair_search import Candidate, _fallback, search_repair
+from core.verdict import FAILS, REPAIRS, UNVERIFIED, Verdict
 
 
 @pytest.fixture(autouse=True)
@@ -238,3 +238,21 @@ def test_cli_argument_errors_for_the_repair_flags(tmp_path, capsys):
     assert "--no-recovery only applies to --auto" in capsys.readouterr().err
     assert main(["defend", ckpt, "--auto", "--seed", "-1"]) == 2
     assert "--seed must be ≥ 0" in capsys.readouterr().err
+
+
+def _candidate(name: str, verdict: str, estimate: float, interval, drop: float) -> Candidate:
+    v = Verdict(verdict, "", estimate, interval, 30, "suspected", drop, (drop - 1, drop + 1), 250)
+    return Candidate(name, [name], torch.nn.Identity(), PruneMask(), v)
+
+
+def test_fallback_applies_only_a_change_shown_to_lower_the_asr():
+    unchanged = Verdict(UNVERIFIED, "", 100.0, (81.8, 100.0), 28, "suspected", 0.0, (0, 0), 250)
+    useless = _candidate("pruning", FAILS, 100.0, (81.8, 100.0), 0.0)  # the noise-blend case
+    assert _fallback([useless], 2.0, unchanged) is None  # nothing changed rather than this
+    helps = _candidate("pruning + recovery", UNVERIFIED, 0.0, (0.0, 18.0), 0.5)
+    assert _fallback([useless, helps], 2.0, unchanged) is helps
+    costly = _candidate("recovery", UNVERIFIED, 0.0, (0.0, 9.0), 2.5)  # over the budget
+    assert _fallback([costly], 2.0, unchanged) is None
+    lower = _candidate("recovery", FAILS, 40.0, (30.0, 52.0), 0.0)
+    assert _fallback([lower, helps], 2.0, unchanged) is helps  # unverified before failed
+    assert _fallback([lower], 2.0, unchanged) is lower  # shown lower, though not a repair
