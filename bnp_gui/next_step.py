@@ -1,5 +1,5 @@
 """The "next step" line under the toolbar: what to do now that the last step is done (open
-data, Analyze, Suggest, Export), from the session's state; quiet while work is running."""
+data, Analyze, Suggest or Repair, Export), from the session's state; quiet while work is running."""
 
 from __future__ import annotations
 
@@ -25,7 +25,10 @@ def next_step(session) -> str:
     if state.suggestion is not None:
         return f"Next: check the preview, then {export} (Ctrl+Z undoes Suggest.)"
     if state.analysis is not None:
-        return f"Next: Suggest (Ctrl+G) or set the thresholds by hand; then {export}"
+        return (
+            "Next: Suggest (Ctrl+G), Analysis › Repair… (pruning and fine-tuning, judged on "
+            f"held-out samples) or the thresholds by hand; then {export}"
+        )
     return f"Next: set the thresholds, watch the preview; then {export}"
 
 

@@ -138,6 +138,7 @@ def test_the_next_step_is_said(qtbot, analysed):
     hint = w.next_step
     assert hint.isVisible()
     assert "Suggest (Ctrl+G)" in hint.text() and "Export (Ctrl+E)" in hint.text()
+    assert "Analysis › Repair…" in hint.text()  # the held-out repair is found from here too
     w.tools.presentation_action.trigger()
     assert not hint.isVisible()
     w.tools.presentation_action.trigger()
