@@ -26,8 +26,8 @@ def next_step(session) -> str:
         return f"Next: check the preview, then {export} (Ctrl+Z undoes Suggest.)"
     if state.analysis is not None:
         return (
-            "Next: Suggest (Ctrl+G), Analysis › Repair… (pruning and fine-tuning, judged on "
-            f"held-out samples) or the thresholds by hand; then {export}"
+            "Next: Suggest (Ctrl+G), Analysis › Repair… or the thresholds by hand; then "
+            "Export (Ctrl+E) the model and a report with the evidence."
         )
     return f"Next: set the thresholds, watch the preview; then {export}"
 
