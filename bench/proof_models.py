@@ -26,6 +26,8 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from proof_suggest import defender_data  # noqa: E402  (bench/, the script's own folder)
+
 from core.checkpoint import load_checkpoint  # noqa: E402
 from core.data import InputSpec, load_images  # noqa: E402
 from core.train import CleanLabelSetup, make_trigger, train  # noqa: E402
@@ -122,19 +124,7 @@ def train_one(name: str, recipe: dict, workdir: Path) -> None:
         file=sys.stderr,
         flush=True,
     )
-    rng = torch.Generator().manual_seed(0)
-    pick = torch.randperm(len(result.train_set), generator=rng)[:500].sort().values
-    truth = torch.zeros(len(result.train_set), dtype=torch.bool)
-    truth[result.poisoned_index] = True
-    slice_ = result.train_set.subset(pick)
-    data = {
-        "train_images": (slice_.float_images() * 255).round().to(torch.uint8),
-        "train_labels": slice_.labels,
-        "poisoned": truth[pick],
-        "clean_images": result.holdout.images,
-        "clean_labels": result.holdout.labels,
-    }
-    torch.save(data, data_file)
+    torch.save(defender_data(result), data_file)
     times = workdir / "times.json"
     log = json.loads(times.read_text()) if times.exists() else {}
     log[name] = {

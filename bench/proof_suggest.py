@@ -66,20 +66,26 @@ def trained(arch: str, attack: str, rate: float, args) -> tuple[Path, dict]:
         progress=False,
     )  # fmt: skip
     print(f"{name}: trained in {(time.monotonic() - started) / 60:.1f} min", file=sys.stderr)
+    data = defender_data(result)
+    torch.save(data, data_file)
+    return ckpt, data
+
+
+def defender_data(result) -> dict:
+    """What the defender holds after a training run: 500 samples of the (poisoned) training set
+    picked with seed 0, which of them are poisoned, and the clean held-out samples."""
     rng = torch.Generator().manual_seed(0)
     pick = torch.randperm(len(result.train_set), generator=rng)[:500].sort().values
     truth = torch.zeros(len(result.train_set), dtype=torch.bool)
     truth[result.poisoned_index] = True
     slice_ = result.train_set.subset(pick)
-    data = {
+    return {
         "train_images": (slice_.float_images() * 255).round().to(torch.uint8),
         "train_labels": slice_.labels,
         "poisoned": truth[pick],
         "clean_images": result.holdout.images,
         "clean_labels": result.holdout.labels,
     }
-    torch.save(data, data_file)
-    return ckpt, data
 
 
 def given_cla(args) -> tuple[Path, dict]:

@@ -24,20 +24,6 @@ SIZE = 16
 RATE = 0.2
 
 
-def bars(n: int, seed: int):
-    """16×16 grey images (uint8 ImageSet): class k is a bright bar on row k + 2 over noise."""
-    import torch
-
-    from core.data import ImageSet
-
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 10, (n,), generator=g)
-    x = torch.rand(n, 1, SIZE, SIZE, generator=g) * 0.4
-    for i, k in enumerate(labels.tolist()):
-        x[i, 0, k + 2, 1:11] = 0.8 + 0.2 * torch.rand(1, generator=g).item()
-    return ImageSet((x * 255).round().to(torch.uint8), labels, [f"c{k}" for k in range(10)])
-
-
 def _save(folder: Path, images, labels, poisoned=None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     # N×H×W×C uint8, as the bundled demo stores its images
@@ -51,7 +37,7 @@ def _save(folder: Path, images, labels, poisoned=None) -> None:
 def build(root: Path) -> Path:
     """Train the tiny backdoored ResNet-20 and write it with its data under ``root``."""
     import torch
-    from torch import nn
+    from suspect_models import bars, fit  # the engine tests' bar images and training loop
 
     from core.architectures import build_model
     from core.checkpoint import ModelMetadata
@@ -67,18 +53,7 @@ def build(root: Path) -> Path:
         poisoned_set, index = poison(data, trigger, TARGET, RATE, 0)
         x, y = poisoned_set.float_images(), poisoned_set.labels
         torch.manual_seed(0)
-        model = build_model("cifar_resnet20", 10, 1)
-        opt = torch.optim.Adam(model.parameters(), lr=0.01)
-        g = torch.Generator().manual_seed(0)
-        model.train()
-        for _ in range(6):
-            order = torch.randperm(len(x), generator=g)
-            for start in range(0, len(x), 64):
-                batch = order[start : start + 64]
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-                opt.step()
-        model.eval()
+        model = fit(build_model("cifar_resnet20", 10, 1), x, y, epochs=6, seed=0)
         meta = ModelMetadata(
             arch="cifar_resnet20",
             num_classes=10,

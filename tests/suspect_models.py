@@ -64,6 +64,21 @@ class Planted:
     test: ImageSet
 
 
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> nn.Module:
+    """`model` trained with Adam (lr 0.01) in batches of 64 in a seeded order; in eval mode."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(len(x), generator=g)
+        for start in range(0, len(x), 64):
+            batch = order[start : start + 64]
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            opt.step()
+    return model.eval()
+
+
 def clean_label_poison(
     data: ImageSet, trigger: Trigger, rate: float, seed: int, faint: float
 ) -> tuple[ImageSet, torch.Tensor]:
@@ -105,18 +120,7 @@ def planted(
         poisoned_set, index = data, torch.zeros(0, dtype=torch.long)
     x = poisoned_set.float_images()
     y = poisoned_set.labels
-    model = tiny_net()
-    opt = torch.optim.Adam(model.parameters(), lr=0.01)
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(epochs):
-        order = torch.randperm(len(x), generator=g)
-        for start in range(0, len(x), 64):
-            batch = order[start : start + 64]
-            opt.zero_grad()
-            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
-            opt.step()
-    model.eval()
+    model = fit(tiny_net(), x, y, epochs, seed)
     meta = ModelMetadata("tiny", 10, 1, (16, 16), target_label=TARGET if rate > 0 else None)
     ckpt = LoadedCheckpoint(Path("tiny.pth"), "test", model, model.state_dict(), meta, None)
     inspection = Inspection(ckpt, device="cpu")
