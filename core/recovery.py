@@ -106,6 +106,22 @@ def _away_from(logits: torch.Tensor, target: int) -> torch.Tensor:
     return (logits.logsumexp(1) - others.logsumexp(1)).mean()
 
 
+def _sgd_step(params: list[nn.Parameter], buffers: list, lr: float, beta: float = 0.9) -> None:
+    """One step of SGD with momentum `beta`, the update of `torch.optim.SGD(lr=lr,
+    momentum=beta)` (no dampening, no weight decay) written out: the optimiser's first use
+    imports torch._dynamo, seconds of start-up (about three statistics passes on the shared
+    2-core CPU) that a recovery of a few seconds should not pay."""
+    with torch.no_grad():
+        for i, p in enumerate(params):
+            if p.grad is None:
+                continue
+            if buffers[i] is None:
+                buffers[i] = p.grad.detach().clone()
+            else:
+                buffers[i].mul_(beta).add_(p.grad)
+            p.add_(buffers[i], alpha=-lr)
+
+
 def _epoch_key(asr: float, acc: float, acc_ref: float, goal: float, budget: float):
     """Lower is better: within the budget first, then at the goal; among epochs at the goal
     the higher accuracy, among the others the lower estimate."""
@@ -167,7 +183,8 @@ def recover(
         asr, acc = check(net)
         ref = acc if acc_reference is None else acc_reference
         result.history.append({"epoch": 0, "asr": asr, "acc": acc})
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9)
+    params = [p for p in net.parameters()]
+    momentum: list[torch.Tensor | None] = [None] * len(params)
     done = 0
     with torch.enable_grad():
         for epoch in range(1, epochs + 1):
@@ -192,11 +209,12 @@ def recover(
                     start = (step * UNLEARN_BATCH) % len(unlearn)
                     u_rows = u_order[start : start + UNLEARN_BATCH].to(unlearn.device)
                     loss = loss + unlearn_weight * _away_from(net(unlearn[u_rows]), data.target)
-                opt.zero_grad(set_to_none=True)
+                for p in params:
+                    p.grad = None
                 loss.backward()
                 # a trigger drives backdoor neurons far outside their clean range: bounded steps
-                nn.utils.clip_grad_norm_(net.parameters(), CLIP)
-                opt.step()
+                nn.utils.clip_grad_norm_(params, CLIP)
+                _sgd_step(params, momentum, lr)
                 mask.apply_(net)  # pruned neurons stay pruned
                 done += 1
                 if progress is not None:
