@@ -32,7 +32,7 @@ from core.masks import PruneMask
 from core.reconstruct import stamp
 from core.recovery import Recovery, RecoveryData, recover
 from core.statistics import CancelCheck, Progress
-from core.suggest import Suggestion, describe, suggest
+from core.suggest import Suggestion, unpruned_predictions, describe, suggest
 from core.suspects import MaskProbe, SuspectAnalysis, make_probe, reconstruction
 from core.verdict import (
     ACC_BUDGET,
@@ -190,9 +190,11 @@ class _AsrSet:
     clean_x: torch.Tensor
 
 
-def _measure(model, mask, asr_set: _AsrSet, target: int, cancel):
-    """(predictions of the ASR samples, predictions of the clean samples, prior, recall)."""
-    clean_pred = predict(model, mask, asr_set.clean_x, cancel)
+def _measure(model, mask, asr_set: _AsrSet, target: int, cancel, clean_pred=None):
+    """(predictions of the ASR samples, predictions of the clean samples, prior, recall);
+    `clean_pred`: the clean samples' predictions where already made."""
+    if clean_pred is None:
+        clean_pred = predict(model, mask, asr_set.clean_x, cancel)
     asr_pred = predict(model, mask, asr_set.x, cancel)
     prior, recall = 0.0, None
     if asr_set.basis == "suspected" and len(asr_set.clean_labels):
@@ -260,6 +262,10 @@ def search_repair(
     poisoned[holdout.suspected_select] = True
     analysis_sel = replace(analysis, poisoned=poisoned)
     clean_sel = subset(clean, holdout.clean_select)
+    # the unpruned model's predictions the statistics pass made, for the selection part
+    known = unpruned_predictions(inspection, train, clean)
+    if "clean" in known:
+        known["clean"] = known["clean"][holdout.clean_select]
     probe_sel = MaskProbe(model, inspection.spec, inspection.device, probe.batch_size)
     probe_sel.inputs["train"] = probe.inputs["train"]
     probe_sel.inputs["clean"] = clean_x[holdout.clean_select.to(clean_x.device)]
@@ -274,6 +280,7 @@ def search_repair(
         probe=probe_sel,
         progress=_stage(progress, 0.0, shares[0]),
         cancel=cancel,
+        unpruned=known,
     )
     rebuilt = reconstruction(probe_sel, analysis_sel, clean_sel.labels, cancel)
     trigger = rebuilt.trigger if rebuilt.accepted else None
@@ -306,7 +313,11 @@ def search_repair(
     z = z_for(max(1, len(plans)))
 
     def verdict_of(net, m) -> Verdict:
-        asr_pred, clean_pred, prior, recall = _measure(net, m, judge_set, target, cancel)
+        # the unchanged model's held-out clean predictions are made already
+        known_clean = before_judge if net is model and (m is None or m.count() == 0) else None
+        asr_pred, clean_pred, prior, recall = _measure(
+            net, m, judge_set, target, cancel, known_clean
+        )
         return judge(
             asr_pred,
             target,

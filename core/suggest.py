@@ -308,7 +308,7 @@ class _Search:
         return upper_bound(estimate.percent, estimate.n) <= self.goal + 1e-9
 
 
-def _unpruned_predictions(inspection, train: ImageSet, clean: ImageSet) -> dict:
+def unpruned_predictions(inspection, train: ImageSet, clean: ImageSet) -> dict:
     """The unpruned model's predictions of both sets, as the statistics pass recorded them
     (only where that pass saw sets of these sizes; otherwise the probe computes them)."""
     out = {}
@@ -336,11 +336,14 @@ def suggest(
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     reuse_statistics: bool = True,
+    unpruned: Mapping[str, torch.Tensor] | None = None,
 ) -> Suggestion:
     """The smallest pruning (method, k, combination) whose estimated ASR's 95 % upper bound is
     ≤ `asr_goal` while the clean accuracy drops at most `acc_budget` points (see the module
     docstring); says so plainly when none does. `reuse_statistics`: take the
-    unpruned model's predictions from the statistics pass (False: compute them again)."""
+    unpruned model's predictions from the statistics pass (False: compute them again);
+    `unpruned`: those predictions per probe set ("train", "clean") where the caller knows
+    them for sets the statistics pass saw in another shape (a held-out split's part)."""
     if clean is None or len(clean) == 0:
         raise BnpError("A suggestion needs clean labelled samples to check accuracy: pass --clean.")
     if not (acc_budget >= 0) or acc_budget != acc_budget or acc_budget == float("inf"):
@@ -355,7 +358,10 @@ def suggest(
         probe.add("clean", clean.images)
     configs = configurations(available)
     total = max(2, len(configs) * (len(ks).bit_length() + 2) + 2)
-    unpruned = _unpruned_predictions(inspection, train, clean) if reuse_statistics else {}
+    if not reuse_statistics:
+        unpruned = {}
+    elif unpruned is None:
+        unpruned = unpruned_predictions(inspection, train, clean)
     search = _Search(
         probe, analysis, clean.labels, asr_goal, acc_budget, cancel, progress, total, unpruned
     )
@@ -515,7 +521,10 @@ def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int)
     `percent`, or the same with fewer neurons than `pruned`. It can only if the largest k with
     an estimate below `percent` stays within the budget (more pruning costs more accuracy), or
     for a tie, if the largest k with an estimate ≤ `percent` prunes fewer and stays within."""
-    below = _largest_k(search, config, ks, mask_of, percent, strict=True)
+    # no estimate is below 0 %: a best at 0 % can only be tied
+    below = (
+        _largest_k(search, config, ks, mask_of, percent, strict=True) if percent > 1e-9 else None
+    )
     if below is not None and search.fits(mask_of(config, ks[below])[1]):
         return True
     at_most = _largest_k(search, config, ks, mask_of, percent)
