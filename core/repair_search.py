@@ -32,7 +32,7 @@ from core.masks import PruneMask
 from core.reconstruct import stamp
 from core.recovery import Recovery, RecoveryData, recover
 from core.statistics import CancelCheck, Progress
-from core.suggest import Suggestion, unpruned_predictions, describe, suggest
+from core.suggest import Suggestion, describe, suggest, unpruned_predictions
 from core.suspects import MaskProbe, SuspectAnalysis, make_probe, reconstruction
 from core.verdict import (
     ACC_BUDGET,
@@ -230,7 +230,12 @@ def search_repair(
     clean_x = probe.inputs["clean"]
     judge_x = clean_x[holdout.clean_judge.to(clean_x.device)]
     judge_y = clean.labels[holdout.clean_judge]
-    before_judge = predict(model, None, judge_x, cancel)
+    # the unpruned model's predictions the statistics pass made, where it saw these sets
+    known = unpruned_predictions(inspection, train, clean)
+    if "clean" in known:
+        before_judge = known["clean"][holdout.clean_judge]
+    else:
+        before_judge = predict(model, None, judge_x, cancel)
     if target is None:
         verdict = judge(
             None,
@@ -262,9 +267,7 @@ def search_repair(
     poisoned[holdout.suspected_select] = True
     analysis_sel = replace(analysis, poisoned=poisoned)
     clean_sel = subset(clean, holdout.clean_select)
-    # the unpruned model's predictions the statistics pass made, for the selection part
-    known = unpruned_predictions(inspection, train, clean)
-    if "clean" in known:
+    if "clean" in known:  # for the selection part
         known["clean"] = known["clean"][holdout.clean_select]
     probe_sel = MaskProbe(model, inspection.spec, inspection.device, probe.batch_size)
     probe_sel.inputs["train"] = probe.inputs["train"]

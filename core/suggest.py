@@ -570,7 +570,7 @@ def _lowest_within_budget(search: _Search, config, ks, mask_of):
         hi -= 1
     if hi < 0:
         return None
-    lo = -1  # ks[hi] within budget (checked below); ks[lo] (or beyond) not
+    lo = -1  # ks[hi] within budget (checked or implied below); ks[lo] (or beyond) not
     for index in range(hi + 1):  # what earlier steps already know narrows the bisection
         known = search.known_fit(mask_of(config, ks[index])[1])
         if known is None:
@@ -579,14 +579,17 @@ def _lowest_within_budget(search: _Search, config, ks, mask_of):
             hi = index
             break
         lo = index
-    if not search.fits(mask_of(config, ks[hi])[1]):
-        return None
+    # bisect first: a mid within the budget implies ks[hi] is (it prunes a subset), so ks[hi]
+    # is counted only where every mid costs too much
+    top = hi
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if search.fits(mask_of(config, ks[mid])[1]):
             hi = mid
         else:
             lo = mid
+    if hi == top and not search.fits(mask_of(config, ks[top])[1]):
+        return None
     chosen, mask = mask_of(config, ks[hi])
     return chosen, mask, search.asr(mask)
 
