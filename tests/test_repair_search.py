@@ -18,7 +18,7 @@ from core.errors import Cancelled
 from core.evaluation import evaluate
 from core.export import export_model, session_metadata
 from core.masks import PruneMask
-from core.recovery import RecoveryData, recover
+from core.recovery import RecoveryData, _sgd_step, recover
 from core.repair_search import Candidate, _fallback, search_repair
 from core.verdict import FAILS, REPAIRS, UNVERIFIED, Verdict
 
@@ -104,6 +104,28 @@ def test_recovery_stops_early_on_its_check_and_can_be_cancelled(backdoored):
 
 
 # ---- the search --------------------------------------------------------------------------------
+
+
+def test_recovery_step_is_torch_sgd_with_momentum():
+    """The written-out step (no torch.optim: its first use imports torch._dynamo) makes the
+    very update of torch.optim.SGD(lr, momentum=0.9), step after step."""
+    torch.manual_seed(0)
+    ours = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    theirs = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+    theirs.load_state_dict(ours.state_dict())
+    start = [p.detach().clone() for p in ours.parameters()]
+    opt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
+    params, buffers = list(ours.parameters()), [None] * 4
+    for step in range(4):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(step))
+        for net in (ours, theirs):
+            net.zero_grad(set_to_none=True)
+            net(x).square().sum().backward()
+        _sgd_step(params, buffers, 0.01)
+        opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert not any(torch.equal(a, b) for a, b in zip(start, ours.parameters(), strict=True))
 
 
 def test_search_judges_on_samples_that_did_not_select(backdoored):
