@@ -17,7 +17,10 @@ computes other estimators on the same candidate from the defender's clean sample
 - `clipped`: max(0, judge): an estimated gain reported as no cost;
 - `all`: on all 500 clean samples (in-sample: the recovery trained on a third of them);
 - `train`, `judge+train`: on the training samples nobody suspected (labels as given; the
-  backdoored model was trained on them, the recovery was not), alone and with the judging half.
+  backdoored model was trained on them, the recovery was not), alone and with the judging half;
+- `fresh` (`--fresh N`): the drop on N training-split images past `--train-limit` (20 000 for
+  blend), which neither the model nor the defender saw: is the gap the test split's, or the
+  defender's samples'?
 
 `--share`: the judged share of the clean samples (default the engine's, 0.5; the suspected
 samples' stays the engine's). One JSON per seed in DIR.
@@ -102,6 +105,12 @@ def run(name: str, seed: int, args) -> dict:
         "judge+train": torch.cat([holdout.clean_judge, train_rows]),
     }
     original = inspection.evaluate(test)
+    fresh = None
+    if args.fresh:  # training-split images neither the model nor the defender ever saw
+        pool = load_images(FMNIST, split="train")
+        rows = torch.arange(args.train_limit, min(len(pool), args.train_limit + args.fresh))
+        fresh = pool.subset(rows)
+        fresh_before = inspection.evaluate(fresh, trigger=None).acc
     candidates = []
     for cand in outcome.candidates:
         after_all = predict(cand.model, cand.mask, inputs)
@@ -111,6 +120,9 @@ def run(name: str, seed: int, args) -> dict:
             for part, rows in parts.items()
         }
         estimates["clipped"] = max(0.0, estimates["judge"])
+        if fresh is not None:
+            after = inspection.evaluate(fresh, trigger=None, mask=cand.mask, model=cand.model)
+            estimates["fresh"] = fresh_before - after.acc
         v = cand.verdict
         candidates.append(
             {
@@ -152,9 +164,9 @@ def _num(x) -> str:
 def table(folder: Path) -> str:
     rows = [
         "| model | share | seed | candidate | verdict | held-out drop [interval] (n) | "
-        "judge+check | clipped | all 500 | judge+train | real drop | est. ASR [interval] (n) | "
-        "real ASR |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "judge+check | clipped | all 500 | judge+train | fresh 5 000 | real drop | "
+        "est. ASR [interval] (n) | real ASR |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for path in sorted(folder.glob("*.json")):
         r = json.loads(path.read_text())
@@ -170,7 +182,8 @@ def table(folder: Path) -> str:
                 f"| {r['name']} | {r['share']:g} | {r['seed']} | {c['name']}{mark} | "
                 f"{c['verdict']} | {c['acc_drop']:.2f} [{lo:.1f}, {hi:.1f}] ({c['n_acc']}) | "
                 f"{e['judge+check']:.2f} | {e['clipped']:.2f} | {e['all']:.2f} | "
-                f"{_num(e.get('judge+train'))} | {c['real_drop']:.2f} | {asr} | "
+                f"{_num(e.get('judge+train'))} | {_num(e.get('fresh'))} | "
+                f"{c['real_drop']:.2f} | {asr} | "
                 f"{c['real_asr']:.2f} |"
             )
     return "\n".join(rows) + "\n"
@@ -184,6 +197,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="folder for one JSON per seed")
     parser.add_argument("--share", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--fresh", type=int, default=0, help="also the real drop on this many unused train images"
+    )
+    parser.add_argument(
+        "--train-limit", type=int, default=20000, help="training-split images the model used"
+    )
     parser.add_argument("--table", type=Path, help="print the table of the JSONs in this folder")
     args = parser.parse_args()
     if args.table is not None:
