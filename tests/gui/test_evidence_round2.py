@@ -111,6 +111,11 @@ def test_export_carries_the_evidence(qtbot, window, tiny_model, tmp_path):
     assert report["target_estimate"]["why"] == a.reason
     assert len(report["suspect_samples"]) == len(a)
     assert report["suggestion"]["why"] == state.suggestion.why
+    # the held-out verdict, as `bnp defend --auto` reports it; no in-sample claim
+    assert report["suggestion"]["verdict"] == state.suggestion.verdict.verdict
+    assert report["suggestion"]["repairs"] == state.suggestion.repairs
+    assert "sure" not in (report["suggestion"].get("selection") or {})
+    assert report["estimate"].get("held_out") is True  # the exported mask is the suggestion's
     assert report["evidence_trust"] == state.trust()
     assert report["suggestion_applied"] is True
     steps = report["repair_steps"]
