@@ -30,6 +30,7 @@ ENGINE_MODULES = (
     "core.export",
     "core.suspects",
     "core.suggest",
+    "core.held_out_suggest",
     "core.repair",
 )
 LOADING_TEXT = "Loading the engine (PyTorch)…"

@@ -25,7 +25,7 @@ class EvidencePlan:
     probe: Any  # core.suspects.MaskProbe
     train: Any  # ImageSet of the suspect samples
     clean: Any  # ImageSet or None
-    suggestion: Any  # core.suggest.Suggestion or None
+    suggestion: Any  # core.held_out_suggest.HeldOutSuggestion or None
     applied: bool  # the exported decisions are the suggestion's
     trust: str  # the window's sentence on how far to trust the estimates
     contradicted: bool  # no evidence, but the measured ASR is high
@@ -62,8 +62,11 @@ def evidence_report(plan: EvidencePlan, mask) -> dict:
     """The report fields of the evidence, for exactly ``mask`` (worker thread)."""
     from core.repair import Repair
 
-    fields = Repair(plan.analysis, plan.probe, plan.train, plan.clean).report(mask)
-    if plan.suggestion is not None:  # the window's Suggest (not --auto's held-out repair)
+    # the suggestion exported as it is: its held-out estimate is the exported mask's (the one
+    # from the samples that chose it would be optimistic); otherwise the label-free estimate
+    held_out = plan.suggestion.outcome if plan.suggestion is not None and plan.applied else None
+    fields = Repair(plan.analysis, plan.probe, plan.train, plan.clean, held_out).report(mask)
+    if plan.suggestion is not None:  # the window's Suggest: held-out, as `bnp defend --auto`
         fields["suggestion"] = plan.suggestion.to_dict()
     fields["evidence_trust"] = plan.trust
     fields["evidence_contradicted_by_measured_asr"] = plan.contradicted
@@ -106,11 +109,9 @@ def evidence_html(report: dict) -> str:
             "measurement.</p>"
         )
     suggestion = report.get("suggestion")
-    if suggestion is not None:
+    if suggestion is not None:  # its verdict and numbers are the held-out ones, said in `why`
         applied = "applied in this export" if report.get("suggestion_applied") else "not applied"
-        bound = suggestion.get("estimated_asr_upper95")
-        upper = f"; 95 % upper bound {bound:.1f} %" if bound is not None else ""
-        parts.append(f"<p><b>Suggestion</b> ({applied}{upper}): {e(suggestion['why'])}</p>")
+        parts.append(f"<p><b>Suggestion</b> ({applied}): {e(suggestion['why'])}</p>")
     rows = "".join(
         f"<tr><td>{e(str(r['file']))}</td><td>{r['label']}</td><td>{r['score']:.2f}</td>"
         f"<td>{'yes' if r['poisoned'] else 'no'}</td></tr>"

@@ -293,7 +293,7 @@ class MainWindow(QMainWindow):
             self.session.suspects.suggest,
             "Ctrl+G",
             "Set the thresholds to the smallest pruning whose estimated ASR is low within the "
-            "accuracy budget, found from the suspect samples (Ctrl+G)",
+            "accuracy budget: chosen on half of the samples, judged on the other half (Ctrl+G)",
         )
         self.trigger_action = self._action(
             "&Trigger Source…", self.trigger_dialog, None, "Choose the trigger used for ASR"

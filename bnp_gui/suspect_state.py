@@ -2,9 +2,10 @@
 label-free ASR estimate of the current mask, the analyst's marks and the suggestion.
 
 One QObject attached to the Session (``session.suspects``). Everything is computed by
-``core.suspects`` / ``core.suggest`` on the session's worker lanes ("suspects", "estimate",
-"suggest"); this object keeps the results, announces them with ``changed``, and turns a
-suggestion into thresholds through the session's ordinary intents.
+``core.suspects`` / ``core.held_out_suggest`` on the session's worker lanes ("suspects",
+"estimate", "suggest"); this object keeps the results, announces them with ``changed``, and turns a
+suggestion into thresholds through the session's ordinary intents. Suggest's verdict is judged on
+held-out samples, never on those that chose the pruning (issue 17).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class SuspectState(QObject):
         self.estimate = None  # AsrEstimate of the current mask
         self.estimate_before = None  # AsrEstimate with nothing pruned
         self.estimate_pruned = -1  # neurons pruned by the mask the estimate belongs to
-        self.suggestion = None  # core.suggest.Suggestion
+        self.suggestion = None  # core.held_out_suggest.HeldOutSuggestion
         self.highlight: torch.Tensor | None = None  # N bool: the selected neuron's high mode
         self.acc_budget = 2.0
         self.error = ""
@@ -309,9 +310,9 @@ class SuspectState(QObject):
         s._progress_start["suggest"] = time.monotonic()
 
         def run(job):
-            from core.suggest import suggest
+            from core.held_out_suggest import suggest_held_out
 
-            return suggest(
+            return suggest_held_out(
                 inspection,
                 analysis,
                 train,
@@ -322,7 +323,10 @@ class SuspectState(QObject):
                 cancel=job.cancelled,
             )
 
-        s.message.emit("info", "Looking for the smallest pruning that repairs…")
+        s.message.emit(
+            "info",
+            "Looking for the smallest pruning: chosen on one part of the data, judged on another…",
+        )
         s.runner.start(
             "suggest",
             run,
@@ -336,16 +340,17 @@ class SuspectState(QObject):
         self.session.runner.cancel("suggest")
 
     def _suggested(self, suggestion: Any) -> None:
+        """A held-out suggestion (`core.held_out_suggest`): its pruning set, its verdict said."""
         self.suggestion = suggestion
         self.apply(suggestion)
         self.suggestion_changed.emit()
-        if suggestion.repairs:  # the reasons stay in the Suspect samples panel
+        if suggestion.repairs:  # the held-out verdict's; the reasons stay in the panel
             from core.suggest import describe
 
             self.session.message.emit(
                 "info",
-                f"Suggestion applied: {describe(suggestion.methods, suggestion.combine)} "
-                "(why: Suspect samples panel; Ctrl+Z undoes it).",
+                f"Suggestion applied: {describe(suggestion.methods, suggestion.combine)} — "
+                "repairs on held-out samples (why: Suspect samples panel; Ctrl+Z undoes it).",
             )
         else:
             self.session.message.emit("warning", f"Suggestion: {suggestion.why}")

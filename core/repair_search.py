@@ -127,8 +127,11 @@ class RepairOutcome:
             "holdout": None if self.holdout is None else self.holdout.to_dict(),
             "candidates": [c.to_dict() for c in self.candidates],
         }
-        if s is not None:
-            out["selection"] = s.to_dict()
+        if s is not None:  # the selection part's own numbers: optimistic, never a claim
+            selection = s.to_dict()
+            for claim in ("repairs", "sure"):
+                selection.pop(claim, None)
+            out["selection"] = selection | {"in_sample": True}
         if self.before is not None:
             b = self.before.to_dict()
             out["before"] = {k: b[k] for k in ("estimated_asr", "asr_interval", "asr_samples")}

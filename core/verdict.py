@@ -13,7 +13,9 @@ The verdict (`judge`) rests on bounds, never on a point estimate alone:
 - **repairs**: the held-out ASR's upper confidence bound (Wilson) is at most the goal *and* the
   upper bound of the held-out clean-accuracy drop — paired: the unpruned and the repaired model
   on the same held-out clean samples (`paired_drop`) — is within
-  the budget (conditional on the samples whose correctness changed, McNemar's view);
+  the budget (conditional on the samples whose correctness changed, McNemar's view). The drop
+  reported is the paired estimate where it is a cost; a gain only as far as the interval
+  shows one (`shown_drop`: 0 while the upper bound is ≥ 0), the measured value beside it;
 - **does not repair**: a lower bound says it fails (ASR's lower bound above the goal, or the
   drop's lower bound above the budget);
 - **unverified**: neither, with the reason — too few held-out samples for any bound that low
@@ -93,6 +95,18 @@ def paired_drop(
         return estimate, 0.0, 0.0
     lo, hi = wilson(lost, m, z)
     return estimate, (2 * lo / 100 - 1) * 100 * m / n, (2 * hi / 100 - 1) * 100 * m / n
+
+
+def shown_drop(estimate: float, upper: float) -> float:
+    """The accuracy drop (points) to report from a paired `estimate` and its `upper` bound: a
+    cost as measured; a gain (a negative drop) only as far as the interval shows one — 0 while
+    the upper bound is ≥ 0, else that bound (the smallest gain the samples show). A repair is
+    not expected to raise clean accuracy: on blend, across seeds, every held-out "gain" (up to
+    2.8 points) was a cost on the full test set. Where the real drop is ≥ 0 this is never
+    further from it than the raw estimate; the bounds, and so the verdict, do not change."""
+    if estimate >= 0:
+        return estimate
+    return min(0.0, upper)
 
 
 # ---- the split --------------------------------------------------------------------------------
@@ -183,7 +197,7 @@ class Verdict:
     interval: tuple[float, float] | None
     n: int  # held-out samples the ASR rests on
     basis: str  # "stamped", "suspected" or "none"
-    acc_drop: float | None  # points
+    acc_drop: float | None  # points: a cost; a gain only as far as the interval shows one
     acc_interval: tuple[float, float] | None
     n_acc: int
     acc_before: float | None = None  # held-out clean accuracy (%), unpruned
@@ -191,6 +205,7 @@ class Verdict:
     confidence: float = 95.0  # two-sided confidence (%) of each interval
     goal: float = ASR_GOAL
     budget: float = ACC_BUDGET
+    acc_drop_raw: float | None = None  # the paired estimate as measured (`shown_drop`)
 
     @property
     def repairs(self) -> bool:
@@ -207,8 +222,17 @@ class Verdict:
             f"held-out ASR {self.estimate:.1f} % [{lo:.1f}, {hi:.1f}] from {self.n} {what}, "
             f"accuracy drop {self.acc_drop:.1f} points "
             f"[{self.acc_interval[0]:.1f}, {self.acc_interval[1]:.1f}] from {self.n_acc} "
-            "clean samples"
+            f"clean samples{self.gain_note()}"
         )
+
+    def gain_note(self) -> str:
+        """Where a measured gain is not reported as a negative cost, says so."""
+        raw = self.acc_drop_raw
+        if raw is None or self.acc_drop is None or raw >= self.acc_drop - 1e-9:
+            return ""
+        if self.acc_drop >= 0:
+            return f" (a gain of {-raw:.1f} measured, which the interval does not show: no cost)"
+        return f" (a gain of {-raw:.1f} measured; the interval shows at least {-self.acc_drop:.1f})"
 
     def to_dict(self) -> dict:
         """The verdict in the report (`suggestion`'s contract keys, rounded)."""
@@ -224,6 +248,7 @@ class Verdict:
             "asr_samples": self.n,
             "asr_basis": self.basis,
             "acc_drop_estimate": r(self.acc_drop),
+            "acc_drop_raw": r(self.acc_drop_raw),
             "acc_drop_interval": None
             if self.acc_interval is None
             else [r(v) for v in self.acc_interval],
@@ -275,12 +300,14 @@ def judge(
     n_acc = len(clean_labels)
     before_ok = clean_before == clean_labels
     after_ok = clean_after == clean_labels
-    drop, d_lo, d_hi = paired_drop(before_ok, after_ok, z)
+    raw, d_lo, d_hi = paired_drop(before_ok, after_ok, z)
+    drop = shown_drop(raw, d_hi)  # the bounds, not this, decide the verdict
     acc_before = 100 * float(before_ok.double().mean()) if n_acc else None
     acc_after = 100 * float(after_ok.double().mean()) if n_acc else None
     conf = confidence_of(z)
     common = dict(
         acc_drop=drop,
+        acc_drop_raw=raw,
         acc_interval=(d_lo, d_hi),
         n_acc=n_acc,
         acc_before=acc_before,

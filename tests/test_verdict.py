@@ -14,6 +14,7 @@ from core.verdict import (
     judge,
     lowest_bound,
     paired_drop,
+    shown_drop,
     split_rows,
     stratified_split,
     wilson,
@@ -74,6 +75,45 @@ def test_paired_drop_counts_only_changed_predictions():
     # all changes are losses: the lower bound is above 0
     _, lo, _ = paired_drop(*(x == labels for x in _clean(200, lost=10)[:2]))
     assert lo > 0
+
+
+def test_a_gain_is_reported_only_as_far_as_the_interval_shows_it():
+    assert shown_drop(1.6, 3.8) == 1.6  # a cost: as measured
+    assert shown_drop(-2.83, 0.4) == 0.0  # blend, seed 0: a gain the bound does not show
+    assert shown_drop(-5.0, -1.5) == -1.5  # a gain the bound shows: its smallest value
+    assert shown_drop(0.0, 0.0) == 0.0
+    # never further from a real drop ≥ 0 than the measured estimate
+    for raw, hi in ((-2.83, 0.4), (-0.8, 0.8), (-5.0, -1.5), (1.2, 4.6)):
+        for real in (0.0, 0.54, 2.0, 3.0):
+            assert abs(shown_drop(raw, hi) - real) <= abs(raw - real) + 1e-12
+
+
+def test_the_reported_drop_leaves_the_verdict_and_its_bounds_as_they_are():
+    """7 more held-out samples right after the repair than before (blend, seed 0): reported as
+    no cost, the measured gain beside it; the bounds — and so the verdict — are the paired
+    interval's, unchanged."""
+    before, after, labels = _clean(247, lost=5, won=12)
+    raw, lo, hi = paired_drop(before == labels, after == labels)
+    assert raw < 0 <= hi
+    v = judge(_asr_pred(300, 0), TARGET, "stamped", before, after, labels)
+    assert v.acc_drop == 0.0 and v.acc_drop_raw == pytest.approx(raw)
+    assert v.acc_interval == pytest.approx((lo, hi)) and v.verdict == REPAIRS
+    d = v.to_dict()
+    assert d["acc_drop_estimate"] == 0.0 and d["acc_drop_raw"] == round(raw, 2)
+    assert f"a gain of {-raw:.1f} measured" in v.describe()
+    # a gain the interval shows: reported as its bound, still a gain
+    before, after, labels = _clean(247, won=12)
+    v = judge(_asr_pred(300, 0), TARGET, "stamped", before, after, labels)
+    assert v.acc_interval[1] < 0 and v.acc_drop == pytest.approx(v.acc_interval[1])
+    assert v.acc_drop_raw < v.acc_drop < 0 and v.verdict == REPAIRS
+    # a cost: as measured, no note
+    before, after, labels = _clean(247, lost=12, won=5)
+    v = judge(_asr_pred(300, 0), TARGET, "stamped", before, after, labels)
+    assert v.acc_drop == v.acc_drop_raw > 0 and "gain" not in v.describe()
+    # the verdict never depends on the reported drop: a wide interval stays unverified
+    before, after, labels = _clean(247, lost=10, won=14)
+    v = judge(_asr_pred(300, 0), TARGET, "stamped", before, after, labels)
+    assert v.acc_drop == 0.0 and v.acc_interval[1] > 2 and v.verdict == UNVERIFIED
 
 
 # ---- the verdicts ------------------------------------------------------------------------------

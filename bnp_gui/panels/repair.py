@@ -225,7 +225,10 @@ def render(outcome) -> str:
 
     rows = [("Estimated ASR", asr(b), asr(v))]
     if v.acc_before is not None:
-        drop = f" (drop {v.acc_drop:.1f} [{v.acc_interval[0]:.1f}, {v.acc_interval[1]:.1f}])"
+        drop = (
+            f" (drop {v.acc_drop:.1f} [{v.acc_interval[0]:.1f}, {v.acc_interval[1]:.1f}]"
+            f"{v.gain_note()})"
+        )
         rows.append(("Clean ACC", f"{v.acc_before:.1f} %", f"{v.acc_after:.1f} %{drop}"))
     table = "".join(f"<tr><td>{a}</td><td>{x}</td><td>{y}</td></tr>" for a, x, y in rows)
     steps = "".join(f"<li>{step}</li>" for step in outcome.steps) or "<li>nothing applied</li>"

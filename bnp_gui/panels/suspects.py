@@ -80,7 +80,8 @@ class SuspectsPanel(QWidget):
         self.suggestion.setWordWrap(True)
         self.suggestion.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.suggestion.setToolTip(
-            "Why Suggest chose these thresholds; it stays here until the next analysis. "
+            "What Suggest chose and its verdict, judged on samples that did not choose it; it "
+            "stays here until the next analysis. "
             "Edit › Undo (Ctrl+Z) returns to the thresholds before it."
         )
         self.why = QLabel("")  # the reasons behind the inferred target
@@ -89,7 +90,8 @@ class SuspectsPanel(QWidget):
         self.suggest_button = QPushButton("Suggest")
         self.suggest_button.setToolTip(
             "Set methods, thresholds and union/intersection to the smallest pruning whose "
-            "estimated ASR is low within the accuracy budget"
+            "estimated ASR is low within the accuracy budget — chosen on half of the samples, "
+            "judged on the other half (repairs, does not repair or unverified)"
         )
         self.suggest_button.clicked.connect(self.state.suggest)
         self.budget = QDoubleSpinBox()

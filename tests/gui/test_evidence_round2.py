@@ -17,12 +17,22 @@ from bnp_gui.decisions import capture
 from bnp_gui.session import CURVE_SUBSET, PreviewResult
 
 
-def _suggestion(methods, combine="intersection", why="because the estimate says so"):
+def _suggestion(methods, combine="intersection", reason="Repairs: because the bounds say so."):
+    """A held-out suggestion (`core.held_out_suggest`) of `methods`, its verdict "repairs"."""
+    import torch
+
+    from core.held_out_suggest import HeldOutSuggestion
+    from core.masks import PruneMask
+    from core.repair_search import RepairOutcome
     from core.suggest import Suggestion
     from core.suspects import AsrEstimate
+    from core.verdict import REPAIRS, Verdict
 
     estimate = AsrEstimate(2.0, 120, 0.5, 6.0, target=0)
-    return Suggestion(methods, combine, 7, 90.0, 89.0, estimate, True, why)
+    chosen = Suggestion(methods, combine, 7, 90.0, 89.0, estimate, True, "in-sample")
+    mask = PruneMask.from_flags({"layer1": torch.ones(7, dtype=torch.bool)}, zero_beta=False)
+    verdict = Verdict(REPAIRS, reason, 0.0, (0.0, 3.1), 120, "stamped", 0.0, (-1.2, 1.2), 200)
+    return HeldOutSuggestion(RepairOutcome(verdict, ["prune"], None, mask, chosen))
 
 
 def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
@@ -46,8 +56,10 @@ def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
 
 def test_the_suggestion_stays_in_the_panel(qtbot, window, tiny_model):
     s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
-    why = "EP k=2.5 is the smallest pruning whose estimated ASR is 2.0 % (≤ 5 %)."
-    s.suspects._suggested(_suggestion({"ep": 2.5}, "union", why))
+    suggestion = _suggestion({"ep": 2.5}, "union")
+    why = suggestion.why
+    assert why.startswith("Repairs (held out): prune EP k=2.5 (7 neurons)")
+    s.suspects._suggested(suggestion)
     label = window.suspects.suggestion
     assert why in label.text() and "(applied)" in label.text()
     assert label.isVisibleTo(window)
@@ -99,6 +111,11 @@ def test_export_carries_the_evidence(qtbot, window, tiny_model, tmp_path):
     assert report["target_estimate"]["why"] == a.reason
     assert len(report["suspect_samples"]) == len(a)
     assert report["suggestion"]["why"] == state.suggestion.why
+    # the held-out verdict, as `bnp defend --auto` reports it; no in-sample claim
+    assert report["suggestion"]["verdict"] == state.suggestion.verdict.verdict
+    assert report["suggestion"]["repairs"] == state.suggestion.repairs
+    assert "sure" not in (report["suggestion"].get("selection") or {})
+    assert report["estimate"].get("held_out") is True  # the exported mask is the suggestion's
     assert report["evidence_trust"] == state.trust()
     assert report["suggestion_applied"] is True
     steps = report["repair_steps"]
