@@ -357,7 +357,10 @@ class SuspectState(QObject):
 
     def apply(self, suggestion) -> None:
         """Set the session's methods, thresholds and combination to the suggestion's, as one
-        change (one undo step named after the suggestion)."""
+        change (one undo step named after the suggestion). The suggestion's thresholds were
+        chosen on the selection part's scores; where the session's scores (all samples) flag
+        other neurons at them, overrides make the session prune exactly the neurons the
+        held-out verdict judged."""
         from dataclasses import replace
 
         from bnp_gui.decisions import capture
@@ -366,10 +369,29 @@ class SuspectState(QObject):
         s = self.session
         now = capture(s)
         thresholds = {m: float(suggestion.methods.get(m, k)) for m, k in now.thresholds}
+        judged = _neurons(getattr(suggestion, "mask", None)) if suggestion.methods else set()
+        flagged = set()
+        if suggestion.methods and s.scores:
+            from core.inspection import build_mask
+
+            flagged = _neurons(
+                build_mask(
+                    s.scores, dict(suggestion.methods), suggestion.combine, channels=dict(s.layers)
+                )
+            )
         decisions = replace(
             now,
             thresholds=tuple(thresholds.items()),
             enabled=tuple((m, m in suggestion.methods) for m in METHODS),
             combine=suggestion.combine if suggestion.methods else now.combine,
+            force_prune=frozenset(judged - flagged),
+            keep=frozenset(flagged - judged),
         )
         s.set_decisions(decisions, f"Suggest: {describe(suggestion.methods, suggestion.combine)}")
+
+
+def _neurons(mask) -> set[tuple[str, int]]:
+    """The (layer, channel) pairs a prune mask prunes (none for no mask)."""
+    if mask is None:
+        return set()
+    return {(layer, int(c)) for layer, channels in mask.neurons().items() for c in channels}

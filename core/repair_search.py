@@ -20,6 +20,7 @@ samples still classified as the target (corrected for those of the target class)
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -276,15 +277,20 @@ def search_repair(
     probe_sel.inputs["train"] = probe.inputs["train"]
     probe_sel.inputs["clean"] = clean_x[holdout.clean_select.to(clean_x.device)]
     shares = (0.3, 0.65) if recovery else (0.9, 0.9)
+    # the neuron scores (BNP's clean statistics, EP's training statistics) from the selection
+    # part only: the judging samples must not choose the neurons they then judge
+    inspection_sel = selection_inspection(
+        inspection, train, clean_sel, holdout, cancel, _stage(progress, 0.0, 0.05)
+    )
     suggestion = suggest(
-        inspection,
+        inspection_sel,
         analysis_sel,
         train,
         clean_sel,
         acc_budget=acc_budget,
         asr_goal=asr_goal,
         probe=probe_sel,
-        progress=_stage(progress, 0.0, shares[0]),
+        progress=_stage(progress, 0.05, shares[0]),
         cancel=cancel,
         unpruned=known,
     )
@@ -417,6 +423,26 @@ def search_repair(
         asr_goal,
         unchanged,
     )
+
+
+def selection_inspection(inspection, train, clean_sel, holdout, cancel=None, progress=None):
+    """A view of `inspection` (same model, layers and CLP scores) whose statistics come from
+    the selection part only: the clean samples chosen to select, and the training samples
+    without the held-out suspected ones. The scores a suggestion prunes by are then made
+    without the samples that judge it (BNP's scores depend on the clean samples, EP's on the
+    training samples)."""
+    view = copy.copy(inspection)
+    view.clean_stats = view.train_stats = None
+    view._scores = {"clp": inspection.clp}
+    keep = torch.ones(len(train), dtype=torch.bool)
+    keep[holdout.suspected_judge] = False
+    view.collect(
+        clean_sel if inspection.clean_stats is not None else None,
+        subset(train, keep.nonzero().flatten()) if inspection.train_stats is not None else None,
+        progress=progress,
+        cancel=cancel,
+    )
+    return view
 
 
 def _fallback(

@@ -278,3 +278,33 @@ def test_fallback_applies_only_a_change_shown_to_lower_the_asr():
     lower = _candidate("recovery", FAILS, 40.0, (30.0, 52.0), 0.0)
     assert _fallback([lower, helps], 2.0, unchanged) is helps  # unverified before failed
     assert _fallback([lower], 2.0, unchanged) is lower  # shown lower, though not a repair
+
+
+def test_the_judging_samples_choose_no_neuron(backdoored, monkeypatch):
+    """The statistics the suggestion's scores come from are collected on the selection part
+    only: BNP's on the selection clean samples, EP's on the training set without the held-out
+    suspected samples (issue 17: no sample that selected a configuration also measures it)."""
+    import core.repair_search as rs
+
+    seen = []
+    real = rs.suggest
+
+    def spy(inspection, analysis, train, clean, **kwargs):
+        seen.append(
+            (inspection.clean_stats.n_samples, inspection.train_stats.n_samples, len(clean))
+        )
+        return real(inspection, analysis, train, clean, **kwargs)
+
+    monkeypatch.setattr(rs, "suggest", spy)
+    p, probe, analysis = backdoored
+    inspection, train, clean = p.inspection, p.train, p.clean
+    outcome = rs.search_repair(
+        inspection, analysis, train, clean, probe=probe, recovery=False, seed=0
+    )
+    holdout = outcome.holdout
+    kept = len(train) - len(holdout.suspected_judge)
+    assert seen == [(len(holdout.clean_select), kept, len(holdout.clean_select))]
+    assert len(holdout.suspected_judge) > 0
+    # the inspection the caller holds keeps its statistics of all samples
+    assert inspection.clean_stats.n_samples == len(clean)
+    assert inspection.train_stats.n_samples == len(train)

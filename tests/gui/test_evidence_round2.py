@@ -17,12 +17,17 @@ from bnp_gui.decisions import capture
 from bnp_gui.session import CURVE_SUBSET, PreviewResult
 
 
-def _suggestion(methods, combine="intersection", reason="Repairs: because the bounds say so."):
-    """A held-out suggestion (`core.held_out_suggest`) of `methods`, its verdict "repairs"."""
-    import torch
+def _suggestion(
+    session,
+    methods,
+    combine="intersection",
+    reason="Repairs: because the bounds say so.",
+    judged=None,
+):
+    """A held-out suggestion (`core.held_out_suggest`) of `methods`, its verdict "repairs", its
+    mask `judged` (default: what the session's scores flag at those thresholds)."""
 
     from core.held_out_suggest import HeldOutSuggestion
-    from core.masks import PruneMask
     from core.repair_search import RepairOutcome
     from core.suggest import Suggestion
     from core.suspects import AsrEstimate
@@ -30,7 +35,7 @@ def _suggestion(methods, combine="intersection", reason="Repairs: because the bo
 
     estimate = AsrEstimate(2.0, 120, 0.5, 6.0, target=0)
     chosen = Suggestion(methods, combine, 7, 90.0, 89.0, estimate, True, "in-sample")
-    mask = PruneMask.from_flags({"layer1": torch.ones(7, dtype=torch.bool)}, zero_beta=False)
+    mask = session.inspection.mask(*(judged or (methods, combine)))
     verdict = Verdict(REPAIRS, reason, 0.0, (0.0, 3.1), 120, "stamped", 0.0, (-1.2, 1.2), 200)
     return HeldOutSuggestion(RepairOutcome(verdict, ["prune"], None, mask, chosen))
 
@@ -41,12 +46,15 @@ def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
     s.set_threshold("ep", 1.75)  # a step of the analyst's before Suggest
     wait_full_preview(qtbot, s)
     before, steps = capture(s), stack.count()
-    suggestion = _suggestion({"ep": 2.5, "bnp": 3.5})
+    # chosen on the selection part's scores: here they flag other neurons than all samples' do
+    suggestion = _suggestion(s, {"ep": 2.5, "bnp": 3.5}, judged=({"ep": 1.0}, "union"))
+    assert suggestion.mask.count() > 0
     s.suspects._suggested(suggestion)
     assert stack.count() == steps + 1
     assert stack.undoText().startswith("Suggest: EP k=2.5 ∩ BNP k=3.5")
     assert (s.thresholds["ep"], s.thresholds["bnp"], s.combine) == (2.5, 3.5, "intersection")
     assert not s.enabled["clp"]
+    assert s.current_mask().neurons() == suggestion.mask.neurons()  # the judged neurons
     stack.undo()
     assert capture(s) == before  # exactly the state before Suggest
     assert stack.undoText() == "EP k = 1.75"
@@ -56,9 +64,10 @@ def test_suggest_is_one_undo_step_named_after_it(qtbot, window, tiny_model):
 
 def test_the_suggestion_stays_in_the_panel(qtbot, window, tiny_model):
     s = analysed(qtbot, window, tiny_model, defaults=True, suspects=True)
-    suggestion = _suggestion({"ep": 2.5}, "union")
+    suggestion = _suggestion(s, {"ep": 2.5}, "union")
     why = suggestion.why
-    assert why.startswith("Repairs (held out): prune EP k=2.5 (7 neurons)")
+    n = suggestion.mask.count()
+    assert why.startswith(f"Repairs (held out): prune EP k=2.5 ({n} neuron")
     s.suspects._suggested(suggestion)
     label = window.suspects.suggestion
     assert why in label.text() and "(applied)" in label.text()

@@ -117,6 +117,9 @@ def test_suggest_sets_the_thresholds_and_says_why(qtbot, window, demo):
     if suggestion.methods:
         assert s.combine == suggestion.combine
     assert s.total_pruned() == suggestion.pruned
+    # the session prunes exactly the neurons the held-out verdict judged (the thresholds were
+    # chosen on the selection part's scores; overrides cover where all samples' scores differ)
+    assert s.current_mask().neurons() == suggestion.mask.neurons()
     from html import escape
 
     assert escape(suggestion.why) in window.suspects.suggestion.text()  # stays there
