@@ -17,12 +17,14 @@ count and input channels read off the weights, and compared shape by shape.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.metadata
 import json
 import os
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -331,14 +333,22 @@ def load_detected(detection: Detection, state_dict: Mapping[str, Tensor]) -> nn.
     be overwritten (a ResNet-50's random initialisation costs more than reading its file); a
     model with tensors the state_dict does not hold (non-persistent buffers) is built for real.
     Raises RuntimeError (torch's) when the weights cannot be loaded."""
-    model = build_on_meta(detection.arch, detection.num_classes, detection.in_channels)
+    model = _meta_copy(detection.arch, detection.num_classes, detection.in_channels)
     drop_running_stats(model, detection.no_running_stats)
     model.load_state_dict(state_dict, strict=True, assign=True)
     left = [t for t in (*model.parameters(), *model.buffers()) if t.is_meta]
     if left:  # tensors made in the constructor, not saved: build for real
         model = build_detected(detection)
         model.load_state_dict(state_dict, strict=True)
+    # the module tree is our builder's: core.graph reuses a trace of the same build
+    BUILDS[model] = (detection.arch, detection.num_classes, detection.in_channels,
+                     tuple(sorted(detection.no_running_stats)))  # fmt: skip
     return model.eval()
+
+
+# model → how load_detected built it (architecture, classes, channels, BatchNorms without
+# statistics); a model built the same way has the same module tree and the same forward
+BUILDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def running_stats_notice(detection: Detection) -> list[str]:
@@ -416,12 +426,28 @@ def build_on_meta(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.
             return build_model(arch, num_classes, in_channels)
 
 
+@lru_cache(maxsize=8)
+def _meta_template(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """One build on `meta` per architecture and size, never handed out itself: detection
+    reads its shapes, and every model loaded gets a copy (cheaper than building again)."""
+    return build_on_meta(arch, num_classes, in_channels)
+
+
+def _meta_copy(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A fresh model on `meta`: a copy of the template, or a new build if it cannot be
+    copied."""
+    try:
+        return copy.deepcopy(_meta_template(arch, num_classes, in_channels))
+    except Exception:  # noqa: BLE001 - a module that refuses deepcopy: build it again
+        return build_on_meta(arch, num_classes, in_channels)
+
+
 @lru_cache(maxsize=64)
 def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, tuple[int, ...]]:
     """Every state_dict key of the architecture and its shape, from a build on `meta`."""
     if (num_classes, in_channels) == (10, 3) and arch in _SHAPES_10_3:
         return _SHAPES_10_3[arch]
-    model = build_on_meta(arch, num_classes, in_channels)
+    model = _meta_template(arch, num_classes, in_channels)
     return {key: tuple(value.shape) for key, value in model.state_dict().items()}
 
 

@@ -55,7 +55,7 @@ from core.checks import (
 )
 from core.data import ImageSet
 from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
-from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
+from core.isolation import MEMORY_ENV, Parsed, default_memory_limit, run_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
@@ -240,6 +240,7 @@ def load_checkpoint(
     inputs: Mapping[str, Any] | None = None,
     weights: str | None = None,
     model_code: str | None = None,
+    mapped: bool = False,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of any supported format into a registered architecture, or use the
     file's own module: a trusted pickled module as it is, a TorchScript archive of an
@@ -254,6 +255,10 @@ def load_checkpoint(
     (default $BNP_PARSE_TIMEOUT or 120) or ``memory_limit`` bytes (default $BNP_PARSE_MEMORY_MB
     or 4 GiB) it is stopped with a CheckpointError; ``cancel()`` returning True stops it with
     ``Cancelled``. Only plain tensors and JSON come back; the model is built here.
+    A plain `torch.save` zip (tensors in dicts and lists, nothing else named) is read in this
+    process instead, by `core.torch_zip`'s own pickle machine, which builds nothing a file
+    names; ``mapped=True`` leaves its tensors over the file's mapped records instead of
+    copying them (for a short-lived reader such as `bnp info`: see `core.torch_zip`).
 
     ``weights`` ("model" or "ema") chooses between a model's weights and its EMA copy where a
     file holds both (`core.weight_sets`; default the model's). ``model_code``
@@ -272,11 +277,14 @@ def load_checkpoint(
         if arch is not None:
             raise CheckpointError("Give --arch or --model-code, not both.")
         code = user_code.parse(model_code)
-    parsed = run_isolated(
-        "core.checkpoint:_parse_file", str(path.absolute()), bool(trust_pickle),
-        memory_limit or default_memory_limit(), weights, what=f"Reading {path.name}",
-        error=CheckpointError, timeout=timeout, memory_limit=memory_limit, cancel=cancel,
-    )  # fmt: skip
+    max_bytes = memory_limit or default_memory_limit()
+    parsed = _read_here(path, max_bytes, weights, mapped, cancel)
+    if parsed is None:  # not a plain torch.save zip: the isolated child reads it
+        parsed = run_isolated(
+            "core.checkpoint:_parse_file", str(path.absolute()), bool(trust_pickle),
+            max_bytes, weights, what=f"Reading {path.name}",
+            error=CheckpointError, timeout=timeout, memory_limit=memory_limit, cancel=cancel,
+        )  # fmt: skip
     info = parsed.info
     fmt, names, extra_names = str(info["format"]), list(info["names"]), list(info["extras"])
     state_dict = dict(zip(names, parsed.tensors[: len(names)], strict=True))
@@ -641,6 +649,19 @@ def _parse_file(
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     if weights is not None and kind == "safetensors":
         weight_sets.choose({}, path, weights, _holds_weights)  # says there is no choice
+    return _pack(path, fmt, raw, trigger, meta, extras, more)
+
+
+def _pack(
+    path: Path,
+    fmt: str,
+    raw: Any,
+    trigger: Tensor | None,
+    meta: Any,
+    extras: dict[str, Tensor],
+    more: dict[str, Any],
+) -> tuple[dict, list[Tensor]]:
+    """What a reader found → JSON info and a list of tensors (the child's answer)."""
     if isinstance(raw, _Chosen):  # one of two weight sets: say which
         more["notices"] = [*more.get("notices", []), *raw.notices]
     state_dict = _clean_state_dict(raw, path)
@@ -655,6 +676,36 @@ def _parse_file(
         **more,
     }
     return info, list(state_dict.values()) + list(extras.values())
+
+
+def _read_here(
+    path: Path, max_bytes: int, weights: str | None, mapped: bool, cancel
+) -> Parsed | None:
+    """A plain torch.save zip read in this process (`core.torch_zip`), packed as the child
+    packs it; None for any other file, which the child reads as before."""
+    from core import torch_zip
+    from core.errors import Cancelled
+
+    try:
+        if path.suffix.lower() == ".safetensors" or path.stat().st_size > max_bytes:
+            return None  # the child refuses it with its own words, or it is another format
+        if not _starts_as_zip(path):
+            return None  # the child refuses it with its own words, or it is another format
+        obj = torch_zip.read(path, copy=not mapped, cancel=cancel)
+    except (Cancelled, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - NotPlain, or anything unforeseen: the child's turn
+        return None
+    if backdoorbench.is_backdoorbench(obj):
+        return None  # its samples and layout are read by core.backdoorbench, in the child
+    fmt, raw, trigger, meta = _unwrap(obj, path, weights)
+    info, tensors = _pack(path, fmt, raw, trigger, meta, {}, {})
+    return Parsed(info, tensors)
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _backdoorbench_payload(result: BackdoorBenchResult) -> tuple[dict[str, Tensor], dict]:

@@ -72,7 +72,7 @@ def _input_overrides(args) -> dict:
     return {key: value for key, value in changes.items() if value is not None}
 
 
-def _load(args):
+def _load(args, mapped: bool = False):
     from core.checkpoint import load_checkpoint
 
     return load_checkpoint(
@@ -82,6 +82,7 @@ def _load(args):
         inputs=_input_overrides(args),
         weights=args.weights,
         model_code=args.model_code,
+        mapped=mapped,
     )
 
 
@@ -106,7 +107,7 @@ def cmd_info(args) -> int:
     from core.graph import discover_layers, method_availability
     from core.inspection import METHOD_NAMES, checkpoint_trigger, input_spec
 
-    ckpt = _load(args)
+    ckpt = _load(args, mapped=True)  # read, shown, and the process ends: no copy needed
     overrides = _input_overrides(args)
     spec = input_spec(ckpt, overrides)
     for message in model_warnings(ckpt.model, spec):
