@@ -498,7 +498,9 @@ def _main(argv: list[str]) -> int:
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)
         _note_reads(args)
-        if args.command in ("info", "defend"):  # the reader child imports torch meanwhile
+        # the reader child imports torch meanwhile; `bnp info` reads a plain torch.save
+        # zip in-process (core.torch_zip) and starts the child only for other files
+        if args.command == "defend":
             from core.isolation import prestart
 
             prestart()

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-from core.errors import CheckpointError
+from core.errors import Cancelled, CheckpointError
 
 __all__ = ["ALLOWED", "MAX_CONTAINERS", "MAX_DEPTH", "MAX_PICKLE_BYTES", "NotPlain", "read"]
 
@@ -119,8 +119,10 @@ def read(path: Path, *, copy: bool = True, cancel=None) -> Any:
     try:
         records, pickle_bytes = _records(entries, mapped)
         obj = _Machine(pickle_bytes, records, mapped, copy, cancel).run()
-    except RecursionError:
-        raise NotPlain("it is nested too deeply") from None
+    except (NotPlain, Cancelled, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever a damaged pickle provokes: one line
+        raise NotPlain(f"its pickle is malformed ({type(e).__name__})") from None
     finally:
         if copy:
             try:
@@ -159,7 +161,7 @@ def _records(entries: list, mapped: mmap.mmap) -> tuple[dict[str, tuple[int, int
         elif name == prefix + "byteorder" and mapped[start:end] != b"little":
             raise NotPlain("its tensors are stored big-endian")
     spans.sort()
-    if any(a[1] > b[0] for a, b in zip(spans, spans[1:])):
+    if any(a[1] > b[0] for a, b in zip(spans, spans[1:], strict=False)):
         raise NotPlain("its records overlap")
     start, end = pickle_span
     if end - start > MAX_PICKLE_BYTES:
@@ -236,8 +238,6 @@ class _Machine:
                 pos += 1
                 ops += 1
                 if not ops & 0xFFFF and self.cancel is not None and self.cancel():
-                    from core.errors import Cancelled
-
                     raise Cancelled("reading cancelled")
                 if op == 0x71:  # q BINPUT
                     memo[data[pos]] = stack[-1]
@@ -277,7 +277,9 @@ class _Machine:
                     stack.append(value)
                 elif op == 0x8A:  # LONG1
                     size = data[pos]
-                    stack.append(int.from_bytes(data[pos + 1 : pos + 1 + size], "little", signed=True))
+                    stack.append(
+                        int.from_bytes(data[pos + 1 : pos + 1 + size], "little", signed=True)
+                    )
                     pos += 1 + size
                 elif op == 0x74:  # t TUPLE
                     start = marks.pop()
@@ -518,7 +520,7 @@ class _Machine:
             raise NotPlain("its pickle rebuilds a tensor with malformed sizes")
         numel = 1
         last = offset
-        for side, step in zip(size, stride):
+        for side, step in zip(size, stride, strict=True):
             numel *= side
             last += (side - 1) * step
             if numel >= _BIG or last >= _BIG:
