@@ -38,7 +38,7 @@ from core.errors import Cancelled, CheckpointError
 
 __all__ = ["ALLOWED", "MAX_CONTAINERS", "MAX_DEPTH", "MAX_PICKLE_BYTES", "NotPlain", "read"]
 
-MAX_PICKLE_BYTES = 16 * 2**20
+MAX_PICKLE_BYTES = 8 * 2**20  # a ResNet-50's (320 tensors) is 38 KiB
 MAX_CONTAINERS = 1_000_000
 MAX_DEPTH = 64
 MAX_DIMS = 32
@@ -315,11 +315,14 @@ class _Machine:
                     if type(name) is not str or type(module) is not str:
                         raise NotPlain("its pickle names an object in a malformed way")
                     stack.append(self._global(module, name))
-                elif op == 0x72:  # r LONG_BINPUT
-                    (key,), pos = unpack("<I", data, pos), pos + 4
+                elif op == 0x72 or op == 0x94:  # r LONG_BINPUT, MEMOIZE
+                    if op == 0x72:
+                        (key,), pos = unpack("<I", data, pos), pos + 4
+                    else:
+                        key = len(memo)
                     memo[key] = stack[-1]
-                elif op == 0x94:  # MEMOIZE
-                    memo[len(memo)] = stack[-1]
+                    if len(memo) > MAX_CONTAINERS:
+                        raise NotPlain(f"its pickle remembers more than {MAX_CONTAINERS:,} objects")
                 elif op == 0x7D or op == 0x5D:  # } EMPTY_DICT, ] EMPTY_LIST
                     self._count()
                     stack.append({} if op == 0x7D else [])

@@ -365,6 +365,9 @@ def test_limits_are_enforced(tmp_path, monkeypatch):
     path = _zip(tmp_path / "many.pth", b"\x80\x02](" + b"}" * 200 + b"e.", {})
     with pytest.raises(NotPlain, match="containers"):
         torch_zip.read(path)
+    remembered = b"".join(b"K\x01r" + struct.pack("<I", i) + b"0" for i in range(200))
+    with pytest.raises(NotPlain, match="remembers"):
+        torch_zip.read(_zip(tmp_path / "memo.pth", b"\x80\x02" + remembered + b"N.", {}))
     monkeypatch.setattr(torch_zip, "MAX_PICKLE_BYTES", 10)
     with pytest.raises(NotPlain, match="larger than"):
         torch_zip.read(_zip(tmp_path / "big.pth", b"\x80\x02" + _str("x" * 100) + b".", {}))
