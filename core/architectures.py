@@ -25,6 +25,7 @@ import os
 import threading
 import warnings
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -436,10 +437,49 @@ def _meta_template(arch: str, num_classes: int, in_channels: int) -> nn.Module:
 def _meta_copy(arch: str, num_classes: int, in_channels: int) -> nn.Module:
     """A fresh model on `meta`: a copy of the template, or a new build if it cannot be
     copied."""
+    template = _meta_template(arch, num_classes, in_channels)
     try:
-        return copy.deepcopy(_meta_template(arch, num_classes, in_channels))
+        return _tree_copy(template) if _tree_copyable(template) else copy.deepcopy(template)
     except Exception:  # noqa: BLE001 - a module that refuses deepcopy: build it again
         return build_on_meta(arch, num_classes, in_channels)
+
+
+_TREE_KEYS = {"_parameters", "_buffers", "_modules"}
+_COPIED = (list, dict, set, OrderedDict)  # attributes copied one level; others are shared
+
+
+def _tree_copyable(model: nn.Module) -> bool:
+    """Whether every module keeps its submodules in `_modules` only (no module held in a
+    plain attribute, list or dict), so that `_tree_copy` copies the whole model."""
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if key in _TREE_KEYS:
+                continue
+            items = value.values() if isinstance(value, dict) else value
+            if isinstance(value, nn.Module) or (
+                isinstance(value, (list, tuple, dict))
+                and any(isinstance(v, nn.Module) for v in items)
+            ):
+                return False
+    return True
+
+
+def _tree_copy(module: nn.Module) -> nn.Module:
+    """A copy of a meta model's module tree, cheaper than deepcopy: each module's attributes
+    copied one level (lists, dicts and sets copied, so a copy never changes the template's),
+    its parameters and buffers shared (they are `meta`: shapes only, and
+    `load_state_dict(assign=True)` replaces them in the copy's own dicts)."""
+    new = module.__class__.__new__(module.__class__)
+    state = {
+        key: value.copy() if type(value) in _COPIED else value
+        for key, value in vars(module).items()
+    }
+    state["_modules"] = {
+        name: None if child is None else _tree_copy(child)
+        for name, child in module._modules.items()
+    }
+    new.__dict__.update(state)
+    return new
 
 
 @lru_cache(maxsize=64)

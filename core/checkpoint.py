@@ -54,7 +54,13 @@ from core.checks import (
     check_target,
 )
 from core.data import ImageSet
-from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
+from core.errors import (
+    ArchitectureMismatch,
+    BnpError,
+    CheckpointError,
+    DataError,
+    UnsafeCheckpointError,
+)
 from core.isolation import MEMORY_ENV, Parsed, default_memory_limit, run_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
@@ -698,8 +704,13 @@ def _read_here(
         return None
     if backdoorbench.is_backdoorbench(obj):
         return None  # its samples and layout are read by core.backdoorbench, in the child
-    fmt, raw, trigger, meta = _unwrap(obj, path, weights)
-    info, tensors = _pack(path, fmt, raw, trigger, meta, {}, {})
+    try:
+        fmt, raw, trigger, meta = _unwrap(obj, path, weights)
+        info, tensors = _pack(path, fmt, raw, trigger, meta, {}, {})
+    except (BnpError, MemoryError):
+        raise  # the words the child would have sent
+    except Exception:  # noqa: BLE001 - unforeseen: the child answers as it always has
+        return None
     return Parsed(info, tensors)
 
 
