@@ -34,6 +34,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from core import library_models
+from core.described import memo
 from core.errors import ArchitectureMismatch, BnpError
 from core.models import (
     cifar_resnet18,
@@ -487,8 +488,13 @@ def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str,
     """Every state_dict key of the architecture and its shape, from a build on `meta`."""
     if (num_classes, in_channels) == (10, 3) and arch in _SHAPES_10_3:
         return _SHAPES_10_3[arch]
-    model = _meta_template(arch, num_classes, in_channels)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+    def build() -> dict[str, list[int]]:
+        model = _meta_template(arch, num_classes, in_channels)
+        return {key: list(value.shape) for key, value in model.state_dict().items()}
+
+    shapes = memo("shapes", (arch, num_classes, in_channels), build)  # on disk
+    return {key: tuple(shape) for key, shape in shapes.items()}
 
 
 @cache
@@ -498,6 +504,11 @@ def _stem_and_head(arch: str) -> tuple[str | None, str | None]:
     described = None if arch in HAND_REGISTERED else library_models.find(arch)
     if described is not None and described.heads:
         return described.stem or None, f"{described.heads[0]}.weight"
+    stem, head = memo("stem-head", (arch,), lambda: list(_build_stem_and_head(arch)))
+    return stem, head
+
+
+def _build_stem_and_head(arch: str) -> tuple[str | None, str | None]:
     model = build_on_meta(arch)
     _SHAPES_10_3[arch] = {key: tuple(v.shape) for key, v in model.state_dict().items()}
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]

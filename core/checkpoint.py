@@ -37,12 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core import backdoorbench, weight_sets
+from core import backdoorbench, described, weight_sets
 from core.architectures import (
     ARCHITECTURES,
     Detection,
     detect_architecture,
-    load_detected,
     running_stats_notice,
 )
 from core.backdoorbench import BackdoorBenchResult
@@ -235,6 +234,9 @@ class LoadedCheckpoint:
     notices: list[str] = field(default_factory=list)  # what the user should know about the file
 
 
+LoadedCheckpoint.model = described.MODEL  # type: ignore[assignment]  # a Deferred builds on use
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -330,21 +332,15 @@ def load_checkpoint(
     poisoned_test = _poisoned_test(info, extras, metadata, path)
     notices = _notices(info, path) + list(detection.notices) + running_stats_notice(detection)
     notices += _contradictions(detection, meta)
-    try:  # BatchNorms without statistics in the file get none
-        model = load_detected(detection, state_dict)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{path.name} fits {detection.arch} by its keys and shapes but its weights "
-            f"cannot be loaded: {str(e).splitlines()[0]}"
-        ) from None
-    model.eval()
+    # built now, or on first use where `bnp info` described this very layout before
+    model = described.deferred(detection, state_dict, path)
     if fmt == "torchscript" and arch is None:
         # the archive carries its own forward: use it when it is not the registered one's
         from core.scripted import check_own_forward
 
         check = check_own_forward(
             path,
-            model,
+            model.get(),
             state_dict,
             detection.arch,
             metadata.in_channels,

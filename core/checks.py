@@ -52,6 +52,7 @@ __all__ = [
     "MAX_CHANNELS",
     "TINY_STD",
     "model_warnings",
+    "tensor_warnings",
     "check_outputs",
     "check_statistics",
     "check_target",
@@ -100,24 +101,39 @@ def _not_finite(named) -> list[str]:
 
 def model_warnings(model: nn.Module, spec: InputSpec | None = None) -> list[str]:
     """What in the weights or the input spec makes the model's outputs meaningless."""
+    norms = [
+        (name, module.running_var, module.num_features)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None
+    ]
+    return tensor_warnings((*model.named_parameters(), *model.named_buffers()), norms, spec)
+
+
+def tensor_warnings(
+    named: Iterable[tuple[str, torch.Tensor]],
+    norms: Iterable[tuple[str, torch.Tensor, int]],
+    spec: InputSpec | None = None,
+) -> list[str]:
+    """``model_warnings`` from the tensors themselves: ``named`` the model's parameters and
+    buffers in its order, ``norms`` its BatchNorms' (name, running_var, num_features)
+    (`bnp info` of a model it has not built, core.described)."""
     warnings: list[str] = []
-    broken = _not_finite((*model.named_parameters(), *model.named_buffers()))
+    broken = _not_finite(named)
     if broken:
         warnings.append(
             f"the weights hold NaN or infinite values ({_names(broken)}): the model's outputs "
             "are not numbers, so ACC, ASR and scores are meaningless; the checkpoint is damaged"
         )
-    for name, module in model.named_modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_var is not None:
-            bad = (module.running_var <= 0).nonzero().reshape(-1).tolist()
-            if bad:
-                channels = ", ".join(str(c) for c in bad[:5]) + (" …" if len(bad) > 5 else "")
-                warnings.append(
-                    f"BatchNorm {name} has running_var ≤ 0 in {len(bad)} of "
-                    f"{module.num_features} channels ({channels}): a variance cannot be ≤ 0, "
-                    "so the checkpoint is damaged; that layer's outputs and BNP/CLP scores are "
-                    "not meaningful"
-                )
+    for name, running_var, num_features in norms:
+        bad = (running_var <= 0).nonzero().reshape(-1).tolist()
+        if bad:
+            channels = ", ".join(str(c) for c in bad[:5]) + (" …" if len(bad) > 5 else "")
+            warnings.append(
+                f"BatchNorm {name} has running_var ≤ 0 in {len(bad)} of "
+                f"{num_features} channels ({channels}): a variance cannot be ≤ 0, "
+                "so the checkpoint is damaged; that layer's outputs and BNP/CLP scores are "
+                "not meaningful"
+            )
     if spec is not None and spec.std is not None:
         tiny = [s for s in spec.std if abs(s) < TINY_STD]
         if tiny:
