@@ -172,7 +172,10 @@ def remember(ckpt: Any, spec: InputSpec, lines: list[str]) -> None:
     ]
     if any(key not in state for _, key, _ in norms):
         return
-    known = _read(model.key) or {"format": _FORMAT, "tensors": tensors, "norms": norms, "specs": {}}
+    known = {"format": _FORMAT, "tensors": tensors, "norms": norms, "specs": {}}
+    before = _read(model.key)
+    if before is not None and (before["tensors"], before["norms"]) == (tensors, norms):
+        known["specs"] = before["specs"]  # the other input sizes described before
     known["specs"][_spec_key(spec)] = lines
     path = _path(model.key)
     try:
