@@ -75,6 +75,13 @@ class Deferred:
                     self._build = None
         return self._model
 
+    def __reduce__(self):  # a copy or a pickle holds the model itself (a lock cannot be copied)
+        return _same, (self.get(),)
+
+
+def _same(model: nn.Module) -> nn.Module:
+    return model
+
 
 def _get_model(self) -> nn.Module:
     model = self.__dict__["_model"]

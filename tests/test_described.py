@@ -1,6 +1,7 @@
 """`bnp info` of a layout it described before answers without building the model
 (core.described), with the same output; everything else still gets the model, built once."""
 
+import copy
 import threading
 
 import pytest
@@ -110,6 +111,8 @@ def test_the_model_is_built_once_on_first_use_by_any_thread(tmp_path, cache, cap
     assert len(builds) == 1 and all(m is got[0] for m in got) and not got[0].training
     x = torch.randn(2, 3, 32, 32)
     assert torch.equal(got[0](x), model(x))
+    copied = copy.deepcopy(load_checkpoint(path))  # a deferred model is copied built
+    assert torch.equal(copied.model(x), model(x))
 
 
 def test_an_undescribed_layout_is_built_when_loaded(tmp_path, cache):
