@@ -493,7 +493,7 @@ def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str,
         model = _meta_template(arch, num_classes, in_channels)
         return {key: list(value.shape) for key, value in model.state_dict().items()}
 
-    shapes = memo("shapes", (arch, num_classes, in_channels), build)  # on disk
+    shapes = memo("shapes", (arch, num_classes, in_channels), build, _valid_shapes)  # on disk
     return {key: tuple(shape) for key, shape in shapes.items()}
 
 
@@ -504,8 +504,23 @@ def _stem_and_head(arch: str) -> tuple[str | None, str | None]:
     described = None if arch in HAND_REGISTERED else library_models.find(arch)
     if described is not None and described.heads:
         return described.stem or None, f"{described.heads[0]}.weight"
-    stem, head = memo("stem-head", (arch,), lambda: list(_build_stem_and_head(arch)))
+    stem, head = memo("stem-head", (arch,), lambda: list(_build_stem_and_head(arch)), _two_keys)
     return stem, head
+
+
+def _valid_shapes(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(type(n) is int for n in v)
+        for k, v in value.items()
+    )
+
+
+def _two_keys(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(v is None or isinstance(v, str) for v in value)
+    )
 
 
 def _build_stem_and_head(arch: str) -> tuple[str | None, str | None]:

@@ -246,31 +246,25 @@ def _environment() -> str:
     return ";".join(versions) + ";" + digest.hexdigest()
 
 
-def memo(kind: str, args: tuple, compute: Callable[[], Any]) -> Any:
-    """``compute()``'s JSON value for ``args``, kept on disk per library versions and code
-    hash: detection's expected shapes of a registered architecture come from a `meta` build,
-    which imports torchvision; the next process reads them instead."""
-    path = _path(f"{kind}-{hashlib.sha256(_environment().encode()).hexdigest()[:24]}")
-    table = _TABLES.get(path)
-    if table is None:
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
-        table = _TABLES.setdefault(path, table if isinstance(table, dict) else {})
-    key = repr(args)
-    if key in table:
-        return table[key]
+def memo(kind: str, args: tuple, compute: Callable[[], Any], valid: Callable[[Any], bool]) -> Any:
+    """``compute()``'s JSON value for ``args``, kept on disk (a file per value) per library
+    versions and code hash: detection's expected shapes of a registered architecture come
+    from a `meta` build, which imports torchvision; the next process reads them instead. A
+    kept value that is not ``valid`` (a damaged file) is computed again."""
+    key = hashlib.sha256(f"{_environment()}\n{kind}\n{args!r}".encode()).hexdigest()[:40]
+    path = _path(f"{kind}-{key}")
+    try:
+        value = json.loads(path.read_text())["value"]
+        if valid(value):
+            return value
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # not kept yet, or damaged: computed again
     value = compute()
-    table[key] = value
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        temporary.write_text(json.dumps(table))
-        temporary.replace(path)
+        temporary.write_text(json.dumps({"args": repr(args), "value": value}))
+        temporary.replace(path)  # readers never see half a file
     except OSError:
-        pass
+        pass  # an unwritable cache only costs the next process a build
     return value
-
-
-_TABLES: dict[Path, dict] = {}

@@ -124,3 +124,24 @@ def test_an_undescribed_layout_is_built_when_loaded(tmp_path, cache):
         "shapes" in f.name or "stem" in f.name for f in cache.glob("*.json")
     )
     assert described.recall(ckpt, None) is None
+
+
+def test_kept_values_are_read_back_and_damaged_ones_computed_again(cache):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"fc.weight": [10, 64]}
+
+    def valid(value):
+        return isinstance(value, dict)
+
+    assert described.memo("shapes", ("x", 10, 3), compute, valid) == {"fc.weight": [10, 64]}
+    assert described.memo("shapes", ("x", 10, 3), compute, valid) == {"fc.weight": [10, 64]}
+    assert len(calls) == 1 and len(list(cache.glob("shapes-*.json"))) == 1
+    for damage in ('{"value": 5}', "not json"):
+        next(cache.glob("shapes-*.json")).write_text(damage)
+        assert described.memo("shapes", ("x", 10, 3), compute, valid) == {"fc.weight": [10, 64]}
+    assert len(calls) == 3
+    described.memo("shapes", ("x", 5, 3), compute, valid)  # other arguments: another value
+    assert len(calls) == 4
