@@ -309,6 +309,7 @@ class Session(TradeoffCurves, QObject):
                 weights=weights,
                 **_cancel_argument(load_checkpoint, job),
             )
+            _ = ckpt.model  # built here if loading deferred it (core.described): its errors too
             if job.cancelled():
                 return None
             job.partial("read")  # the main thread stops the current model's work now

@@ -17,12 +17,15 @@ count and input channels read off the weights, and compared shape by shape.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib.metadata
 import json
 import os
 import threading
 import warnings
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import cache, lru_cache
@@ -31,6 +34,7 @@ from pathlib import Path
 from torch import Tensor, nn
 
 from core import library_models
+from core.described import memo
 from core.errors import ArchitectureMismatch, BnpError
 from core.models import (
     cifar_resnet18,
@@ -331,14 +335,22 @@ def load_detected(detection: Detection, state_dict: Mapping[str, Tensor]) -> nn.
     be overwritten (a ResNet-50's random initialisation costs more than reading its file); a
     model with tensors the state_dict does not hold (non-persistent buffers) is built for real.
     Raises RuntimeError (torch's) when the weights cannot be loaded."""
-    model = build_on_meta(detection.arch, detection.num_classes, detection.in_channels)
+    model = _meta_copy(detection.arch, detection.num_classes, detection.in_channels)
     drop_running_stats(model, detection.no_running_stats)
     model.load_state_dict(state_dict, strict=True, assign=True)
     left = [t for t in (*model.parameters(), *model.buffers()) if t.is_meta]
     if left:  # tensors made in the constructor, not saved: build for real
         model = build_detected(detection)
         model.load_state_dict(state_dict, strict=True)
+    # the module tree is our builder's: core.graph reuses a trace of the same build
+    BUILDS[model] = (detection.arch, detection.num_classes, detection.in_channels,
+                     tuple(sorted(detection.no_running_stats)))  # fmt: skip
     return model.eval()
+
+
+# model → how load_detected built it (architecture, classes, channels, BatchNorms without
+# statistics); a model built the same way has the same module tree and the same forward
+BUILDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def running_stats_notice(detection: Detection) -> list[str]:
@@ -416,13 +428,73 @@ def build_on_meta(arch: str, num_classes: int = 10, in_channels: int = 3) -> nn.
             return build_model(arch, num_classes, in_channels)
 
 
+@lru_cache(maxsize=8)
+def _meta_template(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """One build on `meta` per architecture and size, never handed out itself: detection
+    reads its shapes, and every model loaded gets a copy (cheaper than building again)."""
+    return build_on_meta(arch, num_classes, in_channels)
+
+
+def _meta_copy(arch: str, num_classes: int, in_channels: int) -> nn.Module:
+    """A fresh model on `meta`: a copy of the template, or a new build if it cannot be
+    copied."""
+    template = _meta_template(arch, num_classes, in_channels)
+    try:
+        return _tree_copy(template) if _tree_copyable(template) else copy.deepcopy(template)
+    except Exception:  # noqa: BLE001 - a module that refuses deepcopy: build it again
+        return build_on_meta(arch, num_classes, in_channels)
+
+
+_TREE_KEYS = {"_parameters", "_buffers", "_modules"}
+_COPIED = (list, dict, set, OrderedDict)  # attributes copied one level; others are shared
+
+
+def _tree_copyable(model: nn.Module) -> bool:
+    """Whether every module keeps its submodules in `_modules` only (no module held in a
+    plain attribute, list or dict), so that `_tree_copy` copies the whole model."""
+    for module in model.modules():
+        for key, value in vars(module).items():
+            if key in _TREE_KEYS:
+                continue
+            items = value.values() if isinstance(value, dict) else value
+            if isinstance(value, nn.Module) or (
+                isinstance(value, (list, tuple, dict))
+                and any(isinstance(v, nn.Module) for v in items)
+            ):
+                return False
+    return True
+
+
+def _tree_copy(module: nn.Module) -> nn.Module:
+    """A copy of a meta model's module tree, cheaper than deepcopy: each module's attributes
+    copied one level (lists, dicts and sets copied, so a copy never changes the template's),
+    its parameters and buffers shared (they are `meta`: shapes only, and
+    `load_state_dict(assign=True)` replaces them in the copy's own dicts)."""
+    new = module.__class__.__new__(module.__class__)
+    state = {
+        key: value.copy() if type(value) in _COPIED else value
+        for key, value in vars(module).items()
+    }
+    state["_modules"] = {
+        name: None if child is None else _tree_copy(child)
+        for name, child in module._modules.items()
+    }
+    new.__dict__.update(state)
+    return new
+
+
 @lru_cache(maxsize=64)
 def _expected_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, tuple[int, ...]]:
     """Every state_dict key of the architecture and its shape, from a build on `meta`."""
     if (num_classes, in_channels) == (10, 3) and arch in _SHAPES_10_3:
         return _SHAPES_10_3[arch]
-    model = build_on_meta(arch, num_classes, in_channels)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+    def build() -> dict[str, list[int]]:
+        model = _meta_template(arch, num_classes, in_channels)
+        return {key: list(value.shape) for key, value in model.state_dict().items()}
+
+    shapes = memo("shapes", (arch, num_classes, in_channels), build, _valid_shapes)  # on disk
+    return {key: tuple(shape) for key, shape in shapes.items()}
 
 
 @cache
@@ -432,6 +504,26 @@ def _stem_and_head(arch: str) -> tuple[str | None, str | None]:
     described = None if arch in HAND_REGISTERED else library_models.find(arch)
     if described is not None and described.heads:
         return described.stem or None, f"{described.heads[0]}.weight"
+    stem, head = memo("stem-head", (arch,), lambda: list(_build_stem_and_head(arch)), _two_keys)
+    return stem, head
+
+
+def _valid_shapes(value: object) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and isinstance(v, list) and all(type(n) is int for n in v)
+        for k, v in value.items()
+    )
+
+
+def _two_keys(value: object) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(v is None or isinstance(v, str) for v in value)
+    )
+
+
+def _build_stem_and_head(arch: str) -> tuple[str | None, str | None]:
     model = build_on_meta(arch)
     _SHAPES_10_3[arch] = {key: tuple(v.shape) for key, v in model.state_dict().items()}
     convs = [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]

@@ -37,12 +37,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core import backdoorbench, weight_sets
+from core import backdoorbench, described, weight_sets
 from core.architectures import (
     ARCHITECTURES,
     Detection,
     detect_architecture,
-    load_detected,
     running_stats_notice,
 )
 from core.backdoorbench import BackdoorBenchResult
@@ -54,8 +53,14 @@ from core.checks import (
     check_target,
 )
 from core.data import ImageSet
-from core.errors import ArchitectureMismatch, CheckpointError, DataError, UnsafeCheckpointError
-from core.isolation import MEMORY_ENV, default_memory_limit, run_isolated
+from core.errors import (
+    ArchitectureMismatch,
+    BnpError,
+    CheckpointError,
+    DataError,
+    UnsafeCheckpointError,
+)
+from core.isolation import MEMORY_ENV, Parsed, default_memory_limit, run_isolated
 from core.torchscript import CustomStateError, is_torchscript, read_torchscript
 
 SAFETENSORS_META_KEY = "bnp_meta"
@@ -229,6 +234,9 @@ class LoadedCheckpoint:
     notices: list[str] = field(default_factory=list)  # what the user should know about the file
 
 
+LoadedCheckpoint.model = described.MODEL  # type: ignore[assignment]  # a Deferred builds on use
+
+
 def load_checkpoint(
     path: str | Path,
     *,
@@ -240,6 +248,7 @@ def load_checkpoint(
     inputs: Mapping[str, Any] | None = None,
     weights: str | None = None,
     model_code: str | None = None,
+    mapped: bool = False,
 ) -> LoadedCheckpoint:
     """Load a checkpoint of any supported format into a registered architecture, or use the
     file's own module: a trusted pickled module as it is, a TorchScript archive of an
@@ -254,6 +263,10 @@ def load_checkpoint(
     (default $BNP_PARSE_TIMEOUT or 120) or ``memory_limit`` bytes (default $BNP_PARSE_MEMORY_MB
     or 4 GiB) it is stopped with a CheckpointError; ``cancel()`` returning True stops it with
     ``Cancelled``. Only plain tensors and JSON come back; the model is built here.
+    A plain `torch.save` zip (tensors in dicts and lists, nothing else named) is read in this
+    process instead, by `core.torch_zip`'s own pickle machine, which builds nothing a file
+    names; ``mapped=True`` leaves its tensors over the file's mapped records instead of
+    copying them (for a short-lived reader such as `bnp info`: see `core.torch_zip`).
 
     ``weights`` ("model" or "ema") chooses between a model's weights and its EMA copy where a
     file holds both (`core.weight_sets`; default the model's). ``model_code``
@@ -272,11 +285,14 @@ def load_checkpoint(
         if arch is not None:
             raise CheckpointError("Give --arch or --model-code, not both.")
         code = user_code.parse(model_code)
-    parsed = run_isolated(
-        "core.checkpoint:_parse_file", str(path.absolute()), bool(trust_pickle),
-        memory_limit or default_memory_limit(), weights, what=f"Reading {path.name}",
-        error=CheckpointError, timeout=timeout, memory_limit=memory_limit, cancel=cancel,
-    )  # fmt: skip
+    max_bytes = memory_limit or default_memory_limit()
+    parsed = _read_here(path, max_bytes, weights, mapped, cancel)
+    if parsed is None:  # not a plain torch.save zip: the isolated child reads it
+        parsed = run_isolated(
+            "core.checkpoint:_parse_file", str(path.absolute()), bool(trust_pickle),
+            max_bytes, weights, what=f"Reading {path.name}",
+            error=CheckpointError, timeout=timeout, memory_limit=memory_limit, cancel=cancel,
+        )  # fmt: skip
     info = parsed.info
     fmt, names, extra_names = str(info["format"]), list(info["names"]), list(info["extras"])
     state_dict = dict(zip(names, parsed.tensors[: len(names)], strict=True))
@@ -316,21 +332,15 @@ def load_checkpoint(
     poisoned_test = _poisoned_test(info, extras, metadata, path)
     notices = _notices(info, path) + list(detection.notices) + running_stats_notice(detection)
     notices += _contradictions(detection, meta)
-    try:  # BatchNorms without statistics in the file get none
-        model = load_detected(detection, state_dict)
-    except RuntimeError as e:
-        raise CheckpointError(
-            f"{path.name} fits {detection.arch} by its keys and shapes but its weights "
-            f"cannot be loaded: {str(e).splitlines()[0]}"
-        ) from None
-    model.eval()
+    # built now, or on first use where `bnp info` described this very layout before
+    model = described.deferred(detection, state_dict, path)
     if fmt == "torchscript" and arch is None:
         # the archive carries its own forward: use it when it is not the registered one's
         from core.scripted import check_own_forward
 
         check = check_own_forward(
             path,
-            model,
+            model.get(),
             state_dict,
             detection.arch,
             metadata.in_channels,
@@ -641,6 +651,19 @@ def _parse_file(
         raise CheckpointError(_not_a_checkpoint(path, f"it starts with {kind}"))
     if weights is not None and kind == "safetensors":
         weight_sets.choose({}, path, weights, _holds_weights)  # says there is no choice
+    return _pack(path, fmt, raw, trigger, meta, extras, more)
+
+
+def _pack(
+    path: Path,
+    fmt: str,
+    raw: Any,
+    trigger: Tensor | None,
+    meta: Any,
+    extras: dict[str, Tensor],
+    more: dict[str, Any],
+) -> tuple[dict, list[Tensor]]:
+    """What a reader found → JSON info and a list of tensors (the child's answer)."""
     if isinstance(raw, _Chosen):  # one of two weight sets: say which
         more["notices"] = [*more.get("notices", []), *raw.notices]
     state_dict = _clean_state_dict(raw, path)
@@ -655,6 +678,41 @@ def _parse_file(
         **more,
     }
     return info, list(state_dict.values()) + list(extras.values())
+
+
+def _read_here(
+    path: Path, max_bytes: int, weights: str | None, mapped: bool, cancel
+) -> Parsed | None:
+    """A plain torch.save zip read in this process (`core.torch_zip`), packed as the child
+    packs it; None for any other file, which the child reads as before."""
+    from core import torch_zip
+    from core.errors import Cancelled
+
+    try:
+        if path.suffix.lower() == ".safetensors" or path.stat().st_size > max_bytes:
+            return None  # the child refuses it with its own words, or it is another format
+        if not _starts_as_zip(path):
+            return None  # the child refuses it with its own words, or it is another format
+        obj = torch_zip.read(path, copy=not mapped, cancel=cancel)
+    except (Cancelled, MemoryError):
+        raise
+    except Exception:  # noqa: BLE001 - NotPlain, or anything unforeseen: the child's turn
+        return None
+    if backdoorbench.is_backdoorbench(obj):
+        return None  # its samples and layout are read by core.backdoorbench, in the child
+    try:
+        fmt, raw, trigger, meta = _unwrap(obj, path, weights)
+        info, tensors = _pack(path, fmt, raw, trigger, meta, {}, {})
+    except (BnpError, MemoryError):
+        raise  # the words the child would have sent
+    except Exception:  # noqa: BLE001 - unforeseen: the child answers as it always has
+        return None
+    return Parsed(info, tensors)
+
+
+def _starts_as_zip(path: Path) -> bool:
+    with path.open("rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _backdoorbench_payload(result: BackdoorBenchResult) -> tuple[dict[str, Tensor], dict]:

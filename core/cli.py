@@ -72,7 +72,7 @@ def _input_overrides(args) -> dict:
     return {key: value for key, value in changes.items() if value is not None}
 
 
-def _load(args):
+def _load(args, mapped: bool = False):
     from core.checkpoint import load_checkpoint
 
     return load_checkpoint(
@@ -82,6 +82,7 @@ def _load(args):
         inputs=_input_overrides(args),
         weights=args.weights,
         model_code=args.model_code,
+        mapped=mapped,
     )
 
 
@@ -102,18 +103,26 @@ def cmd_info(args) -> int:
     """`bnp info`: what a checkpoint holds (format, architecture, input, layers)."""
     import torch
 
+    from core import described
     from core.checks import model_warnings
     from core.graph import discover_layers, method_availability
-    from core.inspection import METHOD_NAMES, checkpoint_trigger, input_spec
+    from core.inspection import checkpoint_trigger, input_spec
 
-    ckpt = _load(args)
+    ckpt = _load(args, mapped=True)  # read, shown, and the process ends: no copy needed
     overrides = _input_overrides(args)
     spec = input_spec(ckpt, overrides)
-    for message in model_warnings(ckpt.model, spec):
+    told = described.recall(ckpt, spec)  # a layout described before: the model is not built
+    if told is None:
+        warnings = model_warnings(ckpt.model, spec)
+        example = torch.zeros(1, spec.channels, *spec.size)
+        found = discover_layers(ckpt.model.eval(), example)
+        lines = described.layer_lines(found, method_availability(ckpt.model, found))
+        described.remember(ckpt, spec, lines)
+    else:
+        warnings, lines = told
+    for message in warnings:
         warn(message)
     meta = ckpt.metadata
-    example = torch.zeros(1, spec.channels, *spec.size)
-    found = discover_layers(ckpt.model.eval(), example)
     # a model without usable BatchNorms still gets its file, skipped layers and methods listed
     _say(f"file          {ckpt.path}")
     _say(f"format        {ckpt.format}")
@@ -135,23 +144,8 @@ def cmd_info(args) -> int:
     for notice in ckpt.notices:
         _say(f"notice        {notice}")
     print()
-    if found.layers:
-        _say(f"{'#':>3}  {'BatchNorm layer':<28} {'neurons':>7}  fed by")
-        for layer in found.layers:
-            conv = layer.conv or "(not a convolution: no CLP score)"
-            _say(f"{layer.index:>3}  {layer.name:<28} {layer.channels:>7}  {conv}")
-        total = sum(layer.channels for layer in found.layers)
-        print()
-        _say(f"{len(found.layers)} BatchNorm layers, {total} neurons")
-    groups: dict[tuple[str, str], list[str]] = {}
-    for skipped in found.skipped:  # one line per kind and reason
-        groups.setdefault((skipped.kind, skipped.reason), []).append(skipped.name)
-    for (kind, reason), names in groups.items():
-        shown = ", ".join(names[:3]) + (f", … (+{len(names) - 3})" if len(names) > 3 else "")
-        _say(f"skipped       {len(names)} {kind} ({shown}): {reason}")
-    for method, (applies, text) in method_availability(ckpt.model, found).items():
-        status = "applies" if applies else "cannot apply"
-        _say(f"{METHOD_NAMES[method]:<4} {status}: {text}")
+    for line in lines:
+        _say(line)
     return 0
 
 
@@ -497,7 +491,9 @@ def _main(argv: list[str]) -> int:
     try:
         args = build_parser(_command(argv) or "").parse_args(argv)
         _note_reads(args)
-        if args.command in ("info", "defend"):  # the reader child imports torch meanwhile
+        # the reader child imports torch meanwhile; `bnp info` reads a plain torch.save
+        # zip in-process (core.torch_zip) and starts the child only for other files
+        if args.command == "defend":
             from core.isolation import prestart
 
             prestart()

@@ -13,6 +13,7 @@ pass would mix two distributions in one neuron, so it is left out and said so.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -163,7 +164,41 @@ class _Tracer(torch.fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
+_TRACES: dict = {}  # a build's key and module tree → its (pairs, calls)
+_TRACES_KEPT = 16
+
+
 def _fx_pairs(model: nn.Module) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
+    """(BatchNorm, the conv feeding it) in data-flow order, and calls per BatchNorm, from an
+    fx trace. A model that `core.architectures.load_detected` built reuses the trace of the
+    same build (same architecture, sizes and module tree: tracing a ResNet-50 costs more than
+    reading its file); any other model is traced."""
+    key = _build_key(model)
+    if key is not None and key in _TRACES:
+        pairs, calls = _TRACES[key]
+        return list(pairs), dict(calls)
+    pairs, calls = _traced_pairs(model)
+    if key is not None:
+        if len(_TRACES) >= _TRACES_KEPT:
+            _TRACES.pop(next(iter(_TRACES)))
+        _TRACES[key] = (list(pairs), dict(calls))
+    return pairs, calls
+
+
+def _build_key(model: nn.Module) -> tuple | None:
+    architectures = sys.modules.get("core.architectures")
+    build = architectures.BUILDS.get(model) if architectures is not None else None
+    if build is None:
+        return None
+    tree = []
+    for name, module in model.named_modules():
+        if "forward" in vars(module):  # a forward replaced on the instance: trace it
+            return None
+        tree.append((name, type(module)))
+    return build, tuple(tree)
+
+
+def _traced_pairs(model: nn.Module) -> tuple[list[tuple[str, str | None]], dict[str, int]]:
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     pairs: list[tuple[str, str | None]] = []

@@ -13,10 +13,18 @@ from typing import Literal
 import torch
 from torch import nn
 
-from core.eigen import largest_eigenvalues
 from core.errors import BnpError
 from core.graph import NeuronLayer, conv_weight
 from core.statistics import Statistics
+
+
+def largest_eigenvalues(grams: torch.Tensor) -> torch.Tensor:
+    """`core.eigen`'s kernel, imported on first use: numba's import is not needed to
+    describe a model (`bnp info`), only to score CLP."""
+    from core.eigen import largest_eigenvalues as kernel
+
+    return kernel(grams)
+
 
 EP_BIN_WIDTH = 0.01
 BNP_UNAVAILABLE = (
