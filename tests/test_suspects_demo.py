@@ -26,7 +26,7 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def test_half(tmp_path_factory):
+def test_quarter(tmp_path_factory):
     """Every 4th image of the demo's test set (500, every class): the ACC/ASR measurements
     here are before/after comparisons, and each pass over the test set is a few seconds of CPU
     (the suspect and clean sets the --auto search reads are the demo's own, whole)."""
@@ -39,11 +39,11 @@ def test_half(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def auto_report(tmp_path_factory, test_half):
+def auto_report(tmp_path_factory, test_quarter):
     out = tmp_path_factory.mktemp("auto")
     argv = ["defend", str(DEMO / "fmnist_resnet20_badnets.pth"), "--auto"]
     argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
-    argv += ["--test", str(test_half), "--device", "cpu"]
+    argv += ["--test", str(test_quarter), "--device", "cpu"]
     argv += ["--report", str(out / "r.json"), "--suspects", str(out / "s.csv")]
     argv += ["--out", str(out / "repaired.pth")]
     printed = io.StringIO()
@@ -108,7 +108,7 @@ def test_auto_prints_its_configuration_in_the_table_and_layers_in_data_flow_orde
     assert len(ranks) >= 2 and ranks == sorted(ranks)  # ResNet-20's BatchNorms, forward order
 
 
-def test_demo_repaired_model_reloads_with_its_numbers(auto_report, test_half):
+def test_demo_repaired_model_reloads_with_its_numbers(auto_report, test_quarter):
     """The exported file is the repaired model (pruning and any recovery): reopened, it gives
     the ACC/ASR the report measured after the repair, and it says which steps made it."""
     from core.checkpoint import load_checkpoint
@@ -118,7 +118,7 @@ def test_demo_repaired_model_reloads_with_its_numbers(auto_report, test_half):
     report, out = auto_report
     reopened = Inspection(load_checkpoint(out / "repaired.pth"), device="cpu")
     assert reopened.ckpt.metadata.extra["repair"] == report["suggestion"]["steps"]
-    metrics = reopened.evaluate(load_images(test_half), target=0)
+    metrics = reopened.evaluate(load_images(test_quarter), target=0)
     assert metrics.acc == pytest.approx(report["acc_after"])
     assert metrics.asr == pytest.approx(report["asr_after"])
 
