@@ -7,6 +7,12 @@ import pytest
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine (CI, a developer
 # running the app beside the tests) spinning threads made torch many times slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Under pytest-xdist every core already runs a worker: torch's intra-op threads (and those of the
+# `python -m core.cli` and reader children, which inherit this) only add hand-offs between
+# oversubscribed cores. A test that wants more threads still sets them (torch.set_num_threads).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 @pytest.fixture

@@ -8,12 +8,14 @@ import contextlib
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from core.cli import main
+from core.demo import DEMO_CHECKPOINT
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 
@@ -24,11 +26,24 @@ def _one_thread(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def auto_report(tmp_path_factory):
+def test_quarter(tmp_path_factory):
+    """Every 4th image of the demo's test set (500, every class): the ACC/ASR measurements
+    here are before/after comparisons, and each pass over the test set is a few seconds of CPU
+    (the suspect and clean sets the --auto search reads are the demo's own, whole)."""
+    folder = tmp_path_factory.mktemp("demo-test") / "test"
+    folder.mkdir()
+    for name in ("data.npy", "labels.npy"):
+        np.save(folder / name, np.load(DEMO / "test" / name)[::4])
+    shutil.copy(DEMO / "test" / "class_names.txt", folder / "class_names.txt")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def auto_report(tmp_path_factory, test_quarter):
     out = tmp_path_factory.mktemp("auto")
     argv = ["defend", str(DEMO / "fmnist_resnet20_badnets.pth"), "--auto"]
     argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
-    argv += ["--test", str(DEMO / "test"), "--device", "cpu"]
+    argv += ["--test", str(test_quarter), "--device", "cpu"]
     argv += ["--report", str(out / "r.json"), "--suspects", str(out / "s.csv")]
     argv += ["--out", str(out / "repaired.pth")]
     printed = io.StringIO()
@@ -93,7 +108,7 @@ def test_auto_prints_its_configuration_in_the_table_and_layers_in_data_flow_orde
     assert len(ranks) >= 2 and ranks == sorted(ranks)  # ResNet-20's BatchNorms, forward order
 
 
-def test_demo_repaired_model_reloads_with_its_numbers(auto_report):
+def test_demo_repaired_model_reloads_with_its_numbers(auto_report, test_quarter):
     """The exported file is the repaired model (pruning and any recovery): reopened, it gives
     the ACC/ASR the report measured after the repair, and it says which steps made it."""
     from core.checkpoint import load_checkpoint
@@ -103,17 +118,23 @@ def test_demo_repaired_model_reloads_with_its_numbers(auto_report):
     report, out = auto_report
     reopened = Inspection(load_checkpoint(out / "repaired.pth"), device="cpu")
     assert reopened.ckpt.metadata.extra["repair"] == report["suggestion"]["steps"]
-    metrics = reopened.evaluate(load_images(DEMO / "test"), target=0)
+    metrics = reopened.evaluate(load_images(test_quarter), target=0)
     assert metrics.acc == pytest.approx(report["acc_after"])
     assert metrics.asr == pytest.approx(report["asr_after"])
 
 
-def test_defend_without_auto_reports_suspects_and_estimate(tmp_path):
-    argv = ["defend", str(DEMO / "fmnist_resnet20_badnets.pth"), "--method", "ep"]
-    argv += ["--train", str(DEMO / "train_poisoned"), "--clean", str(DEMO / "clean")]
+def test_defend_without_auto_reports_suspects_and_estimate(tmp_path, tmp_path_factory):
+    """On the planted stand-in of the demo (tests/planted_demo.py, same layout, target 0): the
+    report's fields do not depend on the model's size, and the bundled demo runs above."""
+    import planted_demo
+
+    planted = planted_demo.shared(tmp_path_factory)
+    argv = ["defend", str(planted / DEMO_CHECKPOINT), "--method", "ep"]
+    argv += ["--train", str(planted / "train_poisoned"), "--clean", str(planted / "clean")]
     argv += ["--device", "cpu", "--report", str(tmp_path / "r.json")]
     assert main(argv) == 0
     report = json.loads((tmp_path / "r.json").read_text())
-    assert len(report["suspect_samples"]) == 500 and report["target_estimate"]["label"] == 0
+    suspects = len(np.load(planted / "train_poisoned" / "poisoned.npy"))
+    assert len(report["suspect_samples"]) == suspects and report["target_estimate"]["label"] == 0
     assert 0 <= report["estimated_asr"] <= 100 and "suggestion" not in report
     assert report["estimate"]["is_estimate"] is True

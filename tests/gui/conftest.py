@@ -12,7 +12,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app does (bnp_gui/
 
 import torch  # noqa: E402 - before Qt creates the application
 
-torch.set_num_threads(2)
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)  # tests/conftest.py
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -63,6 +63,11 @@ def _app_identity(qapp, tmp_path_factory):
         QSettings.IniFormat, QSettings.UserScope, str(tmp_path_factory.mktemp("settings"))
     )
     qapp.setApplicationName("bnp-gui-tests")
+    # torch, Qt and the app's modules are imported and live for the whole session: moved out of
+    # the collector's reach, each test's collection (below) scans only what the test made
+    # (a full collection over the ~230 000 imported objects cost 0.1-0.25 s per test)
+    gc.collect()
+    gc.freeze()
     yield
 
 

@@ -4,6 +4,7 @@ export, reload the export, same numbers."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -73,14 +74,33 @@ def test_open_collect_threshold_export_reload(qtbot, window, demo, tmp_path):
         other.close()
 
 
-def test_demo_mode_opens_and_analyses(qtbot, window, real_demo):
-    """End to end on the bundled demo itself (the other window tests use the planted stand-in)."""
+@pytest.fixture
+def real_demo_test_quarter(real_demo, tmp_path, monkeypatch):
+    """The bundled demo as the demo button opens it, with every 4th image of its test set (500,
+    every class): the preview's passes over the test set were most of this test's CPU."""
+    import numpy as np
+
     checkpoint, roles = real_demo
+    test = tmp_path / "test"
+    test.mkdir()
+    for name in ("data.npy", "labels.npy"):
+        np.save(test / name, np.load(Path(roles.test) / name)[::4])
+    shutil.copy(Path(roles.test) / "class_names.txt", test / "class_names.txt")
+    quarter = roles.with_role("test", str(test))
+    monkeypatch.setattr("bnp_gui.mainwindow.demo_files", lambda: (checkpoint, quarter))
+    return checkpoint, quarter
+
+
+def test_demo_mode_opens_and_analyses(qtbot, window, real_demo_test_quarter):
+    """End to end on the bundled demo itself: its checkpoint, clean and suspect sets (the other
+    window tests use the planted stand-in)."""
+    checkpoint, roles = real_demo_test_quarter
     window.demo_action.trigger()  # the toolbar button / menu entry
     assert window.session.auto_analyze
     qtbot.waitUntil(lambda: window.session.available("bnp"), timeout=LONG)
     wait_full_preview(qtbot, window.session)
     assert window.windowTitle().endswith(Path(checkpoint).name)
+    assert window.session.roles.test == roles.test  # the demo button's data, analysed
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
