@@ -64,9 +64,11 @@ class Deferred:
 
     @property
     def built(self) -> bool:
+        """Whether the model has been built already."""
         return self._model is not None
 
     def get(self) -> nn.Module:
+        """The model, built on the first call (once, whichever thread asks first)."""
         if self._model is None:
             with self._lock:
                 if self._model is None:
