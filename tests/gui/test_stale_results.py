@@ -89,6 +89,9 @@ def test_loading_never_breaks_forward_passes_of_other_workers(
         return real_evaluate(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.fx.Tracer, "call_module", slow_call_module)
+    # a second model of the same build reuses the first one's trace; a new architecture is
+    # traced while it loads, the race this test is about: trace every model here
+    monkeypatch.setattr("core.graph._build_key", lambda model: None)
     monkeypatch.setattr(type(s.inspection), "evaluate", noted_evaluate)
     errors = []
     s.message.connect(lambda level, text: errors.append(text) if level == "error" else None)
