@@ -12,19 +12,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-CHILD = r"""
-import sys, time
-t0 = time.perf_counter()
-import torch
-from core.architectures import ARCHITECTURES, detect_architecture
-t1 = time.perf_counter()
-state_dict = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
-t2 = time.perf_counter()
-first = detect_architecture(state_dict)
-t3 = time.perf_counter()
-again = detect_architecture(state_dict)
-t4 = time.perf_counter()
-print(len(ARCHITECTURES), first.arch, t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+CHILD = r""" import sys, time t0 = time.perf_counter() import torch from core.model.architectures
+import ARCHITECTURES; from core.model.detect import detect_architecture t1 = time.perf_counter()
+state_dict = torch.load(sys.argv[1], map_location="cpu", weights_only=True) t2 = time.perf_counter()
+first = detect_architecture(state_dict) t3 = time.perf_counter() again =
+detect_architecture(state_dict) t4 = time.perf_counter() print(len(ARCHITECTURES), first.arch, t1 -
+t0, t2 - t1, t3 - t2, t4 - t3)
 """
 
 

@@ -30,11 +30,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.architectures import build_model  # noqa: E402
-from core.data import ImageSet, InputSpec  # noqa: E402
-from core.graph import neuron_graph  # noqa: E402
-from core.scores import clp_scores, ep_scores  # noqa: E402
-from core.statistics import collect_statistics  # noqa: E402
+from core.data.images import ImageSet, InputSpec  # noqa: E402
+from core.defense.scores import clp_scores, ep_scores  # noqa: E402
+from core.defense.statistics import collect_statistics  # noqa: E402
+from core.model.architectures import build_model  # noqa: E402
+from core.model.graph import neuron_graph  # noqa: E402
 
 
 def ep_per_bin_loop(maxima: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """Benchmark: `bnp info` on a ResNet-50 state_dict beside a bare `torch.load` of the same file.
 
 One process runs, alternately, `torch.load(file, weights_only=True)` and `bnp info file`
-(stdout discarded) several times. A plain torch.save zip is read in-process (`core.torch_zip`,
-no reader child); unless a ResNet-50 of this layout was described before (core.described,
+(stdout discarded) several times. A plain torch.save zip is read in-process (`core.io.torch_zip`,
+no reader child); unless a ResNet-50 of this layout was described before (core.model.described,
 in the user's cache), the first `bnp info` also imports torchvision, builds the
 architecture's `meta` template, traces it once and describes it; the others build nothing.
 Prints each pair and the ratio of the medians of the warm runs (issue 21's target:

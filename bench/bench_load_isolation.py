@@ -20,9 +20,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
-from core import isolation  # noqa: E402
-from core.architectures import build_model  # noqa: E402
-from core.checkpoint import _parse_file, load_checkpoint  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
+from core.io.parse import _parse_file  # noqa: E402
+from core.model.architectures import build_model  # noqa: E402
+from core.safety import isolation  # noqa: E402
 
 REPEATS = 5
 
@@ -61,7 +62,7 @@ def main() -> None:
             )
             isolated = _median_s(
                 lambda p=path: isolation.run_isolated(
-                    "core.checkpoint:_parse_file",
+                    "core.io.parse:_parse_file",
                     str(p),
                     False,
                     isolation.DEFAULT_MEMORY_BYTES,

@@ -3,7 +3,7 @@
     python bench/bench_repair.py [--threads 2] [--rounds 2]
 
 One statistics pass = `Inspection.collect` over the demo's clean (500) and suspect (500) samples.
-The repair = suspect analysis + `core.repair_search.search_repair` (the held-out split, the
+The repair = suspect analysis + `core.evidence.repair_search.search_repair` (the held-out split, the
 pruning suggested on the selection part, the recovery fine-tunings, the verdicts), as
 `bnp defend --auto` runs it. Four searches are timed in alternating rounds with the statistics
 pass: pruning alone (`--no-recovery`), pruning alone finding no repair, the default search, and
@@ -31,8 +31,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.demo import load_demo  # noqa: E402
-from core.repair_search import search_repair  # noqa: E402
-from core.suspects import analyse_suspects, make_probe  # noqa: E402
+from core.evidence.repair_search import search_repair  # noqa: E402
+from core.evidence.suspects import analyse_suspects, make_probe  # noqa: E402
 
 SEARCHES = {
     "pruning only": dict(recovery=False),

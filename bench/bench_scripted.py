@@ -1,4 +1,4 @@
-"""Opening a TorchScript archive of an unregistered network (its graph converted, core.scripted)
+"""Opening a TorchScript archive of an unregistered network (its graph converted, core.io.scripted)
 beside opening the same weights as a registered one and beside `torch.jit.load` of the file.
 
 For each torchvision net, the scripted archive of the net itself (registered: read as data,
@@ -9,7 +9,7 @@ process already started); figures are medians of --repeat runs.
 A second table prices the check of a registered archive's own forward (converted in the reader
 and compared with the registered build on a probe): `load_checkpoint` of the scripted
 torchvision resnet18 (224×224) and of the traced cifar_resnet20 (32×32), with the check and
-with it switched off (``core.scripted.check_own_forward`` replaced by a no-op for the run).
+with it switched off (``core.io.scripted.check_own_forward`` replaced by a no-op for the run).
 
     python bench/bench_scripted.py [--repeat 3] [--nets resnet18,mobilenet_v3_small,densenet121]
         [--check-nets resnet18,cifar_resnet20]
@@ -31,9 +31,10 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from core import isolation, scripted  # noqa: E402
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.models.cifar_resnet import cifar_resnet20  # noqa: E402
+from core.io import scripted  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
+from core.model.nets.cifar_resnet import cifar_resnet20  # noqa: E402
+from core.safety import isolation  # noqa: E402
 
 
 class Wrapper(nn.Module):

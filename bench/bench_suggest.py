@@ -2,11 +2,11 @@
 
     python bench/bench_suggest.py [--threads 2] [--rounds 3]
 
-One statistics pass = `Inspection.collect` over the demo's clean (500) and suspect (500)
-samples, what the window's Analyze runs. The suggestion = suspect analysis (scores, split,
-target) + `core.suggest.suggest` with its probe, everything that follows the analysis. Rounds
-alternate the two; the medians and their ratio are printed (target: suggestion ≤ 5 s on 2
-cores), with the machine's load average, since other jobs slow both.
+One statistics pass = `Inspection.collect` over the demo's clean (500) and suspect (500) samples,
+what the window's Analyze runs. The suggestion = suspect analysis (scores, split, target) +
+`core.evidence.suggest.suggest` with its probe, everything that follows the analysis. Rounds
+alternate the two; the medians and their ratio are printed (target: suggestion ≤ 5 s on 2 cores),
+with the machine's load average, since other jobs slow both.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.demo import load_demo  # noqa: E402
-from core.suggest import suggest  # noqa: E402
-from core.suspects import analyse_suspects, make_probe  # noqa: E402
+from core.evidence.suggest import suggest  # noqa: E402
+from core.evidence.suspects import analyse_suspects, make_probe  # noqa: E402
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
     python bench/proof_models.py NAME [NAME ...] [--workdir /work/proof-models] [--threads 1]
     python bench/proof_models.py --list
 
-Every model is `core.train.train` on the real Fashion-MNIST (seed 0, poisoning rate 0.1, the
+Every model is `core.attack.train.train` on the real Fashion-MNIST (seed 0, poisoning rate 0.1, the
 seed recipe: SGD, cosine schedule, random crop and flip) on a small budget a shared CPU allows.
 Writes ``NAME.pth`` and ``NAME.data.pt`` (the defender's data as `bench/proof_suggest.py` keeps
 it: 500 clean held-out images, 500 images of the poisoned training set and which of them are
@@ -28,10 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from proof_suggest import defender_data  # noqa: E402  (bench/, the script's own folder)
 
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import InputSpec, load_images  # noqa: E402
-from core.train import CleanLabelSetup, make_trigger, train  # noqa: E402
-from core.triggers import BlendTrigger, RandomPatchTrigger, random_patch  # noqa: E402
+from core.attack.train import CleanLabelSetup, make_trigger, train  # noqa: E402
+from core.data.images import InputSpec  # noqa: E402
+from core.data.load import load_images  # noqa: E402
+from core.data.triggers import BlendTrigger, RandomPatchTrigger, random_patch  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 

@@ -3,7 +3,7 @@
     python bench/proof_of_effect.py [--archs cifar_resnet20 mobilenet_v2]
         [--attacks badnets blend cla] [--train-limit 20000] [--epochs 3] [--out bench/proof.md]
 
-For each architecture × attack: `core.train.train` (seed recipe, seed 0) on the first
+For each architecture × attack: `core.attack.train.train` (seed recipe, seed 0) on the first
 `--train-limit` Fashion-MNIST training images, then EP, BNP and CLP at k = 3 evaluated on the
 full test set (10 000 images), and a threshold sweep evaluated on a fixed 2 000-image subset.
 Data the defender holds: 500 clean held-out training images (BNP) and 500 images of the
@@ -30,11 +30,12 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import InputSpec, load_images  # noqa: E402
-from core.evaluation import evaluate, sample_subset  # noqa: E402
-from core.inspection import METHODS, Inspection  # noqa: E402
-from core.train import CleanLabelSetup, make_trigger, train  # noqa: E402
+from core.attack.train import CleanLabelSetup, make_trigger, train  # noqa: E402
+from core.data.images import InputSpec  # noqa: E402
+from core.data.load import load_images  # noqa: E402
+from core.defense.evaluation import evaluate, sample_subset  # noqa: E402
+from core.defense.inspection import METHODS, Inspection  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 SWEEP = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)

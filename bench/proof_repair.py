@@ -42,12 +42,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import ImageSet, load_images, save_images  # noqa: E402
-from core.evaluation import sample_subset  # noqa: E402
-from core.inspection import Inspection  # noqa: E402
-from core.suggest import describe  # noqa: E402
-from core.train import make_trigger  # noqa: E402
+from core.attack.train import make_trigger  # noqa: E402
+from core.data.images import ImageSet, save_images  # noqa: E402
+from core.data.load import load_images  # noqa: E402
+from core.defense.evaluation import sample_subset  # noqa: E402
+from core.defense.inspection import Inspection  # noqa: E402
+from core.evidence.suggest import describe  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 DEMO = ROOT / "resources" / "demo"

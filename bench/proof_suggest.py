@@ -5,7 +5,7 @@
     python bench/proof_suggest.py --attacks cla --model CLA.pth --clean-model CLEAN.pth
         [--train-limit 20000]
 
-Models are trained as `bench/proof_of_effect.py` trains them (`core.train.train`, real
+Models are trained as `bench/proof_of_effect.py` trains them (`core.attack.train.train`, real
 Fashion-MNIST, target 0, seed 0; a rate of 0 gives a clean model) and cached in --workdir with
 the defender's data, so a second run only analyses. The defender holds 500 clean held-out
 images and 500 images of the (poisoned) training set. Per model: suspect-sample precision and
@@ -17,8 +17,8 @@ Each row gives the estimated ASR, the estimate from the suspected samples alone 
 before the reconstructed trigger) and the basis used with the number of samples it rests on.
 The clean-label attack (`cla`) is analysed on a model trained earlier (`--model`, e.g. by
 `bench/proof_of_effect.py --attacks cla`), not trained here: its poisoned training set is rebuilt
-the way `core.train.train` built it (same holdout split, seed and PGD against `--clean-model`),
-so the defender's data and the known poisoned set match the training run's.
+the way `core.attack.train.train` built it (same holdout split, seed and PGD against
+`--clean-model`), so the defender's data and the known poisoned set match the training run's.
 """
 
 from __future__ import annotations
@@ -35,12 +35,13 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import ImageSet, load_images  # noqa: E402
-from core.evaluation import sample_subset  # noqa: E402
-from core.inspection import METHODS, Inspection, build_mask  # noqa: E402
-from core.suggest import configurations, describe, suggest  # noqa: E402
-from core.suspects import analyse_suspects, estimate_asr, make_probe  # noqa: E402
+from core.data.images import ImageSet  # noqa: E402
+from core.data.load import load_images  # noqa: E402
+from core.defense.evaluation import sample_subset  # noqa: E402
+from core.defense.inspection import METHODS, Inspection, build_mask  # noqa: E402
+from core.evidence.suggest import configurations, describe, suggest  # noqa: E402
+from core.evidence.suspects import analyse_suspects, estimate_asr, make_probe  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 DEMO = Path(__file__).resolve().parents[1] / "resources" / "demo"
@@ -49,7 +50,7 @@ ORACLE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 
 def trained(arch: str, attack: str, rate: float, args) -> tuple[Path, dict]:
     """Train (or reuse) one model; returns its checkpoint and the defender's data."""
-    from core.train import make_trigger, train
+    from core.attack.train import make_trigger, train
 
     name = f"fmnist_{arch}_{attack}_{rate:g}_{args.train_limit}_{args.epochs}"
     ckpt, data_file = args.workdir / f"{name}.pth", args.workdir / f"{name}.data.pt"
@@ -89,10 +90,11 @@ def defender_data(result) -> dict:
 
 
 def given_cla(args) -> tuple[Path, dict]:
-    """The defender's data for the CLA model in --model, rebuilt as ``core.train.train`` made it."""
-    from core.cla import poison_clean_label
-    from core.data import InputSpec
-    from core.train import _split_holdout, make_trigger, subseed
+    """The defender's data for the CLA model in --model, rebuilt as ``core.attack.train.train``
+    made it."""
+    from core.attack.cla import poison_clean_label
+    from core.attack.train import _split_holdout, make_trigger, subseed
+    from core.data.images import InputSpec
 
     data_file = args.workdir / f"{args.model.stem}_{args.train_limit}.data.pt"
     if data_file.exists():
@@ -217,7 +219,7 @@ def analyse(label: str, ckpt: Path, data: dict, test: ImageSet, args) -> list[st
         if split is not None and split.accepted
         else f"neuron mode (clusters: {split.reason if split is not None else 'no clean set'})"
     )
-    from core.suspects import reconstruction
+    from core.evidence.suspects import reconstruction
 
     rebuilt = reconstruction(probe, analysis, clean.labels)
     if analysis.target is not None:

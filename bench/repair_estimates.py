@@ -4,12 +4,12 @@
         [--share 0.5] [--threads 1]
     python bench/repair_estimates.py --table DIR     # the table of the runs saved in DIR
 
-Runs what `bnp defend NAME.pth --auto --train … --clean … --seed S` runs (the statistics pass,
-the suspect analysis, `core.repair.run_repair`), in process, then measures EVERY candidate the
-search judged (pruning, pruning + recovery, recovery alone — not only the one applied) on the
-full Fashion-MNIST test set with the checkpoint's true trigger and target, and compares the
-held-out accuracy-drop estimate with the real drop. Beside the estimate the report gives, it
-computes other estimators on the same candidate from the defender's clean samples:
+Runs what `bnp defend NAME.pth --auto --train … --clean … --seed S` runs (the statistics pass, the
+suspect analysis, `core.evidence.repair.run_repair`), in process, then measures EVERY candidate the
+search judged (pruning, pruning + recovery, recovery alone — not only the one applied) on the full
+Fashion-MNIST test set with the checkpoint's true trigger and target, and compares the held-out
+accuracy-drop estimate with the real drop. Beside the estimate the report gives, it computes other
+estimators on the same candidate from the defender's clean samples:
 
 - `judge`: the report's: paired drop on the judging half (what the verdict uses);
 - `judge+check`: paired drop on the judging half and the recovery's early-stopping third (every
@@ -42,9 +42,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from core.checkpoint import load_checkpoint  # noqa: E402
-from core.data import load_images  # noqa: E402
-from core.inspection import Inspection  # noqa: E402
+from core.data.load import load_images  # noqa: E402
+from core.defense.inspection import Inspection  # noqa: E402
+from core.io.checkpoint import load_checkpoint  # noqa: E402
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
@@ -57,14 +57,14 @@ def _drop(before: torch.Tensor, after: torch.Tensor, labels: torch.Tensor) -> fl
 
 
 def run(name: str, seed: int, args) -> dict:
-    import core.verdict
-    from core.repair import run_repair
-    from core.repair_search import CHECK_SHARE, predict
-    from core.verdict import Holdout, split_rows, stratified_split
+    import core.evidence.verdict
+    from core.evidence.repair import run_repair
+    from core.evidence.repair_search import CHECK_SHARE, predict
+    from core.evidence.verdict import Holdout, split_rows, stratified_split
 
-    if args.share != core.verdict.JUDGE_SHARE:  # the clean samples' judged share only
+    if args.share != core.evidence.verdict.JUDGE_SHARE:  # the clean samples' judged share only
 
-        def wider(cls, suspected, clean_labels, seed=0, share=core.verdict.JUDGE_SHARE):
+        def wider(cls, suspected, clean_labels, seed=0, share=core.evidence.verdict.JUDGE_SHARE):
             s_select, s_judge = split_rows(suspected, seed, "suspected", share)
             c_select, c_judge = stratified_split(clean_labels, seed, args.share)
             return cls(s_select, s_judge, c_select, c_judge, seed)
@@ -82,7 +82,8 @@ def run(name: str, seed: int, args) -> dict:
     seconds = time.monotonic() - started
     outcome = repair.outcome
     holdout = outcome.holdout
-    # the recovery's training and check parts, as core.repair_search._recovery_parts makes them
+    # the recovery's training and check parts, as core.evidence.repair_search._recovery_parts
+    # makes them
     fit_c, check_c = stratified_split(
         clean.labels, seed, CHECK_SHARE, "check", rows=holdout.clean_select
     )

@@ -33,7 +33,7 @@ SAME = {"resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50
 
 
 class _Meta(DeviceContext):
-    """Build on meta without running initialisation (as core.library_models.FastMeta)."""
+    """Build on meta without running initialisation (as core.model.library_models.FastMeta)."""
 
     def __init__(self) -> None:
         super().__init__(torch.device("meta"))
@@ -68,12 +68,12 @@ def dump(out: Path, only: list[str] | None = None) -> None:
 
     sys.path.insert(0, str(ROOT))
     from bench import research_models
-    from core.backdoorbench import ARCHITECTURE
+    from core.io.backdoorbench import ARCHITECTURE
 
     entries: dict[str, dict] = {}
     for name in torchvision.models.list_models(module=torchvision.models):
         entries[f"torchvision:{name}"] = {"expected": name, "build": ("torchvision", name)}
-    from core.library_models import descriptions
+    from core.model.library_models import descriptions
 
     described = descriptions("timm")  # built once on meta: the norm layers of every model
     timm_bn = sorted(n[5:] for n, d in described.items() if d.batchnorm)
@@ -99,7 +99,7 @@ def dump(out: Path, only: list[str] | None = None) -> None:
         elif kind == "timm":  # a classifier: feature extractors (CLIP trunks) get 1000 classes
             build = lambda n=name: timm.create_model(n, num_classes=1000)  # noqa: E731
         elif kind == "registry":
-            from core.architectures import build_model
+            from core.model.architectures import build_model
 
             build = lambda n=name: build_model(n, 1000, 3)  # noqa: E731
         elif kind == "gn":
@@ -134,8 +134,8 @@ def _verdict(entry: dict, arch: str | None, notices: list[str]) -> str:
 
 def judge(path: Path, out: Path | None) -> None:
     sys.path.insert(0, str(Path.cwd()))
-    from core.architectures import detect_architecture
     from core.errors import BnpError
+    from core.model.detect import detect_architecture
 
     with gzip.open(path, "rt") as f:
         data = json.load(f)

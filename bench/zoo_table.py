@@ -58,12 +58,12 @@ def check_model_code(fn: str, folder: Path, size: int) -> ZooRow:
     import torch
 
     from bench import research_models
-    from core.checkpoint import load_checkpoint
+    from core.defense.evaluation import predict
+    from core.defense.inspection import Inspection
     from core.errors import ArchitectureMismatch
-    from core.evaluation import predict
-    from core.export import export_model, session_metadata
-    from core.graph import discover_layers, method_availability
-    from core.inspection import Inspection
+    from core.io.checkpoint import load_checkpoint
+    from core.io.export import export_model, session_metadata
+    from core.model.graph import discover_layers, method_availability
 
     code = f"{ROOT / 'bench' / 'research_models.py'}:{fn}"
     row = ZooRow(fn, "code", fn, size)

@@ -234,7 +234,7 @@ class AnalystTools(QObject):
 
     def _confirm_outside(self, path: str, paths: list[str]) -> bool:
         """The user confirms paths outside the session's folder before anything opens them."""
-        from core.safety import printable
+        from core.safety.paths import printable
 
         name = printable(Path(path).name)
         listed = ", ".join(printable(p) for p in paths[:3]) + (" …" if len(paths) > 3 else "")

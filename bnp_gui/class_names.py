@@ -5,11 +5,11 @@ from __future__ import annotations
 
 def class_names(session) -> list[str] | None:
     """Names of the model's classes when anything tells them, else None (show indices); the
-    names come from files, so their control characters are written out (core.safety)."""
+    names come from files, so their control characters are written out (core.safety.paths)."""
     names = _class_names(session)
     if names is None:
         return None
-    from core.safety import printable
+    from core.safety.paths import printable
 
     return [printable(name, 80) for name in names]
 
@@ -24,7 +24,7 @@ def _class_names(session) -> list[str] | None:
     for data in session.data.values():
         if data.class_names and len(data.class_names) == n:
             return list(data.class_names)
-    from core import data as known
+    from core.data import names as known
 
     by_dataset = {
         "fashion-mnist": getattr(known, "FASHION_MNIST_CLASSES", None),

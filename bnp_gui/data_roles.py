@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from core.errors import DataError
 
 if TYPE_CHECKING:  # the engine (torch) is imported when data are read, on a worker thread
-    from core.data import ImageSet
+    from core.data.images import ImageSet
 
 ROLES = ("clean", "train", "test")
 ROLE_LABELS = {
@@ -74,7 +74,7 @@ def guess_roles(folder: str | Path) -> DataRoles:
 
 def load_roles(roles: DataRoles, cancel=None) -> dict[str, ImageSet]:
     """Read every given role's images; raises DataError naming the role that failed."""
-    from core.limited import read_images  # the isolated reader: time and memory limits
+    from core.data.limited import read_images  # the isolated reader: time and memory limits
 
     sets: dict[str, ImageSet] = {}
     for role in ROLES:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core.methods import METHODS
+from core.model.methods import METHODS
 
 DEFAULT_K = 3.0
 DEFAULT_ENABLED = {"ep": True, "bnp": True, "clp": False}
@@ -56,7 +56,7 @@ class Decisions:
 
     def describe_change(self, before: Decisions) -> str:
         """A short text for the undo menu: what differs from ``before``."""
-        from core.methods import METHOD_NAMES
+        from core.model.methods import METHOD_NAMES
 
         t0, t1 = dict(before.thresholds), dict(self.thresholds)
         for m in METHODS:

@@ -18,20 +18,20 @@ from PySide6.QtWidgets import QApplication, QHBoxLayout, QLabel, QProgressBar, Q
 # that those later imports find them loaded (the GUI thread never executes torch's import).
 ENGINE_MODULES = (
     "torch",
-    "core.checkpoint",
-    "core.inspection",
-    "core.scores",
-    "core.evaluation",
-    "core.data",
-    "core.triggers",
-    "core.activations",
-    "core.architectures",
-    "core.graph",
-    "core.export",
-    "core.suspects",
-    "core.suggest",
-    "core.held_out_suggest",
-    "core.repair",
+    "core.io.checkpoint",
+    "core.defense.inspection",
+    "core.defense.scores",
+    "core.defense.evaluation",
+    "core.data.load",
+    "core.data.triggers",
+    "core.defense.activations",
+    "core.model.detect",
+    "core.model.graph",
+    "core.io.export",
+    "core.evidence.suspects",
+    "core.evidence.suggest",
+    "core.evidence.held_out_suggest",
+    "core.evidence.repair",
 )
 LOADING_TEXT = "Loading the engine (PyTorch)…"
 
@@ -39,7 +39,7 @@ LOADING_TEXT = "Loading the engine (PyTorch)…"
 def import_engine() -> None:
     """Import every module of ENGINE_MODULES (run on the engine's thread), after starting the
     checkpoint parser's own process (it imports torch too, meanwhile: the first open is fast)."""
-    from core.isolation import prestart
+    from core.safety.isolation import prestart
 
     prestart()
     for name in ENGINE_MODULES:

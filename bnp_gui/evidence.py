@@ -4,10 +4,10 @@ rests on), the suggestion and whether it was applied, the suspect list, and the 
 
 ``plan_evidence`` snapshots the session's suspect analysis on the main thread;
 ``evidence_report`` runs in the export job (it evaluates the exact exported mask) and returns the
-fields ``bnp defend --auto --report`` writes (``core.repair.Repair.report``: ``target_estimate``,
-``estimated_asr``, ``estimate``, ``suspect_samples``, ``suggestion`` …) plus the window's own
-(``evidence_trust``, ``suggestion_applied``, ``repair_steps``); ``evidence_html`` renders them.
-Qt-free.
+fields ``bnp defend --auto --report`` writes (``core.evidence.repair.Repair.report``:
+``target_estimate``, ``estimated_asr``, ``estimate``, ``suspect_samples``, ``suggestion`` …) plus
+the window's own (``evidence_trust``, ``suggestion_applied``, ``repair_steps``); ``evidence_html``
+renders them. Qt-free.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ SHOWN_SUSPECTS = 20  # rows of the HTML report's suspect table (report.json hold
 
 @dataclasses.dataclass
 class EvidencePlan:
-    analysis: Any  # core.suspects.SuspectAnalysis (marks applied)
-    probe: Any  # core.suspects.MaskProbe
+    analysis: Any  # core.evidence.suspects.SuspectAnalysis (marks applied)
+    probe: Any  # core.evidence.suspects.MaskProbe
     train: Any  # ImageSet of the suspect samples
     clean: Any  # ImageSet or None
-    suggestion: Any  # core.held_out_suggest.HeldOutSuggestion or None
+    suggestion: Any  # core.evidence.held_out_suggest.HeldOutSuggestion or None
     applied: bool  # the exported decisions are the suggestion's
     trust: str  # the window's sentence on how far to trust the estimates
     contradicted: bool  # no evidence, but the measured ASR is high
@@ -60,7 +60,7 @@ def plan_evidence(session, steps: list[str] | tuple[str, ...] = ()) -> EvidenceP
 
 def evidence_report(plan: EvidencePlan, mask) -> dict:
     """The report fields of the evidence, for exactly ``mask`` (worker thread)."""
-    from core.repair import Repair
+    from core.evidence.repair import Repair
 
     # the suggestion exported as it is: its held-out estimate is the exported mask's (the one
     # from the samples that chose it would be optimistic); otherwise the label-free estimate

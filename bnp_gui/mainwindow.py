@@ -7,19 +7,15 @@ from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QByteArray, QEvent, QSettings, Qt, Signal
-from PySide6.QtGui import QAction, QKeySequence, QPalette
+from PySide6.QtGui import QAction, QKeySequence
 from PySide6.QtWidgets import (
-    QApplication,
     QFileDialog,
-    QFrame,
-    QHBoxLayout,
     QLabel,
     QMainWindow,
     QMessageBox,
     QProgressBar,
     QPushButton,
     QSplitter,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -35,6 +31,7 @@ from bnp_gui.dialogs.open_data import OpenDataDialog
 from bnp_gui.dialogs.trigger import TriggerDialog
 from bnp_gui.dialogs.trust import confirm_trust
 from bnp_gui.engine import Engine, EngineStatus
+from bnp_gui.message_banner import MessageBanner
 from bnp_gui.next_step import NextStepHint
 from bnp_gui.panels.distribution import DistributionPanel
 from bnp_gui.panels.heatmap import HeatmapPanel
@@ -48,76 +45,13 @@ from bnp_gui.panels.thresholds import ThresholdPanel
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, SCORES_CSV
 from bnp_gui.session import Session, valid_threshold
 from core.errors import BnpError
-from core.methods import METHOD_NAMES, METHODS
+from core.model.methods import METHOD_NAMES, METHODS
 from core.progress import format_duration
-from core.safety import printable
 
 MAX_RECENT = 8
 # Long jobs the status bar shows with a progress bar and Cancel (Esc stops them).
 WAITED_TASKS = ("load", "collect", "export", "suggest")
 CHECKPOINT_FILTER = "Checkpoints (*.pth *.pt *.ckpt *.bin *.safetensors *.tar);;All files (*)"
-BANNER_STYLE = {
-    "error": "background:#f8d7da; color:#58151c; border:1px solid #f1aeb5;",
-    "warning": "background:#fff3cd; color:#664d03; border:1px solid #ffe69c;",
-    "info": "background:#cfe2ff; color:#052c65; border:1px solid #9ec5fe;",
-}
-BANNER_STYLE_DARK = {  # the same levels for a dark palette (Bootstrap's dark-mode colours)
-    "error": "background:#2c0b0e; color:#ea868f; border:1px solid #842029;",
-    "warning": "background:#332701; color:#ffda6a; border:1px solid #997404;",
-    "info": "background:#031633; color:#6ea8fe; border:1px solid #084298;",
-}
-
-
-class MessageBanner(QFrame):
-    """A dismissible message strip at the top of the window (errors never become tracebacks)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.label = QLabel()
-        self.label.setWordWrap(True)
-        self.label.setTextFormat(Qt.PlainText)  # messages quote files: never read as markup
-        self.label.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        close = self.close_button = QToolButton()
-        close.setText("✕")
-        close.setAutoRaise(True)
-        close.setToolTip("Dismiss")
-        close.clicked.connect(self.hide)
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(8, 4, 4, 4)
-        layout.addWidget(self.label, 1)
-        layout.addWidget(close, 0, Qt.AlignTop)
-        self.level = ""
-        self.dark = False
-        self.hide()
-
-    def show_message(self, level: str, text: str) -> None:
-        self.level = level
-        self.dark = self._palette_is_dark()
-        style = (BANNER_STYLE_DARK if self.dark else BANNER_STYLE)[level]
-        self.setStyleSheet(f"MessageBanner {{{style} border-radius:4px}}")
-        colours = style.split(" border")[0]
-        self.label.setStyleSheet(colours)
-        self.close_button.setStyleSheet(f"QToolButton {{{colours} border:none}}")
-        # control characters a file put in the message are written out (core.safety)
-        self.label.setText("\n".join(printable(line) for line in str(text).split("\n")))
-        self.show()
-
-    @staticmethod
-    def _palette_is_dark() -> bool:
-        return QApplication.palette().color(QPalette.Window).lightness() < 128
-
-    def changeEvent(self, event) -> None:  # noqa: N802 - Qt override
-        # follow a light/dark switch (our own style sheets send palette changes too)
-        if (
-            event.type() == QEvent.PaletteChange
-            and self.level
-            and self._palette_is_dark() != self.dark
-        ):
-            self.show_message(self.level, self.label.text())
-        super().changeEvent(event)
-
-    def text(self) -> str:
-        return self.label.text() if self.isVisible() else ""
 
 
 class MainWindow(QMainWindow):

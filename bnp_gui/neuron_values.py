@@ -1,7 +1,7 @@
 """The neuron plot's data, a whole layer at a time (Qt-free).
 
 Clicking a neuron computes the inputs of its entire BatchNorm layer on clean and triggered
-samples (``core.activations.layer_inputs``, which stops the forward pass at that layer), and
+samples (``core.defense.activations.layer_inputs``, which stops the forward pass at that layer), and
 keeps the last few layers: the next neuron of the same layer (arrow keys, table) is shown at
 once, without any model run.
 """
@@ -29,7 +29,7 @@ class LayerValues:
 
 def compute_layer_values(inspection, samples, trigger, layer: str, cancel=None) -> LayerValues:
     """One layer's clean and triggered values (``trigger``: a ResolvedTrigger or None)."""
-    from core.activations import layer_inputs
+    from core.defense.activations import layer_inputs
 
     common = dict(limit=PLOT_SAMPLES, device=inspection.device, cancel=cancel)
     model, spec = inspection.model, inspection.spec

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bnp_gui.evidence import evidence_html
-from core.methods import METHOD_NAMES
+from core.model.methods import METHOD_NAMES
 
 MODEL_FORMATS = {
     "seed": "seed format (.pth: state_dict + trigger + metadata)",
@@ -41,7 +41,7 @@ REPORT_VERSION = 2
 
 def model_path(folder: str | Path, checkpoint: str, fmt: str) -> Path:
     """``<folder>/<checkpoint stem>_pruned<suffix>``."""
-    from core.export import SUFFIXES
+    from core.io.export import SUFFIXES
 
     stem = Path(checkpoint).stem if checkpoint else "model"
     return Path(folder) / f"{stem}_pruned{SUFFIXES[fmt]}"
@@ -113,7 +113,7 @@ class ExportResult:
 
 def plan_export(session, folder: str, fmt: str) -> ExportPlan:
     """A snapshot of a Session's decisions, data and numbers for the export job."""
-    from bnp_gui.session import CURVE_KS, CURVE_SUBSET
+    from bnp_gui.tradeoff import CURVE_KS, CURVE_SUBSET
 
     s = session
     test = s.eval_set()
@@ -214,7 +214,7 @@ def defend_command(
 def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, list]:
     """Full-set before/after of the exact mask, then the missing curve points (progress: all)."""
     from bnp_gui.trigger_source import measure
-    from core.inspection import build_mask
+    from core.defense.inspection import build_mask
 
     test = plan.test
     if test is None:
@@ -266,9 +266,9 @@ def _measure_all(plan: ExportPlan, inspection, mask, job) -> tuple[Any, Any, lis
 
 def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
     """Measure the plan's mask on the full set, write model, report.json and report.html."""
-    from core.export import atomic_write, export_model, write_json
-    from core.inspection import build_mask
-    from core.safety import check_output
+    from core.defense.inspection import build_mask
+    from core.io.export import atomic_write, export_model, write_json
+    from core.safety.paths import check_output
 
     folder = Path(plan.folder).expanduser()
     folder.mkdir(parents=True, exist_ok=True)
@@ -309,7 +309,7 @@ def export_session(inspection, plan: ExportPlan, job) -> ExportResult:
 
 def build_report(inspection, plan: ExportPlan, mask, before, after, path: Path) -> dict:
     """report.json's content: ``bnp defend --report``'s keys, the window's decisions, provenance."""
-    from core.inspection import build_mask
+    from core.defense.inspection import build_mask
 
     ckpt = inspection.ckpt
     counts, neurons = mask.per_layer_counts(), mask.neurons()
@@ -380,10 +380,10 @@ def plural(n: int, word: str) -> str:
 
 
 def report_html(report: dict) -> str:
-    """A self-contained one-page HTML report linking heatmap.png and tradeoff.png; every
-    string is HTML-escaped with its control characters written out (``core.safety.printable``):
+    """A self-contained one-page HTML report linking heatmap.png and tradeoff.png; every string
+    is HTML-escaped with its control characters written out (``core.safety.paths.printable``):
     names and paths come from files."""
-    from core.safety import printable
+    from core.safety.paths import printable
 
     def e(value: Any) -> str:
         return html.escape(printable(value))

@@ -12,9 +12,7 @@ slots that only run once a checkpoint is open.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import math
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,18 +21,31 @@ from PySide6.QtCore import QObject, QTimer, Signal
 
 from bnp_gui.data_roles import DataRoles, load_roles
 from bnp_gui.neuron_values import LayerValueCache
+from bnp_gui.neuron_work import Neuron, NeuronActivations, NeuronWork
+from bnp_gui.preview_work import PREVIEW_DEBOUNCE_MS, PreviewResult, PreviewWork
+from bnp_gui.session_values import (
+    BATCH_SIZE,
+    DEFAULT_K,
+    K_MAX,
+    K_MIN,
+    MODEL_LANES,
+    _cancel_argument,
+    describe_error,
+    model_warning,
+    valid_threshold,
+)
 from bnp_gui.suspect_state import SuspectState
 from bnp_gui.tradeoff import CURVE_KS, CURVE_SUBSET, TradeoffCurves
-from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, measure, resolve_trigger
+from bnp_gui.trigger_source import ResolvedTrigger, TriggerSource, resolve_trigger
 from bnp_gui.workers import Job, Runner
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
-from core.masks import PruneMask
-from core.methods import DIRECTION, METHOD_NAMES, METHODS
+from core.model.masks import PruneMask
+from core.model.methods import DIRECTION, METHOD_NAMES, METHODS
 
 if TYPE_CHECKING:
     import torch
 
-    from core.inspection import Inspection
+    from core.defense.inspection import Inspection
 
 __all__ = [
     "CURVE_KS",
@@ -46,114 +57,8 @@ __all__ = [
     "valid_threshold",
 ]
 
-DEFAULT_K = 3.0
-# The one range of k: spin box, slider, the dragged line and saved settings all clamp to it.
-K_MIN, K_MAX = 0.0, 10.0
-# Smaller than the engine's default: Cancel and closing take effect at the next batch.
-BATCH_SIZE = 128
-# The fast first numbers: as many test samples (each also run with the trigger) as this machine
-# gets through in FIRST_NUMBERS_BUDGET_S, measured on the previous previews.
-PREVIEW_SUBSET_MAX = 256
-PREVIEW_SUBSET_MIN = 64
-FIRST_NUMBERS_BUDGET_S = 0.35
-PREVIEW_DEBOUNCE_MS = 120
-# Lanes whose work belongs to the open model: a new model stops them, a failed open resumes them.
-MODEL_LANES = ("collect", "preview", "curve", "neuron")
 
-Neuron = tuple[str, int]
-
-
-@dataclasses.dataclass
-class PreviewResult:
-    """ACC/ASR before and after the current mask, on the fast subset or the full test set."""
-
-    stage: str  # "subset" or "full"
-    before: Any  # core.evaluation.Metrics
-    after: Any
-    pruned: int
-    elapsed: float  # seconds of computation for this result
-    limit: int | None = None  # test samples of the subset (None: all)
-    rate: float | None = None  # forward passes per second while measuring "after"
-
-
-@dataclasses.dataclass
-class NeuronActivations:
-    """Pre-activation values of one neuron on clean and triggered samples + BN running stats."""
-
-    layer: str
-    channel: int
-    clean: torch.Tensor
-    triggered: torch.Tensor | None
-    running_mean: float
-    running_var: float
-
-
-def valid_threshold(value: Any) -> float | None:
-    """``value`` as a threshold k clamped to [K_MIN, K_MAX]; None when it is not a finite number
-    (NaN, ±inf, text): a settings file or a caller may hold anything."""
-    try:
-        k = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not math.isfinite(k):
-        return None
-    return float(round(min(max(k, K_MIN), K_MAX), 3))
-
-
-def batchnorm_warning(model: torch.nn.Module) -> str:
-    """A warning naming BatchNorm channels whose running variance is ≤ 0 or whose running
-    statistics are not finite ("" when none): their scores are infinite or undefined."""
-    import torch
-
-    broken = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.BatchNorm2d) and module.running_var is not None:
-            var, mean = module.running_var, module.running_mean
-            bad = (var <= 0) | ~torch.isfinite(var) | ~torch.isfinite(mean)
-            if bad.any():
-                broken[name] = int(bad.sum())
-    if not broken:
-        return ""
-    where = ", ".join(f"{name} ×{n}" for name, n in list(broken.items())[:3])
-    more = f" and {len(broken) - 3} more layers" if len(broken) > 3 else ""
-    total = sum(broken.values())
-    return (
-        f"{total} BatchNorm channel{'s' if total > 1 else ''} with a running variance ≤ 0 or "
-        f"non-finite running statistics ({where}{more}): their scores are infinite or missing; the "
-        "model's outputs may not be numbers. This checkpoint is damaged; do not trust its numbers."
-    )
-
-
-def model_warning(inspection: Inspection) -> str:
-    """What is wrong with the loaded model itself, for the banner ("" when nothing): the
-    command line's checks (``core.checks.model_warnings``: NaN or infinite weights, a tiny
-    normalisation std) and the BatchNorm channels whose statistics make scores meaningless."""
-    lines = [
-        w[:1].upper() + w[1:] + "."
-        for w in getattr(inspection, "warnings", [])
-        if not w.startswith("BatchNorm ")  # said per channel, with the layers, below
-    ]
-    bn = batchnorm_warning(inspection.model)
-    return " ".join([*lines, bn] if bn else lines)
-
-
-def _cancel_argument(loader, job: Job) -> dict:
-    """``cancel=job.cancelled`` for a checkpoint loader that can stop mid-parse (the child-process
-    loader kills its reader); {} for one that cannot, which then finishes before the job ends."""
-    import inspect
-
-    return {"cancel": job.cancelled} if "cancel" in inspect.signature(loader).parameters else {}
-
-
-def describe_error(exc: BaseException) -> str:
-    """The message a user should read for an engine or worker error."""
-    text = str(exc).strip()
-    if isinstance(exc, BnpError):
-        return text or type(exc).__name__
-    return text or type(exc).__name__
-
-
-class Session(TradeoffCurves, QObject):
+class Session(TradeoffCurves, PreviewWork, NeuronWork, QObject):
     """Checkpoint, data roles, statistics, thresholds, masks and metrics of one inspection."""
 
     checkpoint_changed = Signal()
@@ -256,7 +161,7 @@ class Session(TradeoffCurves, QObject):
         """The mask of the current decisions, from cached scores (equal to Inspection.mask)."""
         if not self.scores:  # nothing opened yet (the engine may still be loading)
             return PruneMask()
-        from core.inspection import build_mask
+        from core.defense.inspection import build_mask
 
         return build_mask(
             self.scores,
@@ -298,8 +203,8 @@ class Session(TradeoffCurves, QObject):
         interrupted: set[str] = set()
 
         def load(job: Job):
-            from core.checkpoint import load_checkpoint
-            from core.inspection import Inspection
+            from core.defense.inspection import Inspection
+            from core.io.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(
                 path,
@@ -309,7 +214,9 @@ class Session(TradeoffCurves, QObject):
                 weights=weights,
                 **_cancel_argument(load_checkpoint, job),
             )
-            _ = ckpt.model  # built here if loading deferred it (core.described): its errors too
+            _ = (
+                ckpt.model
+            )  # built here if loading deferred it (core.model.described): its errors too
             if job.cancelled():
                 return None
             job.partial("read")  # the main thread stops the current model's work now
@@ -383,7 +290,7 @@ class Session(TradeoffCurves, QObject):
     def _loaded(self, path: str, inspection: Inspection | None, interrupted=None) -> None:
         if inspection is None:
             return
-        from core.scores import z_scores
+        from core.defense.scores import z_scores
 
         stopped = self._stop_model_work() | (interrupted or set())  # the previous model's work
         replaced = (
@@ -507,7 +414,7 @@ class Session(TradeoffCurves, QObject):
         except (BnpError, TypeError, ValueError) as exc:
             self._report_error("Invalid input settings", exc)
             return
-        from core.scores import z_scores
+        from core.defense.scores import z_scores
 
         self.scores = {"clp": self.inspection.clp}
         self.zscores = {"clp": z_scores(self.inspection.clp)}
@@ -541,7 +448,7 @@ class Session(TradeoffCurves, QObject):
             self.runner.cancel(lane, notify=False)
 
         def collect(job: Job):
-            from core.scores import z_scores
+            from core.defense.scores import z_scores
 
             inspection.collect(
                 clean, train, progress=job.progress, cancel=job.cancelled, batch_size=BATCH_SIZE
@@ -675,165 +582,17 @@ class Session(TradeoffCurves, QObject):
         if not self.scores:  # nothing opened: no engine call (it may still be loading)
             self.flags = {}
         elif only is not None and only in self.scores:
-            from core.inspection import method_flags
+            from core.defense.inspection import method_flags
 
             self.flags[only] = method_flags(self.scores, only, self.thresholds[only])
         else:
-            from core.inspection import method_flags
+            from core.defense.inspection import method_flags
 
             self.flags = {m: method_flags(self.scores, m, self.thresholds[m]) for m in self.scores}
         self.display_mask = self.current_mask()
         self._drop_stale_curves()
         if emit:
             self.mask_changed.emit()
-
-    # ------------------------------------------------------------------ neuron
-    def select_neuron(self, neuron: Neuron | None) -> None:
-        if neuron == self.selected:
-            return
-        self.selected = neuron
-        self.activations = None
-        self.selection_changed.emit()
-        self.activations_changed.emit()
-        if neuron is not None:
-            self._start_activations()
-
-    def _start_activations(self) -> None:
-        """The selected neuron's plot data: from the layer cache at once, else one layer pass
-        on a worker (the trade-off curve steps aside and resumes afterwards)."""
-        from bnp_gui.neuron_values import compute_layer_values
-
-        inspection, neuron = self.inspection, self.selected
-        samples = self.data.get("clean") or self.data.get("test")
-        if inspection is None or neuron is None or samples is None:
-            return
-        trigger = self.trigger
-        layer, channel = neuron
-        key = LayerValueCache.key(inspection, samples, trigger, layer)
-        cached = self._layer_values.get(key)
-        if cached is not None:
-            self.runner.cancel("neuron", notify=False)
-            self._activations_ready(self._neuron_activations(inspection, neuron, cached))
-            return
-
-        def activations(job: Job):
-            values = compute_layer_values(inspection, samples, trigger, layer, job.cancelled)
-            return key, neuron, values
-
-        def ready(result) -> None:
-            key, neuron, values = result
-            self._layer_values.put(key, values)
-            if self.selected == neuron:
-                self._activations_ready(self._neuron_activations(inspection, neuron, values))
-            elif self.selected is not None:
-                self._start_activations()
-            self._start_curve()  # it stepped aside for the click
-
-        if self.runner.is_running("curve"):
-            self.runner.cancel("curve", notify=False)
-        self.runner.start(
-            "neuron",
-            activations,
-            done=self._for_model(inspection, ready),
-            error=self._for_model(
-                inspection, functools.partial(self._report_error, "Cannot plot the neuron")
-            ),
-        )
-
-    @staticmethod
-    def _neuron_activations(inspection, neuron: Neuron, values) -> NeuronActivations:
-        layer, channel = neuron
-        mean, var = inspection.running_stats(layer, channel)
-        triggered = values.triggered[channel] if values.triggered is not None else None
-        return NeuronActivations(layer, channel, values.clean[channel], triggered, mean, var)
-
-    def _activations_ready(self, result: NeuronActivations) -> None:
-        if self.selected != (result.layer, result.channel):
-            return
-        self.activations = result
-        self.activations_changed.emit()
-
-    # ------------------------------------------------------------------ preview
-    def _invalidate_metrics(self) -> None:
-        self.baseline = {}
-        self.preview = None
-        self.curves.clear()
-        self.preview_changed.emit()
-        self.curve_changed.emit()
-
-    def request_preview(self, immediate: bool = False) -> None:
-        """Debounced: the newest decisions are measured once the user pauses."""
-        if self.inspection is None or self.eval_set() is None:
-            return
-        self.preview_pending = True
-        self.runner.cancel("curve", notify=False)  # the preview has the CPU first
-        if immediate:
-            self._preview_timer.stop()
-            self._start_preview()
-        else:
-            self._preview_timer.start()
-
-    def _start_preview(self) -> None:
-        inspection, test, trigger = self.inspection, self.eval_set(), self.trigger
-        if inspection is None or test is None or self.runner.is_running("collect"):
-            return
-        mask = self.display_mask
-        baseline = dict(self.baseline)
-        subset = self.preview_subset_size()
-        stages = [("full", None)]
-        if subset < len(test):
-            stages.insert(0, ("subset", subset))
-
-        def preview(job: Job):
-            started = time.monotonic()  # after waiting for the engine lock
-            for stage, limit in stages:
-                start = time.monotonic()
-                after = measure(
-                    inspection, test, trigger, mask=mask, limit=limit, cancel=job.cancelled
-                )
-                rate = (after.n_clean + after.n_poison) / max(time.monotonic() - start, 1e-6)
-                before = baseline.get(limit)
-                if before is None:
-                    before = measure(inspection, test, trigger, limit=limit, cancel=job.cancelled)
-                result = PreviewResult(
-                    stage, before, after, mask.count(), time.monotonic() - started, limit, rate
-                )
-                if stage == "subset":
-                    job.partial(result)
-            return result
-
-        self.runner.start(
-            "preview",
-            preview,
-            partial=self._for_model(inspection, self._preview_ready),
-            done=self._for_model(inspection, self._preview_done),
-            error=self._for_model(
-                inspection, functools.partial(self._report_error, "Preview failed")
-            ),
-        )
-
-    def preview_subset_size(self) -> int:
-        """Test samples for the fast first numbers, from the measured forward-pass rate."""
-        if self._forward_rate is None:
-            return PREVIEW_SUBSET_MAX
-        size = int(self._forward_rate * FIRST_NUMBERS_BUDGET_S / 2)  # clean + triggered pass
-        # powers of two only, so the "before" numbers of each size are measured once
-        chosen = PREVIEW_SUBSET_MAX
-        while chosen > PREVIEW_SUBSET_MIN and chosen > size:
-            chosen //= 2
-        return chosen
-
-    def _preview_ready(self, result: PreviewResult) -> None:
-        self.baseline[result.limit] = result.before
-        if result.rate is not None and result.stage == "full":  # subsets carry fixed overheads
-            self._forward_rate = result.rate
-        self.preview = result
-        self.preview_changed.emit()
-
-    def _preview_done(self, result: PreviewResult) -> None:
-        self.preview_pending = False
-        self._preview_ready(result)
-        self._start_curve()
 
     # ------------------------------------------------------------------ export
     def export(self, folder: str, *, fmt: str = "seed", render=None, steps=()) -> None:

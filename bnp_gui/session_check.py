@@ -17,8 +17,8 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from core.methods import METHODS
-from core.safety import file_kind, printable
+from core.model.methods import METHODS
+from core.safety.paths import file_kind, printable
 
 ROLES_KNOWN = ("clean", "train", "test", "poisoned")
 TRIGGER_KINDS = ("checkpoint", "image", "folder", "none")
@@ -64,9 +64,9 @@ def _path_entry(entry: Any, where: str, problems: list[str], *, required: bool =
 
 
 def _bounds() -> tuple[int, int]:
-    """The engine's input bounds (imported on use: core.checks loads torch, and the window
+    """The engine's input bounds (imported on use: core.data.checks loads torch, and the window
     imports this module before the engine is there)."""
-    from core.checks import MAX_CHANNELS, MAX_INPUT_SIDE
+    from core.data.checks import MAX_CHANNELS, MAX_INPUT_SIDE
 
     return MAX_INPUT_SIDE, MAX_CHANNELS
 

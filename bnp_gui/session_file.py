@@ -79,7 +79,7 @@ def save(session, path: str | Path) -> Path:
     if session.inspection is None:  # before any engine import: it may still be loading
         raise SessionFileError("Nothing to save: open a checkpoint first.")
     from bnp_gui.report import sha256_file, spec_overrides
-    from core.export import atomic_write
+    from core.io.export import atomic_write
 
     base = path.parent
     source = session.trigger_source
@@ -112,7 +112,7 @@ def load(path: str | Path) -> SessionFile:
     is wrong. Every field is checked (``session_check``) before anything is used; paths that
     are not regular files or folders are refused; those outside the session's folder are
     listed in ``SessionFile.outside`` for the window to confirm before opening them."""
-    from core.safety import check_input, printable
+    from core.safety.paths import check_input, printable
 
     path = Path(path).expanduser()
     name = printable(path.name)

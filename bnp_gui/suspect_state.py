@@ -2,10 +2,10 @@
 label-free ASR estimate of the current mask, the analyst's marks and the suggestion.
 
 One QObject attached to the Session (``session.suspects``). Everything is computed by
-``core.suspects`` / ``core.held_out_suggest`` on the session's worker lanes ("suspects",
-"estimate", "suggest"); this object keeps the results, announces them with ``changed``, and turns a
-suggestion into thresholds through the session's ordinary intents. Suggest's verdict is judged on
-held-out samples, never on those that chose the pruning (issue 17).
+``core.evidence.suspects`` / ``core.evidence.held_out_suggest`` on the session's worker lanes
+("suspects", "estimate", "suggest"); this object keeps the results, announces them with ``changed``,
+and turns a suggestion into thresholds through the session's ordinary intents. Suggest's verdict is
+judged on held-out samples, never on those that chose the pruning (issue 17).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from core.methods import METHODS
+from core.model.methods import METHODS
 
 if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
     import torch
@@ -40,12 +40,12 @@ class SuspectState(QObject):
     def __init__(self, session) -> None:
         super().__init__(session)
         self.session = session
-        self.analysis = None  # core.suspects.SuspectAnalysis
-        self.probe = None  # core.suspects.MaskProbe over the suspect and clean samples
+        self.analysis = None  # core.evidence.suspects.SuspectAnalysis
+        self.probe = None  # core.evidence.suspects.MaskProbe over the suspect and clean samples
         self.estimate = None  # AsrEstimate of the current mask
         self.estimate_before = None  # AsrEstimate with nothing pruned
         self.estimate_pruned = -1  # neurons pruned by the mask the estimate belongs to
-        self.suggestion = None  # core.held_out_suggest.HeldOutSuggestion
+        self.suggestion = None  # core.evidence.held_out_suggest.HeldOutSuggestion
         self.highlight: torch.Tensor | None = None  # N bool: the selected neuron's high mode
         self.acc_budget = 2.0
         self.error = ""
@@ -139,7 +139,7 @@ class SuspectState(QObject):
             return
 
         def run(job):
-            from core.suspects import analyse_suspects, make_probe
+            from core.evidence.suspects import analyse_suspects, make_probe
 
             probe = make_probe(inspection, train, clean)
             analysis = analyse_suspects(
@@ -169,7 +169,7 @@ class SuspectState(QObject):
         self._start_curve()
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        from bnp_gui.session import describe_error
+        from bnp_gui.session_values import describe_error
 
         self.error = f"{what}: {describe_error(exc)}"
         self.session.message.emit("error", self.error)
@@ -196,7 +196,7 @@ class SuspectState(QObject):
         if self.analysis is not None and neuron is not None and inspection is not None:
             stats = inspection.train_stats
             if stats is not None and neuron[0] in stats.layers:
-                from core.suspects import high_mode
+                from core.evidence.suspects import high_mode
 
                 highlight = high_mode(stats, inspection.clean_stats, *neuron)
         self.highlight = highlight
@@ -223,7 +223,7 @@ class SuspectState(QObject):
         need_before = self.estimate_before is None
 
         def run(job):
-            from core.suspects import estimate_asr
+            from core.evidence.suspects import estimate_asr
 
             before = (
                 estimate_asr(probe, analysis, None, labels, job.cancelled) if need_before else None
@@ -251,7 +251,7 @@ class SuspectState(QObject):
     def _start_curve(self) -> None:
         """Estimated ASR at each threshold of the preview's curve, over the same masks (the
         viewed method's k varied, the other decisions as they are)."""
-        from bnp_gui.session import CURVE_KS
+        from bnp_gui.tradeoff import CURVE_KS
 
         s = self.session
         analysis, probe, method = self.analysis, self.probe, s.view_method
@@ -268,7 +268,7 @@ class SuspectState(QObject):
         labels = clean.labels if clean is not None else None
 
         def run(job):
-            from core.suspects import estimate_asr
+            from core.evidence.suspects import estimate_asr
 
             points = []
             for k in CURVE_KS:
@@ -310,7 +310,7 @@ class SuspectState(QObject):
         s._progress_start["suggest"] = time.monotonic()
 
         def run(job):
-            from core.held_out_suggest import suggest_held_out
+            from core.evidence.held_out_suggest import suggest_held_out
 
             return suggest_held_out(
                 inspection,
@@ -340,12 +340,13 @@ class SuspectState(QObject):
         self.session.runner.cancel("suggest")
 
     def _suggested(self, suggestion: Any) -> None:
-        """A held-out suggestion (`core.held_out_suggest`): its pruning set, its verdict said."""
+        """A held-out suggestion (`core.evidence.held_out_suggest`): its pruning set, its verdict
+        said."""
         self.suggestion = suggestion
         self.apply(suggestion)
         self.suggestion_changed.emit()
         if suggestion.repairs:  # the held-out verdict's; the reasons stay in the panel
-            from core.suggest import describe
+            from core.evidence.suggest import describe
 
             self.session.message.emit(
                 "info",
@@ -364,7 +365,7 @@ class SuspectState(QObject):
         from dataclasses import replace
 
         from bnp_gui.decisions import capture
-        from core.suggest import describe
+        from core.evidence.suggest import describe
 
         s = self.session
         now = capture(s)
@@ -372,7 +373,7 @@ class SuspectState(QObject):
         judged = _neurons(getattr(suggestion, "mask", None)) if suggestion.methods else set()
         flagged = set()
         if suggestion.methods and s.scores:
-            from core.inspection import build_mask
+            from core.defense.inspection import build_mask
 
             flagged = _neurons(
                 build_mask(

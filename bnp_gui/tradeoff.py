@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from bnp_gui.trigger_source import measure
 from bnp_gui.workers import Job
-from core.masks import PruneMask
+from core.model.masks import PruneMask
 
 CURVE_KS = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 CURVE_SUBSET = 256
@@ -38,7 +38,7 @@ class TradeoffCurves:
 
     def curve_mask(self, method: str, k: float, decisions=None) -> PruneMask:
         """The mask of the curve of ``method`` at threshold ``k``."""
-        from core.inspection import build_mask
+        from core.defense.inspection import build_mask
 
         methods, combine, force, keep, _ = decisions or self.curve_decisions(method)
         scores = {m: self.scores[m] for m in methods}

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from core.errors import DataError
 
 if TYPE_CHECKING:  # the engine (torch) is imported where it is used, on worker threads
-    from core.data import ImageSet
-    from core.evaluation import Metrics
+    from core.data.images import ImageSet
+    from core.defense.evaluation import Metrics
 
 Kind = Literal["checkpoint", "image", "folder", "none"]
 BATCH_SIZE = 128  # cancellation takes effect at the next batch
@@ -50,7 +50,7 @@ class ResolvedTrigger:
 
     source: TriggerSource
     target: int
-    trigger: Any = None  # core.triggers.Trigger
+    trigger: Any = None  # core.data.triggers.Trigger
     poisoned: ImageSet | None = None  # samples that already carry the trigger (kind "folder")
 
     def describe(self) -> str:
@@ -65,7 +65,7 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
     if target is None and ckpt is not None and ckpt.metadata is not None:
         target = ckpt.metadata.target_label
     if source.kind == "checkpoint":
-        from core.inspection import checkpoint_trigger
+        from core.defense.inspection import checkpoint_trigger
 
         trig = checkpoint_trigger(ckpt) if ckpt is not None else None  # engine's own rule
         if trig is None:
@@ -83,14 +83,14 @@ def resolve_trigger(source: TriggerSource, ckpt) -> ResolvedTrigger | None:
     if not Path(source.path).exists():
         raise DataError(f"{source.path} does not exist.")
     if source.kind == "image":
-        from core.triggers import trigger_from_image
+        from core.data.triggers import trigger_from_image
 
         trig = trigger_from_image(
             source.path, kind=source.placement, size=source.size, alpha=source.alpha
         )
         return ResolvedTrigger(source, int(target), trigger=trig)
-    from core.evaluation import attack_victims
-    from core.limited import read_images  # the isolated reader: time and memory limits
+    from core.data.limited import read_images  # the isolated reader: time and memory limits
+    from core.defense.evaluation import attack_victims
 
     poisoned = attack_victims(read_images(source.path), int(target))
     return ResolvedTrigger(source, int(target), poisoned=poisoned)

@@ -9,13 +9,14 @@ and written into the report. Nothing heavy is imported before a command runs: `b
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import os
 import sys
 from pathlib import Path
 
 from core.errors import BnpError
-from core.safety import printable
+from core.safety.paths import printable
 
 # Set before torch loads OpenMP (nothing above imports torch): idle OpenMP threads sleep
 # instead of spinning. On a busy 2-core machine spinning made 2 threads ~25× slower than 1.
@@ -73,7 +74,7 @@ def _input_overrides(args) -> dict:
 
 
 def _load(args, mapped: bool = False):
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     return load_checkpoint(
         args.checkpoint,
@@ -95,7 +96,7 @@ def warn(message: str) -> None:
 
 
 def _say(text: str) -> None:
-    """One line of output that quotes a file, its control characters escaped (core.safety)."""
+    """One line of output that quotes a file, its control characters escaped (core.safety.paths)."""
     print(printable(text))
 
 
@@ -103,10 +104,10 @@ def cmd_info(args) -> int:
     """`bnp info`: what a checkpoint holds (format, architecture, input, layers)."""
     import torch
 
-    from core import described
-    from core.checks import model_warnings
-    from core.graph import discover_layers, method_availability
-    from core.inspection import checkpoint_trigger, input_spec
+    from core.defense.checks import model_warnings
+    from core.defense.inspection import checkpoint_trigger, input_spec
+    from core.model import described
+    from core.model.graph import discover_layers, method_availability
 
     ckpt = _load(args, mapped=True)  # read, shown, and the process ends: no copy needed
     overrides = _input_overrides(args)
@@ -165,7 +166,7 @@ TABLE_HEADER = f"{'method':<8} {'threshold':>9} {'pruned':>7}  {'ACC %':>6}  {'A
 def _load_data(path: Path | None, role: str):
     """One data set of the command line; a folder holding both splits gives its test split to
     --test and its training split to the other roles."""
-    from core.limited import read_images  # the isolated reader: time and memory limits
+    from core.data.limited import read_images  # the isolated reader: time and memory limits
     from core.progress import ProgressBar
 
     if path is None:
@@ -178,7 +179,7 @@ def _load_data(path: Path | None, role: str):
 
 
 def _trigger_arg(args, inspection):
-    from core.triggers import trigger_from_image
+    from core.data.triggers import trigger_from_image
 
     if args.trigger is not None:
         return trigger_from_image(args.trigger, kind=args.trigger_kind, alpha=args.alpha)
@@ -240,24 +241,24 @@ def _check_defend_args(args) -> None:
 def cmd_defend(args) -> int:
     """`bnp defend`: score, prune, evaluate and export with one method or --auto."""
     _check_defend_args(args)  # before the heavy imports below
-    from core.checks import check_threshold
-    from core.export import (
+    from core.defense.checks import check_threshold
+    from core.defense.inspection import Inspection
+    from core.evidence.repair import check_acc_budget, run_repair, write_suspects
+    from core.io.export import (
         export_model,
         format_for_path,
         method_report,
         session_metadata,
         write_json,
     )
-    from core.inspection import Inspection
     from core.progress import ProgressBar
-    from core.repair import check_acc_budget, run_repair, write_suspects
 
     check_threshold(args.threshold)
     acc_budget = check_acc_budget(args.acc_budget)
     ckpt = _load(args)
     inspection = Inspection(ckpt, device=args.device, overrides=_input_overrides(args))
     if args.method == "bnp":  # said before any statistics are computed
-        from core.graph import method_availability
+        from core.model.graph import method_availability
 
         applies, why = method_availability(inspection.model, inspection.discovery)["bnp"]
         if not applies:
@@ -378,10 +379,15 @@ def cmd_defend(args) -> int:
 # ---- parser ------------------------------------------------------------------------------
 
 
-# Commands whose arguments live in their own module (imported, with torch, only when run)
+# Commands whose arguments live in their own module (imported only for that command) and
+# whose run (with torch) is imported only when it runs
 LAZY_COMMANDS = {
-    "train": ("core.train_options", "train a backdoored (or clean) classifier"),
-    "demo": ("core.demo", "run all three defenses on the bundled demo model"),
+    "train": (
+        "core.attack.options",
+        "core.attack.train",
+        "train a backdoored (or clean) classifier",
+    ),
+    "demo": ("core.demo", "core.demo", "run all three defenses on the bundled demo model"),
 }
 
 
@@ -459,13 +465,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     _add_input_args(p)
     p.set_defaults(func=cmd_defend)
 
-    for name, (module_name, text) in LAZY_COMMANDS.items():
+    for name, (args_module, run_module, text) in LAZY_COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text)
         if command is None or command == name:
-            module = importlib.import_module(module_name)
-            module.add_arguments(p)
-            p.set_defaults(func=module.run)
+            importlib.import_module(args_module).add_arguments(p)
+            p.set_defaults(func=functools.partial(_run_lazily, run_module))
     return parser
+
+
+def _run_lazily(module_name: str, args: argparse.Namespace) -> int:
+    """Run a lazily imported command: its module's ``run(args)``."""
+    return importlib.import_module(module_name).run(args)
 
 
 def _command(argv: list[str]) -> str | None:
@@ -476,9 +486,9 @@ def _command(argv: list[str]) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     """The `bnp` entry point: run one command; the exit status (2 for a user error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    from core.safety import EscapingStream, forget_reads
+    from core.safety.paths import EscapingStream, forget_reads
 
-    forget_reads()  # a new run: its outputs may not replace what it reads (core.safety)
+    forget_reads()  # a new run: its outputs may not replace what it reads (core.safety.paths)
     streams = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = EscapingStream(sys.stdout), EscapingStream(sys.stderr)
     try:
@@ -492,9 +502,9 @@ def _main(argv: list[str]) -> int:
         args = build_parser(_command(argv) or "").parse_args(argv)
         _note_reads(args)
         # the reader child imports torch meanwhile; `bnp info` reads a plain torch.save
-        # zip in-process (core.torch_zip) and starts the child only for other files
+        # zip in-process (core.io.torch_zip) and starts the child only for other files
         if args.command == "defend":
-            from core.isolation import prestart
+            from core.safety.isolation import prestart
 
             prestart()
         return int(args.func(args) or 0)
@@ -525,7 +535,7 @@ READ_ARGUMENTS = ("checkpoint", "clean", "train", "test", "poisoned", "trigger",
 
 
 def _note_reads(args) -> None:
-    from core.safety import note_read
+    from core.safety.paths import note_read
 
     for name in READ_ARGUMENTS:
         value = getattr(args, name, None)

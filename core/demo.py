@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING
 from core.errors import BnpError
 
 if TYPE_CHECKING:  # imported where used, so that `bnp demo -h` does not load torch
-    from core.data import ImageSet
-    from core.evaluation import Metrics
-    from core.inspection import Inspection
+    from core.data.images import ImageSet
+    from core.defense.evaluation import Metrics
+    from core.defense.inspection import Inspection
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "resources" / "demo"
 DEMO_CHECKPOINT = "fmnist_resnet20_badnets.pth"
@@ -53,9 +53,9 @@ class DemoData:
 
 def load_demo(device: str | None = None, root: Path = DEMO_DIR) -> DemoData:
     """Load the demo checkpoint and its three data sets (statistics not collected yet)."""
-    from core.checkpoint import load_checkpoint
-    from core.data import load_images
-    from core.inspection import Inspection
+    from core.data.load import load_images
+    from core.defense.inspection import Inspection
+    from core.io.checkpoint import load_checkpoint
 
     paths = demo_paths(root)
     inspection = Inspection(load_checkpoint(paths.checkpoint), device=device)
@@ -68,8 +68,8 @@ def run_demo(
     out: Path | None = None, device: str | None = None, threshold: float = 3.0, quiet=False
 ) -> dict:
     """Collect, score, prune and evaluate with EP, BNP, CLP and EP ∪ BNP; return the report."""
-    from core.export import method_report, write_json
-    from core.inspection import METHOD_NAMES, METHODS
+    from core.defense.inspection import METHOD_NAMES, METHODS
+    from core.io.export import method_report, write_json
     from core.progress import ProgressBar
 
     started = time.monotonic()

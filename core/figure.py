@@ -69,7 +69,7 @@ def demo_figure(inspection, masks: dict, rows: list, path: Path, threshold: floa
     ax.set_title("ACC / ASR, test subset", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     fig.suptitle(f"{inspection.ckpt.metadata.arch}: {inspection.ckpt.path.name}")
-    from core.export import atomic_write
+    from core.io.export import atomic_write
 
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), what="figure")
     plt.close(fig)

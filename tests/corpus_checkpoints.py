@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from core.architectures import build_model
 from core.errors import CheckpointError, UnsafeCheckpointError
+from core.model.architectures import build_model
 
 
 def tiny_state_dict() -> dict[str, Tensor]:
@@ -342,7 +342,7 @@ CASES = [
     Case("truncated_zip", truncated_zip, CheckpointError, r"damaged or truncated zip archive"),
 ]
 
-# Hash bombs are refused by their structure (core.pickle_guard), trusted or not, at once
+# Hash bombs are refused by their structure (core.safety.pickle_guard), trusted or not, at once
 CASES += [
     Case("hash_bomb_pickle", hash_bomb_pickle, CheckpointError, r"shared references nest"),
     Case("hash_bomb_zip", hash_bomb_zip, CheckpointError, r"shared references nest"),

@@ -420,7 +420,7 @@ def checkpoint(path: Path, *, meta: dict | None = None, edit=None, seed: int = 0
     ``edit(model)`` may change its weights first."""
     import torch
 
-    from core.architectures import build_model
+    from core.model.architectures import build_model
 
     torch.manual_seed(seed)
     model = build_model("cifar_resnet20", 10, 1)

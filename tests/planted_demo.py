@@ -39,11 +39,11 @@ def build(root: Path) -> Path:
     import torch
     from suspect_models import bars, fit  # the engine tests' bar images and training loop
 
-    from core.architectures import build_model
-    from core.checkpoint import ModelMetadata
+    from core.attack.train import save_checkpoint
+    from core.data.triggers import PatchTrigger, poison
     from core.demo import DEMO_CHECKPOINT
-    from core.train import save_checkpoint
-    from core.triggers import PatchTrigger, poison
+    from core.io.metadata import ModelMetadata
+    from core.model.architectures import build_model
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one thread: a shared 2-core machine (see tests/conftest.py)

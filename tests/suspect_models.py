@@ -13,10 +13,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.checkpoint import LoadedCheckpoint, ModelMetadata
-from core.data import ImageSet
-from core.inspection import Inspection
-from core.triggers import BlendTrigger, PatchTrigger, Trigger, poison
+from core.data.images import ImageSet
+from core.data.triggers import BlendTrigger, PatchTrigger, Trigger, poison
+from core.defense.inspection import Inspection
+from core.io.metadata import LoadedCheckpoint, ModelMetadata
 
 TARGET = 3
 
@@ -139,7 +139,7 @@ def planted(
 def analysed_planted():
     """(planted model, its MaskProbe, its SuspectAnalysis): the statistics collected on one torch
     thread, the probe and the analysis made as the window and `bnp defend --auto` make them."""
-    from core.suspects import analyse_suspects, make_probe
+    from core.evidence.suspects import analyse_suspects, make_probe
 
     torch.set_num_threads(1)
     p = planted(rate=0.1)

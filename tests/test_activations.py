@@ -1,15 +1,16 @@
-"""core.activations: a layer's inputs from one early-stopped pass equal a full hooked pass."""
+"""core.defense.activations: a layer's inputs from one early-stopped pass equal a full hooked
+pass."""
 
 from __future__ import annotations
 
 import torch
 
-from core.activations import layer_inputs
-from core.architectures import build_model
-from core.data import ImageSet, InputSpec
-from core.evaluation import sample_subset
-from core.graph import neuron_graph
-from core.triggers import PatchTrigger
+from core.data.images import ImageSet, InputSpec
+from core.data.triggers import PatchTrigger
+from core.defense.activations import layer_inputs
+from core.defense.evaluation import sample_subset
+from core.model.architectures import build_model
+from core.model.graph import neuron_graph
 
 
 def test_layer_inputs_equal_a_hooked_full_forward_pass():

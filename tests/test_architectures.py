@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from core.architectures import ARCHITECTURES, Detection, build_model, detect_architecture
 from core.errors import ArchitectureMismatch, BnpError
+from core.model.architectures import ARCHITECTURES, Detection, build_model
+from core.model.detect import detect_architecture
 
 CIFAR_NETS = [name for name, spec in ARCHITECTURES.items() if spec.input_size == 32]
 # the original registry, checked on every run; every other entry is checked in the slow run
@@ -21,7 +22,7 @@ DETECTABLE = [
 
 
 def meta_state_dict(arch: str, num_classes: int, in_channels: int) -> dict:
-    from core.architectures import build_on_meta
+    from core.model.architectures import build_on_meta
 
     return build_on_meta(arch, num_classes, in_channels).state_dict()
 
@@ -40,7 +41,7 @@ def built_shapes_state_dict(arch: str, num_classes: int, in_channels: int) -> di
     """The keys and shapes of `meta_state_dict` (meta tensors, the counters as int64), read
     from the build on meta that detection compares a file against (its cache): one build per
     case instead of two, the same state_dict for detection."""
-    from core.architectures import _expected_shapes
+    from core.model.detect import _expected_shapes
 
     return {
         key: torch.empty(
@@ -185,7 +186,7 @@ def test_missing_running_statistics_are_named_not_refused():
 
 
 def test_regnet_builds_on_meta_despite_tensor_arithmetic():
-    from core.architectures import build_on_meta
+    from core.model.architectures import build_on_meta
 
     model = build_on_meta("regnet_y_128gf", 10, 3)
     assert {p.device.type for p in model.parameters()} == {"meta"}
@@ -193,8 +194,8 @@ def test_regnet_builds_on_meta_despite_tensor_arithmetic():
 
 @pytest.mark.slow
 def test_shipped_signatures_match_the_registry():
-    from core.architectures import (
-        HAND_REGISTERED,
+    from core.model.architectures import HAND_REGISTERED
+    from core.model.detect import (
         SIGNATURE_FILE,
         _library_versions,
         _read_signatures,
@@ -214,7 +215,7 @@ def test_signatures_are_recomputed_and_cached_when_the_shipped_file_does_not_fit
 ):
     import json
 
-    import core.architectures as arch_module
+    import core.model.detect as arch_module
 
     damaged = tmp_path / "shipped.json"
     damaged.write_text("{not json")
@@ -238,7 +239,8 @@ def test_shipped_signatures_serve_an_install_without_timm(tmp_path):
     from pathlib import Path
 
     code = (
-        "from core.architectures import ARCHITECTURES, signatures; s = signatures(); "
+        "from core.model.architectures import ARCHITECTURES; "
+        "from core.model.detect import signatures; s = signatures(); "
         "assert not any(a.startswith('timm/') for a in ARCHITECTURES); print(len(s))"
     )
     root = str(Path(__file__).resolve().parent.parent)
@@ -253,7 +255,7 @@ def test_shipped_signatures_serve_an_install_without_timm(tmp_path):
 def test_meta_fallback_leaves_other_threads_models_real():
     import threading
 
-    from core.architectures import _empty_weights
+    from core.model.meta import _empty_weights
 
     built = {}
     inside, release = threading.Event(), threading.Event()

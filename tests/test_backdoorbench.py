@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
 from core.errors import UnsafeCheckpointError
+from core.io.checkpoint import load_checkpoint
+from core.model.architectures import build_model
 
 
 def _bd_state(record: Path, folder: str, n_total: int, poisoned: list[int], target: int):
@@ -124,7 +124,7 @@ def test_more_than_numpy_still_needs_trust(tmp_path):
 def test_read_in_the_child_samples_come_back_as_named_tensors(tmp_path):
     """The reader's child half (_parse_file) hands back plain tensors and JSON only: the
     backdoored samples as named extras, the notices and their source in the info."""
-    from core.checkpoint import _parse_file
+    from core.io.parse import _parse_file
 
     path, model = write_attack_result(tmp_path / "record" / "badnet_demo")
     (path.parent / "bd_test_dataset" / "2" / "5.png").write_bytes(b"not a png")  # damaged

@@ -8,9 +8,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core.architectures import build_model
-from core.checkpoint import LoadedCheckpoint, ModelMetadata, load_checkpoint
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
+from core.io.checkpoint import load_checkpoint
+from core.io.metadata import LoadedCheckpoint, ModelMetadata
+from core.model.architectures import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import load_checkpoint
-from core.cla import PgdSettings, pgd_linf, poison_clean_label
-from core.data import ImageSet, InputSpec, save_images
+from core.attack.cla import PgdSettings, pgd_linf, poison_clean_label
+from core.attack.train import add_arguments, attack_description, make_trigger, run
+from core.data.images import ImageSet, InputSpec, save_images
+from core.data.triggers import FourCornerTrigger, PatchTrigger, Trigger, trigger_from_image
+from core.defense.evaluation import evaluate
+from core.defense.inspection import Inspection, checkpoint_trigger
 from core.errors import DataError
-from core.evaluation import evaluate
-from core.inspection import Inspection, checkpoint_trigger
-from core.train import add_arguments, attack_description, make_trigger, run
-from core.triggers import FourCornerTrigger, PatchTrigger, Trigger, trigger_from_image
+from core.io.checkpoint import load_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -266,7 +266,7 @@ def test_attack_description_of_a_plain_patch_is_unchanged():
 
 
 def _tiny_resnet_state(classes: int) -> dict:
-    from core.architectures import build_model
+    from core.model.architectures import build_model
 
     torch.manual_seed(0)
     return build_model("cifar_resnet20", classes, 1).state_dict()

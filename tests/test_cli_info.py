@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from core.architectures import build_model
 from core.cli import main
+from core.model.architectures import build_model
 from tests.test_backdoorbench import write_attack_result
 
 
@@ -49,7 +49,7 @@ def test_a_batchnorm_called_twice_is_skipped_with_its_reason():
         def forward(self, x):
             return self.bn(self.bn(self.conv(x)))
 
-    from core.graph import discover_layers
+    from core.model.graph import discover_layers
 
     found = discover_layers(Twice().eval(), torch.zeros(1, 3, 8, 8))
     assert found.layers == [] and "called 2 times" in found.skipped[0].reason

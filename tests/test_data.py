@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import ImageSet, InputSpec, load_images, save_images
+from core.data.images import ImageSet, InputSpec, save_images
+from core.data.load import load_images
 from core.errors import DataError
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -237,7 +238,7 @@ def test_prepare_rgb_to_grey_luma_and_resize():
 
 
 def test_prepare_applies_trigger_before_normalising():
-    from core.triggers import PatchTrigger
+    from core.data.triggers import PatchTrigger
 
     trig = PatchTrigger(torch.ones(1, 1, 1))
     out = InputSpec(1, (2, 2), mean=(0.5,), std=(0.25,)).prepare(torch.zeros(1, 1, 2, 2), trig)

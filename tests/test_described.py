@@ -1,5 +1,5 @@
 """`bnp info` of a layout it described before answers without building the model
-(core.described), with the same output; everything else still gets the model, built once."""
+(core.model.described), with the same output; everything else still gets the model, built once."""
 
 import copy
 import threading
@@ -7,10 +7,10 @@ import threading
 import pytest
 import torch
 
-from core import architectures, described
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
 from core.cli import main as bnp
+from core.io.checkpoint import load_checkpoint
+from core.model import architectures, described
+from core.model.architectures import build_model
 
 
 @pytest.fixture

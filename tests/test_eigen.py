@@ -1,11 +1,11 @@
-"""core.eigen: the largest eigenvalue of small symmetric matrices, against LAPACK."""
+"""core.defense.eigen: the largest eigenvalue of small symmetric matrices, against LAPACK."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from core.eigen import largest_eigenvalues
+from core.defense.eigen import largest_eigenvalues
 
 
 def lapack(matrices: torch.Tensor) -> torch.Tensor:

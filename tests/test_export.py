@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
 from core.cli import main
-from core.data import ImageSet
+from core.data.images import ImageSet
+from core.defense.inspection import Inspection
 from core.errors import BnpError
-from core.export import atomic_write, export_model, write_json
-from core.inspection import Inspection
+from core.io.checkpoint import load_checkpoint
+from core.io.export import atomic_write, export_model, write_json
+from core.model.architectures import build_model
 
 
 @pytest.fixture

@@ -3,12 +3,12 @@
 import pytest
 import torch
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
-from core.evaluation import predict
-from core.export import export_model, session_metadata
-from core.inspection import Inspection
-from core.triggers import BlendTrigger
+from core.data.triggers import BlendTrigger
+from core.defense.evaluation import predict
+from core.defense.inspection import Inspection
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model, session_metadata
+from core.model.architectures import build_model
 
 
 @pytest.fixture

@@ -3,8 +3,8 @@
 import torch
 from torch import nn
 
-from core.architectures import build_model
-from core.graph import _hook_pairs, neuron_graph
+from core.model.architectures import build_model
+from core.model.graph import _hook_pairs, neuron_graph
 
 
 class OutOfOrder(nn.Module):
@@ -72,8 +72,8 @@ def test_registration_order_agrees_where_it_is_right():
 
 # ---- layers outside torch.nn, in-place operations, repeated calls, skipped layers -----------
 
-from core.graph import conv_weight, discover_layers  # noqa: E402
-from core.scores import clp_scores  # noqa: E402
+from core.defense.scores import clp_scores  # noqa: E402
+from core.model.graph import conv_weight, discover_layers  # noqa: E402
 
 
 class ActBatchNorm(nn.BatchNorm2d):

@@ -1,6 +1,7 @@
-"""The window's Suggest judged on held-out samples (`core.held_out_suggest`): the pruning the
-selection part chose, and a verdict that never rests on the samples that chose it — the case
-issue 17 opened with (an in-sample estimate of 0, "sure", on a model whose real ASR was 8.3 %)."""
+"""The window's Suggest judged on held-out samples (`core.evidence.held_out_suggest`): the
+pruning the selection part chose, and a verdict that never rests on the samples that chose it —
+the case issue 17 opened with (an in-sample estimate of 0, "sure", on a model whose real ASR was
+8.3 %)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ import pytest
 import torch
 from suspect_models import TARGET, analysed_planted
 
-from core.held_out_suggest import suggest_held_out
-from core.repair_search import search_repair, subset
-from core.suggest import describe, suggest
-from core.verdict import REPAIRS, lowest_bound
+from core.evidence.held_out_suggest import suggest_held_out
+from core.evidence.repair_search import search_repair, subset
+from core.evidence.suggest import describe, suggest
+from core.evidence.verdict import REPAIRS, lowest_bound
 
 
 @pytest.fixture(autouse=True)
@@ -26,7 +27,7 @@ def backdoored():
 
 def _few_clean(p, n: int):
     """The planted model with only `n` of its clean samples (a probe over them)."""
-    from core.suspects import make_probe
+    from core.evidence.suspects import make_probe
 
     clean = subset(p.clean, torch.arange(n))
     return clean, make_probe(p.inspection, p.train, clean)

@@ -7,10 +7,11 @@ import torch
 import torchvision
 from torch import nn
 
-import core.library_models as lib
-from core.architectures import ARCHITECTURES, detect_architecture
-from core.checkpoint import load_checkpoint
+import core.model.library_models as lib
 from core.errors import ArchitectureMismatch
+from core.io.checkpoint import load_checkpoint
+from core.model.architectures import ARCHITECTURES
+from core.model.detect import detect_architecture
 
 # the models the tests describe (a full library takes minutes): names from issue 21
 TIMM_NAMES = ["regnety_008", "dpn68", "efficientnet_b0", "tf_efficientnet_b0", "resnet18",
@@ -105,7 +106,7 @@ def test_timm_groupnorm_model_is_told_apart_by_its_missing_statistics(libraries)
 
 
 def test_groupnorm_resnet18_opens_as_groupnorm_not_as_batchnorm(libraries, tmp_path):
-    from core.graph import discover_layers, method_availability
+    from core.model.graph import discover_layers, method_availability
 
     torch.manual_seed(0)
     gn = torchvision.models.resnet18(num_classes=4, norm_layer=lambda c: nn.GroupNorm(32, c))
@@ -137,7 +138,7 @@ def test_groupnorm_resnet18_opens_as_groupnorm_not_as_batchnorm(libraries, tmp_p
 def test_timm_and_torchvision_models_said_the_same_compute_the_same(libraries, name):
     """SAME_AS_TORCHVISION: no look-alike notice between these."""
     timm = pytest.importorskip("timm")
-    from core.architectures import SAME_AS_TORCHVISION
+    from core.model.detect import SAME_AS_TORCHVISION
 
     assert SAME_AS_TORCHVISION[name] == f"timm/{name}"
     torch.manual_seed(0)
@@ -150,7 +151,7 @@ def test_timm_and_torchvision_models_said_the_same_compute_the_same(libraries, n
 
 
 def test_no_fit_names_the_files_class_count(libraries):
-    from core.architectures import build_on_meta
+    from core.model.architectures import build_on_meta
 
     state_dict = build_on_meta("resnet50", 1000, 3).state_dict()
     state_dict["head.weight"] = state_dict.pop("fc.weight")  # the head under another name

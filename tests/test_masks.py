@@ -3,10 +3,10 @@
 import torch
 from torch.func import functional_call
 
-from core.architectures import build_model
-from core.data import ImageSet, InputSpec
-from core.evaluation import evaluate
-from core.masks import PruneMask
+from core.data.images import ImageSet, InputSpec
+from core.defense.evaluation import evaluate
+from core.model.architectures import build_model
+from core.model.masks import PruneMask
 
 
 def _flags(**rows):
@@ -73,7 +73,7 @@ def test_preview_equals_destructive_and_leaves_weights_untouched():
 
 
 def test_true_channels_lists_true_entries_and_skips_empty_layers():
-    from core.masks import true_channels
+    from core.model.masks import true_channels
 
     flags = {"a": torch.tensor([False, True, True]), "b": torch.zeros(4, dtype=torch.bool)}
     assert true_channels(flags) == {"a": [1, 2]}

@@ -6,13 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core import graph
-from core.architectures import (
-    _meta_template,
-    build_model,
-    detect_architecture,
-    load_detected,
-)
+from core.model import graph
+from core.model.architectures import _meta_template, build_model, load_detected
+from core.model.detect import detect_architecture
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "mobilenet_v3_small", "densenet121"])

@@ -6,9 +6,9 @@ import textwrap
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
 from core.cli import main
 from core.errors import ArchitectureMismatch, BnpError
+from core.io.checkpoint import load_checkpoint
 
 CODE = textwrap.dedent(
     """

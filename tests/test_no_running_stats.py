@@ -4,13 +4,13 @@ import pytest
 import torch
 from torch import nn
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
-from core.data import ImageSet
+from core.data.images import ImageSet
+from core.defense.inspection import Inspection
+from core.defense.scores import clp_scores
 from core.errors import BnpError
-from core.graph import discover_layers, method_availability
-from core.inspection import Inspection
-from core.scores import clp_scores
+from core.io.checkpoint import load_checkpoint
+from core.model.architectures import build_model
+from core.model.graph import discover_layers, method_availability
 
 
 @pytest.fixture

@@ -7,11 +7,11 @@ import pytest
 import torch
 import torchvision
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
 from core.cli import main
 from core.errors import UnsafeCheckpointError
-from core.export import export_model
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model
+from core.model.architectures import build_model
 
 
 def test_mnasnet_state_dict_export_reloads_in_torchvision(tmp_path):
@@ -54,7 +54,7 @@ def test_backdoorbench_file_with_pil_images_names_them(tmp_path):
 
 
 def test_bnp_without_running_statistics_refuses_before_statistics(tmp_path, capsys, monkeypatch):
-    import core.inspection
+    import core.defense.inspection
 
     state = build_model("cifar_resnet20", 10, 3).state_dict()
     state = {
@@ -72,7 +72,7 @@ def test_bnp_without_running_statistics_refuses_before_statistics(tmp_path, caps
     def never(*args, **kwargs):
         raise AssertionError("statistics were computed")
 
-    monkeypatch.setattr(core.inspection.Inspection, "collect", never)
+    monkeypatch.setattr(core.defense.inspection.Inspection, "collect", never)
     code = main(["defend", str(path), "--method", "bnp", "--clean", str(clean)])
     assert code == 2
     assert "BNP cannot run" in capsys.readouterr().err

@@ -1,16 +1,16 @@
 """A file that carries its own module is used as it is: a pickled nn.Module with trust (never
 without), registered or not; a TorchScript archive of an unregistered network converted
-(core.scripted, tested in test_torchscript_scripted.py)."""
+(core.io.scripted, tested in test_torchscript_scripted.py)."""
 
 import pytest
 import torch
 from torch import nn
 
-from core.checkpoint import load_checkpoint
+from core.defense.inspection import Inspection
 from core.errors import ArchitectureMismatch, BnpError, UnsafeCheckpointError
-from core.export import export_model
-from core.inspection import Inspection
-from core.models.cifar_resnet import CifarResNet
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model
+from core.model.nets.cifar_resnet import CifarResNet
 
 
 class TinyCustomNet(nn.Module):
@@ -106,7 +106,7 @@ class DoubledResNet20(CifarResNet):
 
 
 def test_trusted_module_fitting_a_registered_arch_keeps_its_own_forward(tmp_path):
-    from core.architectures import build_model
+    from core.model.architectures import build_model
 
     torch.manual_seed(2)
     registered = build_model("cifar_resnet20", 10, 3).eval()
@@ -148,7 +148,7 @@ def test_trusted_unregistered_module_exported_as_torchscript_reopens_as_it_is(tm
 
 
 def test_torchscript_resnet20_gives_the_registered_layers_and_scores(tmp_path):
-    from core.architectures import build_model
+    from core.model.architectures import build_model
 
     torch.manual_seed(1)
     net = build_model("cifar_resnet20", 10, 3).eval()

@@ -1,4 +1,5 @@
-"""The ASR estimate from a trigger reconstructed out of the suspected samples (core/reconstruct.py).
+"""The ASR estimate from a trigger reconstructed out of the suspected samples
+(core/evidence/reconstruct.py).
 
 The tiny planted models of tests/suspect_models.py: a clean-label attack (the poisoned samples
 are target-class images with the patch, their label unchanged), where the estimate from the
@@ -12,10 +13,10 @@ import pytest
 import torch
 from suspect_models import BLEND, TARGET, TRIGGER, planted
 
-from core.data import ImageSet
-from core.reconstruct import MAX_STAMPED_SETS, locate_trigger, stamp
-from core.suggest import suggest
-from core.suspects import (
+from core.data.images import ImageSet
+from core.evidence.reconstruct import MAX_STAMPED_SETS, locate_trigger, stamp
+from core.evidence.suggest import suggest
+from core.evidence.suspects import (
     SuspectAnalysis,
     analyse_suspects,
     estimate_asr,

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from core.architectures import build_model
-from core.data import ImageSet, InputSpec
-from core.graph import neuron_graph
-from core.masks import PruneMask
-from core.scores import bnp_scores, clp_scores, ep_scores, outlier_flags
-from core.statistics import collect_statistics
+from core.data.images import ImageSet, InputSpec
+from core.defense.scores import bnp_scores, clp_scores, ep_scores, outlier_flags
+from core.defense.statistics import collect_statistics
+from core.model.architectures import build_model
+from core.model.graph import neuron_graph
+from core.model.masks import PruneMask
 
 CORE = (
     "cifar_resnet18",

@@ -1,6 +1,6 @@
-"""Repair beyond pruning on the tiny planted model: the recovery (`core.recovery`) and the search
-that judges candidates on held-out samples (`core.repair_search`), and `bnp defend --auto`
-exporting the repaired model."""
+"""Repair beyond pruning on the tiny planted model: the recovery (`core.evidence.recovery`) and
+the search that judges candidates on held-out samples (`core.evidence.repair_search`), and `bnp
+defend --auto` exporting the repaired model."""
 
 from __future__ import annotations
 
@@ -12,15 +12,15 @@ import pytest
 import torch
 from suspect_models import TARGET, TRIGGER, analysed_planted
 
-from core.checkpoint import load_checkpoint
 from core.cli import main
+from core.defense.evaluation import evaluate
 from core.errors import Cancelled
-from core.evaluation import evaluate
-from core.export import export_model, session_metadata
-from core.masks import PruneMask
-from core.recovery import RecoveryData, _sgd_step, recover
-from core.repair_search import Candidate, _fallback, search_repair
-from core.verdict import FAILS, REPAIRS, UNVERIFIED, Verdict
+from core.evidence.recovery import RecoveryData, _sgd_step, recover
+from core.evidence.repair_search import Candidate, _fallback, search_repair
+from core.evidence.verdict import FAILS, REPAIRS, UNVERIFIED, Verdict
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model, session_metadata
+from core.model.masks import PruneMask
 
 
 @pytest.fixture(autouse=True)
@@ -284,7 +284,7 @@ def test_the_judging_samples_choose_no_neuron(backdoored, monkeypatch):
     """The statistics the suggestion's scores come from are collected on the selection part
     only: BNP's on the selection clean samples, EP's on the training set without the held-out
     suspected samples (issue 17: no sample that selected a configuration also measures it)."""
-    import core.repair_search as rs
+    import core.evidence.repair_search as rs
 
     seen = []
     real = rs.suggest

@@ -1,4 +1,4 @@
-"""core.torch_zip, the in-process reader of plain torch.save zips: it returns what
+"""core.io.torch_zip, the in-process reader of plain torch.save zips: it returns what
 torch.load(weights_only=True) returns, and refuses (NotPlain, one line) anything else without
 importing, calling or crashing; load_checkpoint then reads the file in the child as before."""
 
@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import nn
 
-from core import checkpoint, torch_zip
 from core.errors import BnpError, CheckpointError, UnsafeCheckpointError
-from core.torch_zip import NotPlain
+from core.io import checkpoint, torch_zip
+from core.io.torch_zip import NotPlain
 
 
 def _same(ours, theirs) -> None:

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.graph import NeuronLayer
-from core.scores import (
+from core.defense.scores import (
     bnp_scores,
     clp_scores,
     ep_entropy,
@@ -15,7 +14,8 @@ from core.scores import (
     largest_singular_values,
     outlier_flags,
 )
-from core.statistics import LayerStatistics, Statistics
+from core.defense.statistics import LayerStatistics, Statistics
+from core.model.graph import NeuronLayer
 
 
 def histogram_reference(z: torch.Tensor) -> torch.Tensor:

@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from core.data import ImageSet, InputSpec
+from core.data.images import ImageSet, InputSpec
+from core.defense.statistics import collect_statistics
 from core.errors import Cancelled
-from core.graph import neuron_graph
-from core.statistics import collect_statistics
+from core.model.graph import neuron_graph
 
 
 class TwoLayer(nn.Module):

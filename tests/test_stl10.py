@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import load_images
+from core.data.load import load_images
+from core.data.stl10 import IMAGE_BYTES, STL10_CLASSES, load_stl10, stl10_dir
 from core.errors import DataError
-from core.stl10 import IMAGE_BYTES, STL10_CLASSES, load_stl10, stl10_dir
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -117,8 +117,8 @@ def test_gui_data_roles_open_it(stl):
 
 
 def test_bnp_train_on_stl10(tmp_path, stl):
-    from core.checkpoint import load_checkpoint
-    from core.train import add_arguments, run
+    from core.attack.train import add_arguments, run
+    from core.io.checkpoint import load_checkpoint
 
     torch.set_num_threads(1)
     parser = argparse.ArgumentParser()

@@ -17,9 +17,8 @@ import pytest
 import torch
 from suspect_models import analysed_planted
 
-from core.inspection import build_mask
-from core.masks import PruneMask
-from core.suggest import (
+from core.defense.inspection import build_mask
+from core.evidence.suggest import (
     _best_fallback,
     _cost,
     _Search,
@@ -28,7 +27,8 @@ from core.suggest import (
     suggest,
     upper_bound,
 )
-from core.suspects import AsrEstimate, estimate_asr
+from core.evidence.suspects import AsrEstimate, estimate_asr
+from core.model.masks import PruneMask
 
 
 @pytest.fixture(autouse=True)
@@ -266,14 +266,14 @@ def test_suggestion_is_the_brute_force_choice(backdoored):
 def test_an_uncertain_repair_is_said_to_be_so(backdoored, monkeypatch):
     """Where no estimate is low enough to be sure, the smallest point-estimate repair is
     suggested, and the explanation says it is uncertain; where one is, it says the bound."""
-    import core.suggest
+    import core.evidence.suggest
 
     p, probe, analysis = backdoored
-    monkeypatch.setattr(core.suggest, "upper_bound", lambda percent, n: 100.0)
+    monkeypatch.setattr(core.evidence.suggest, "upper_bound", lambda percent, n: 100.0)
     s = suggest(p.inspection, analysis, p.train, p.clean, probe=probe)
     assert s.repairs and not s.sure and "uncertain" in s.why
     assert s.estimate.percent <= 5 and s.to_dict()["estimated_asr_upper95"] > 0
-    monkeypatch.setattr(core.suggest, "upper_bound", lambda percent, n: 0.0)
+    monkeypatch.setattr(core.evidence.suggest, "upper_bound", lambda percent, n: 0.0)
     sure = suggest(p.inspection, analysis, p.train, p.clean, probe=probe)
     assert sure.repairs and sure.sure and "uncertain" not in sure.why
     assert "95 % upper bound" in sure.why

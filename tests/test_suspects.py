@@ -15,14 +15,15 @@ import pytest
 import torch
 from suspect_models import TARGET, analysed_planted, planted
 
-from core.activation_clusters import split_target_class
 from core.cli import main
-from core.data import ImageSet, load_images, save_images
+from core.data.images import ImageSet, save_images
+from core.data.load import load_images
+from core.defense.statistics import LayerStatistics, Statistics
 from core.errors import BnpError
-from core.repair import check_acc_budget, write_suspects
-from core.statistics import LayerStatistics, Statistics
-from core.suggest import configurations, suggest
-from core.suspects import (
+from core.evidence.activation_clusters import split_target_class
+from core.evidence.repair import check_acc_budget, write_suspects
+from core.evidence.suggest import configurations, suggest
+from core.evidence.suspects import (
     analyse_suspects,
     estimate_asr,
     high_mode,
@@ -394,7 +395,7 @@ def test_cli_rejects_bad_input_with_exit_2(cli_files, capsys):
 
 def test_anchored_mixture_with_every_row_a_seed():
     """Every row seeded and positive (a CLA model's target class): no math domain error."""
-    from core.activation_clusters import anchored_mixture
+    from core.evidence.activation_clusters import anchored_mixture
 
     values = torch.tensor([4.0, 5.0, 6.0, 5.5])
     high = anchored_mixture(values, torch.ones(4, dtype=torch.bool))

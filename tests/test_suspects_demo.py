@@ -111,9 +111,9 @@ def test_auto_prints_its_configuration_in_the_table_and_layers_in_data_flow_orde
 def test_demo_repaired_model_reloads_with_its_numbers(auto_report, test_quarter):
     """The exported file is the repaired model (pruning and any recovery): reopened, it gives
     the ACC/ASR the report measured after the repair, and it says which steps made it."""
-    from core.checkpoint import load_checkpoint
-    from core.data import load_images
-    from core.inspection import Inspection
+    from core.data.load import load_images
+    from core.defense.inspection import Inspection
+    from core.io.checkpoint import load_checkpoint
 
     report, out = auto_report
     reopened = Inspection(load_checkpoint(out / "repaired.pth"), device="cpu")

@@ -1,4 +1,4 @@
-"""A TorchScript archive of an unregistered network is used as it is (core.scripted): its graph
+"""A TorchScript archive of an unregistered network is used as it is (core.io.scripted): its graph
 converted into real Conv/BatchNorm/Linear modules and allowed tensor operations, without
 running the file's code; archives using anything else are refused with the op named."""
 
@@ -10,19 +10,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.checkpoint import load_checkpoint
+from core.defense.inspection import Inspection
 from core.errors import ArchitectureMismatch, CheckpointError, UnsafeCheckpointError
-from core.export import export_model
-from core.inspection import Inspection
-from core.masks import PruneMask
-from core.models.cifar_resnet import CifarResNet, cifar_resnet20
-from core.scripted import (
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model
+from core.io.scripted import (
     Refused,
     build_module,
     convert_file,
     forward_difference,
     script_to_program,
 )
+from core.model.masks import PruneMask
+from core.model.nets.cifar_resnet import CifarResNet, cifar_resnet20
 from tests import corpus_checkpoints as corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.* are deprecated
@@ -267,7 +267,7 @@ class LayerNormed(nn.Module):
 
 
 def test_other_norms_become_modules_listed_as_skipped(tmp_path):
-    from core.graph import discover_layers
+    from core.model.graph import discover_layers
 
     net = LayerNormed().eval()
     original = _save(net, tmp_path / "ln.pt", "script", torch.zeros(1, 3, 16, 16))

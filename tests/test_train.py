@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import load_checkpoint
-from core.data import ImageSet, InputSpec, load_images, save_images
-from core.evaluation import evaluate
-from core.inspection import checkpoint_trigger
-from core.train import add_arguments, attack_description, augment, make_trigger, run, train
-from core.triggers import PatchTrigger, Trigger
+from core.attack.train import add_arguments, attack_description, augment, make_trigger, run, train
+from core.data.images import ImageSet, InputSpec, save_images
+from core.data.load import load_images
+from core.data.triggers import PatchTrigger, Trigger
+from core.defense.evaluation import evaluate
+from core.defense.inspection import checkpoint_trigger
+from core.io.checkpoint import load_checkpoint
 
 DEMO = Path(__file__).resolve().parent.parent / "resources" / "demo"
 DEMO_MODEL = DEMO / "fmnist_resnet20_badnets.pth"

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import ImageSet
-from core.errors import DataError
-from core.triggers import (
+from core.data.images import ImageSet
+from core.data.triggers import (
     BlendTrigger,
     CornerBlendTrigger,
     PatchTrigger,
@@ -19,6 +18,7 @@ from core.triggers import (
     random_patch,
     trigger_from_image,
 )
+from core.errors import DataError
 
 
 def _ramp(c: int = 3, h: int = 4, w: int = 4) -> torch.Tensor:
@@ -167,7 +167,7 @@ def test_poison_rate_labels_and_pixels():
 
 
 def test_random_patch_positions_vary_fit_and_repeat():
-    from core.triggers import RandomPatchTrigger
+    from core.data.triggers import RandomPatchTrigger
 
     patch = torch.ones(1, 2, 2)
     trigger = RandomPatchTrigger(patch, seed=3)
@@ -182,7 +182,7 @@ def test_random_patch_positions_vary_fit_and_repeat():
 
 
 def test_random_patch_roundtrip_and_too_big():
-    from core.triggers import RandomPatchTrigger
+    from core.data.triggers import RandomPatchTrigger
 
     trigger = RandomPatchTrigger(torch.rand(1, 3, 3), seed=7)
     back = Trigger.from_dict(trigger.to_dict())

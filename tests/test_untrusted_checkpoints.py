@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import isolation
-from core.checkpoint import ModelMetadata, load_checkpoint
 from core.cli import main as cli_main
 from core.errors import Cancelled, CheckpointError, UnsafeCheckpointError
+from core.io.checkpoint import load_checkpoint
+from core.io.metadata import ModelMetadata
+from core.safety import isolation
 from tests import corpus_checkpoints as corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")

@@ -19,16 +19,20 @@ import pytest
 import torch
 from torch import nn
 
-import core.data
-import core.export
-from core.checkpoint import load_checkpoint
+import core.data.imagefolder
+import core.data.images
+import core.data.npy
+import core.io.export
 from core.cli import main
-from core.data import ImageSet, InputSpec, image_to_tensor, load_images
+from core.data.imagefolder import image_to_tensor
+from core.data.images import ImageSet, InputSpec
+from core.data.load import load_images
+from core.data.triggers import trigger_from_image
+from core.defense.evaluation import evaluate
+from core.defense.inspection import Inspection, batch_size_for
 from core.errors import BnpError, CheckpointError, DataError, MeaninglessResult
-from core.evaluation import evaluate
-from core.export import export_model, remove_stale_temporaries, write_json
-from core.inspection import Inspection, batch_size_for
-from core.triggers import trigger_from_image
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model, remove_stale_temporaries, write_json
 from tests import corpus_data as corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +90,7 @@ def test_bad_data_on_the_command_line(name, tmp_path, model_path, capsys):
 
 def test_gzip_bomb_refused_before_decompressing(tmp_path, monkeypatch):
     bomb = corpus.gzip_idx_bomb(tmp_path / "bomb", n=40_000, side=28)  # 31 MB of zeros
-    monkeypatch.setattr(core.data, "MAX_DATA_BYTES", 8 << 20)
+    monkeypatch.setattr(core.data.images, "MAX_DATA_BYTES", 8 << 20)
     with pytest.raises(DataError, match=r"would take 0\.0314 GB .* more than the"):
         load_images(bomb)
     # with a limit, only the samples asked for are decompressed, and they fit
@@ -97,7 +101,7 @@ def test_cifar_hash_bomb_is_refused_at_once(tmp_path):
     folder = corpus.cifar_hash_bomb(tmp_path / "cifar")
     assert (folder / "data_batch_1").stat().st_size < 600
     code = (
-        "import sys\nfrom core.data import load_images\nfrom core.errors import DataError\n"
+        "import sys\nfrom core.data.load import load_images\nfrom core.errors import DataError\n"
         f"try:\n    load_images({str(folder)!r})\nexcept DataError as e:\n    print(e)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=600, **_text)
@@ -116,7 +120,7 @@ def test_unreadable_file_is_said_as_such(tmp_path, monkeypatch):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(core.data, "open", deny, raising=False)
+    monkeypatch.setattr(core.data.npy, "open", deny, raising=False)
     with pytest.raises(DataError, match="permission denied reading .*data.npy"):
         load_images(folder)
 
@@ -125,7 +129,7 @@ def test_huge_folder_tree_is_not_walked_to_the_end(tmp_path, monkeypatch):
     for k in range(30):
         (tmp_path / "tree" / f"d{k}").mkdir(parents=True)
         (tmp_path / "tree" / f"d{k}" / "notes.txt").write_text("no images here")
-    monkeypatch.setattr(core.data, "MAX_FOLDER_ENTRIES", 20)
+    monkeypatch.setattr(core.data.imagefolder, "MAX_FOLDER_ENTRIES", 20)
     with pytest.raises(DataError, match="holds more than 20 files and folders"):
         load_images(tmp_path / "tree")
 
@@ -289,7 +293,7 @@ def test_target_outside_the_classes(target, inspection, data, capsys, model_path
 
 
 def test_metadata_target_outside_the_classes(tmp_path, capsys):
-    # refused when the file is read, by the rule every target obeys (core.checks.check_target)
+    # refused when the file is read, by the rule every target obeys (core.data.checks.check_target)
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", target_label=999)
     expected = "The model metadata's target_label: the target label 999 is not one of the model's"
     with pytest.raises(CheckpointError, match=expected):
@@ -370,7 +374,7 @@ def _fill_disk_after(monkeypatch, limit: int):
         fh = real_open(path, mode, *args, **kwargs)
         return Full(fh) if "w" in mode and str(path).endswith(".tmp") else fh
 
-    monkeypatch.setattr(core.export, "open", fake_open, raising=False)
+    monkeypatch.setattr(core.io.export, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize("fmt", ["seed", "state_dict", "safetensors", "json"])
@@ -406,7 +410,7 @@ def test_read_only_folder(inspection, tmp_path, monkeypatch, model_path, capsys)
     def refuse(*args, **kwargs):  # root writes anywhere: simulate the read-only disk
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(core.export.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(core.io.export.tempfile, "mkstemp", refuse)
     args = ["defend", str(model_path), "--method", "clp", "--out", str(folder / "m.pth")]
     assert main(args) == 2
     assert "read-only disk" in _one_line_error(capsys)
@@ -431,7 +435,7 @@ def test_failed_write_removes_its_temporary_file(inspection, tmp_path):
         raise ValueError("a bug in the writer")
 
     with pytest.raises(ValueError):
-        core.export.atomic_write(tmp_path / "x.json", broken)
+        core.io.export.atomic_write(tmp_path / "x.json", broken)
     assert list(tmp_path.iterdir()) == []
 
 

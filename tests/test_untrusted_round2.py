@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from core.cli import main
-from core.data import load_images
+from core.data.load import load_images
 from core.errors import BnpError, DataError
-from core.pickle_guard import NestedSharing, check_sharing
-from core.safety import check_output, confined, printable
+from core.safety.paths import check_output, confined, printable
+from core.safety.pickle_guard import NestedSharing, check_sharing
 from tests import corpus_data as corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,7 +56,7 @@ def test_crash_files_are_refused_in_a_child_process(name, tmp_path):
     make, expected = corpus.CRASH_CASES[name]
     folder = make(tmp_path / "cifar-10-batches-py").parent
     code = (
-        "from core.data import load_images\nfrom core.errors import DataError\n"
+        "from core.data.load import load_images\nfrom core.errors import DataError\n"
         f"try:\n    load_images({str(folder)!r})\nexcept DataError as e:\n    print(e)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=600, **_text)
@@ -116,7 +116,7 @@ def test_a_real_state_dict_pickle_passes_the_structure_check():
 
     import torch
 
-    from core.architectures import build_model
+    from core.model.architectures import build_model
 
     state = build_model("cifar_resnet20", 10, 1).state_dict()
     twice = {"model": state, "ema": state, "history": [state] * 3}
@@ -388,7 +388,7 @@ def test_data_reads_stop_at_the_time_limit(tmp_path):
     with one line (here a limit far below what 300 PNG files take)."""
     from PIL import Image
 
-    from core.limited import read_images
+    from core.data.limited import read_images
 
     for k in range(3):
         (tmp_path / "set" / str(k)).mkdir(parents=True)
@@ -400,14 +400,14 @@ def test_data_reads_stop_at_the_time_limit(tmp_path):
 
 
 def test_isolated_data_read_equals_the_direct_read(tmp_path):
-    from core.limited import read_image, read_images
+    from core.data.limited import read_image, read_images
 
     folder = corpus.npy_folder(tmp_path / "set", n=12, channels=3)
     direct, isolated = load_images(folder), read_images(folder)
     assert torch.equal(direct.images, isolated.images)
     assert torch.equal(direct.labels, isolated.labels)
     assert (direct.source, direct.class_names) == (isolated.source, isolated.class_names)
-    from core.data import image_to_tensor
+    from core.data.imagefolder import image_to_tensor
 
     png = corpus.png16_folder(tmp_path / "png") / "a" / "0.png"
     assert torch.equal(read_image(png), image_to_tensor(png))
@@ -445,7 +445,7 @@ def test_the_same_values_in_metadata_are_refused(meta, expected, tmp_path, capsy
 def test_a_trigger_cut_inside_its_header_names_the_file(tmp_path):
     from PIL import Image
 
-    from core.data import image_to_tensor
+    from core.data.imagefolder import image_to_tensor
 
     whole = tmp_path / "whole.png"
     Image.new("RGB", (8, 8), "red").save(whole)
@@ -464,8 +464,8 @@ def test_devices_that_cannot_run_the_model(device, model_path, capsys):
 
 def test_a_nan_weight_torchscript_export_reopens(tmp_path):
     """Reading it twice gives the same NaN: not 'changed while it was read'."""
-    from core.checkpoint import load_checkpoint
-    from core.export import export_model
+    from core.io.checkpoint import load_checkpoint
+    from core.io.export import export_model
 
     ckpt = load_checkpoint(corpus.nan_weight_checkpoint(tmp_path / "nan.pth"))
     out = export_model(ckpt.model, tmp_path / "nan.pt", fmt="torchscript", metadata=ckpt.metadata)
@@ -477,7 +477,7 @@ def test_exif_orientation_is_applied(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from core.data import read_image_array
+    from core.data.imagefolder import read_image_array
 
     pixels = np.zeros((4, 8), np.uint8)
     pixels[0, 0] = 255
@@ -489,8 +489,8 @@ def test_exif_orientation_is_applied(tmp_path):
 
 
 def test_backdoorbench_num_classes_inf_is_a_notice(tmp_path):
-    from core.architectures import build_model
-    from core.backdoorbench import from_dict
+    from core.io.backdoorbench import from_dict
+    from core.model.architectures import build_model
 
     obj = {"model_name": "preactresnet18", "num_classes": float("inf"), "model": {}}
     obj["model"] = build_model("preactresnet18", 10, 3).state_dict()
@@ -512,7 +512,7 @@ def test_one_pixel_images_get_a_note_on_the_command_line(tmp_path, model_path, c
 
 
 def test_metadata_contradicting_the_weights_is_a_notice(tmp_path):
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", num_classes=100, in_channels=3)
     ckpt = load_checkpoint(path)
@@ -527,7 +527,7 @@ def _reporting_child(n: int):
     """Run in the reader child by the test below: reports each step, each after 0.3 s."""
     import time
 
-    from core.isolation import report_progress
+    from core.safety.isolation import report_progress
 
     for i in range(n):
         time.sleep(0.3)  # past the 0.25 s between reports: each one is sent
@@ -537,7 +537,7 @@ def _reporting_child(n: int):
 
 
 def test_progress_of_the_reader_child_reaches_the_caller():
-    from core.isolation import run_isolated
+    from core.safety.isolation import run_isolated
 
     seen = []
     parsed = run_isolated(
@@ -552,7 +552,7 @@ def test_progress_of_the_reader_child_reaches_the_caller():
 def test_an_image_folder_reports_every_file(tmp_path, monkeypatch):
     from PIL import Image
 
-    from core import isolation
+    from core.safety import isolation
 
     for k in range(2):
         (tmp_path / "set" / str(k)).mkdir(parents=True)

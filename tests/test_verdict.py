@@ -1,12 +1,12 @@
-"""Held-out verdicts (`core.verdict`): the bounds, the three verdicts on small synthetic cases,
-and a split whose selecting and judging parts never share a sample."""
+"""Held-out verdicts (`core.evidence.verdict`): the bounds, the three verdicts on small synthetic
+cases, and a split whose selecting and judging parts never share a sample."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from core.verdict import (
+from core.evidence.verdict import (
     FAILS,
     REPAIRS,
     UNVERIFIED,

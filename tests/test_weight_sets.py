@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from core.architectures import build_model
-from core.checkpoint import load_checkpoint
 from core.cli import main
 from core.errors import CheckpointError
+from core.io.checkpoint import load_checkpoint
+from core.model.architectures import build_model
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core.architectures import ARCHITECTURES, build_model
-from core.backdoorbench import ARCHITECTURE as BACKDOORBENCH
-from core.checkpoint import load_checkpoint
-from core.evaluation import predict
-from core.export import export_model, session_metadata
-from core.graph import discover_layers, method_availability
-from core.inspection import Inspection
+from core.defense.evaluation import predict
+from core.defense.inspection import Inspection
+from core.io.backdoorbench import ARCHITECTURE as BACKDOORBENCH
+from core.io.checkpoint import load_checkpoint
+from core.io.export import export_model, session_metadata
+from core.model.architectures import ARCHITECTURES, build_model
+from core.model.graph import discover_layers, method_availability
 
 # BackdoorBench's model names, checked through a file in its attack_result.pt layout
 BACKDOORBENCH_NAMES = (
@@ -106,7 +106,7 @@ def check_model(
         spec_now, model_now, meta = inspection.spec, inspection.model, session_metadata(inspection)
     else:
         mask = None
-        from core.data import InputSpec
+        from core.data.images import InputSpec
 
         m = ckpt.metadata
         spec_now, model_now, meta = InputSpec(3, (size, size), m.mean, m.std), ckpt.model, m

@@ -33,8 +33,8 @@ WEIGHTS = (("The model's weights (default)", None), ("The EMA copy, where the fi
 
 def architecture_names() -> list[tuple[str, str]]:
     """(label, name) of every architecture the engine can build: registered ones first."""
-    from core import library_models
-    from core.architectures import ARCHITECTURES, HAND_REGISTERED
+    from core.model import library_models
+    from core.model.architectures import ARCHITECTURES, HAND_REGISTERED
 
     names = [(f"{n} ({ARCHITECTURES[n].family})", n) for n in HAND_REGISTERED]
     for library in library_models.LIBRARIES:

@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 if TYPE_CHECKING:
-    from core.data import InputSpec
+    from core.data.images import InputSpec
 
 
 def _parse_floats(text: str) -> tuple[float, ...] | None:

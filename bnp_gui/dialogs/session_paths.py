@@ -5,7 +5,7 @@ from __future__ import annotations
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QMessageBox, QWidget
 
-from core.safety import printable
+from core.safety.paths import printable
 
 
 def confirm_outside(parent: QWidget, session: str, paths: list[str]) -> bool:

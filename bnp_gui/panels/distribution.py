@@ -16,7 +16,7 @@ from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 from bnp_gui.neuron_grid import k_from_value, threshold_value
 from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.session import DIRECTION, K_MAX, K_MIN, Session
-from core.methods import METHOD_NAMES
+from core.model.methods import METHOD_NAMES
 
 if TYPE_CHECKING:  # torch is imported where it is used, once the engine has loaded
     import torch

@@ -52,7 +52,7 @@ def pick_examples(session, n: int = N_EXAMPLES) -> tuple[torch.Tensor, torch.Ten
 
 def compute_examples(inspection, images, labels, trigger, mask) -> list[Example]:
     """Predictions of the unpruned and the masked model on the triggered images (engine)."""
-    from core.evaluation import predict
+    from core.defense.evaluation import predict
 
     spec = inspection.spec
     shown = spec.conform(images)

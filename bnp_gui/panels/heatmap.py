@@ -28,8 +28,8 @@ from PySide6.QtWidgets import (
 from bnp_gui.neuron_grid import NeuronGrid, build_grid
 from bnp_gui.panels.plot_style import style_axis, style_plot
 from bnp_gui.session import DIRECTION, Session
-from core.masks import true_channels
-from core.methods import METHOD_NAMES, METHODS
+from core.model.masks import true_channels
+from core.model.methods import METHOD_NAMES, METHODS
 
 # colour = how suspicious a neuron is, as a z-score oriented so that high = suspicious
 Z_LEVELS = (-2.0, 6.0)

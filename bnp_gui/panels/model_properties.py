@@ -14,8 +14,8 @@ from PySide6.QtWidgets import QFormLayout, QLabel, QVBoxLayout, QWidget
 from bnp_gui.class_names import class_names, label_text
 from bnp_gui.image_util import tensor_pixmap
 from bnp_gui.session import Session
-from core.methods import METHOD_NAMES
-from core.safety import printable
+from core.model.methods import METHOD_NAMES
+from core.safety.paths import printable
 
 
 def escape(text: object) -> str:
@@ -140,7 +140,7 @@ class ModelPropertiesPanel(QWidget):
         inspection = self.session.inspection
         found = inspection.discovery
         lines = []
-        from core.graph import method_availability
+        from core.model.graph import method_availability
 
         for method, (applies, why) in method_availability(inspection.model, found).items():
             verdict = "applies" if applies else "<b>cannot apply</b>"

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
 )
 
 from bnp_gui.session import Session
-from core.methods import METHOD_NAMES, METHODS
+from core.model.methods import METHOD_NAMES, METHODS
 
 COLUMNS = (
     "layer",

@@ -14,7 +14,7 @@ from bnp_gui.class_names import class_names, label_text
 from bnp_gui.panels.plot_style import style_plot
 from bnp_gui.report import plural
 from bnp_gui.session import CURVE_KS, CURVE_SUBSET, Session
-from core.methods import METHOD_NAMES
+from core.model.methods import METHOD_NAMES
 
 ACC_COLOUR = (40, 150, 70)
 ASR_COLOUR = (220, 60, 50)
@@ -273,6 +273,6 @@ def _escape(text: object) -> str:
     """A file's string in the rich-text status: control characters written out, HTML escaped."""
     import html
 
-    from core.safety import printable
+    from core.safety.paths import printable
 
     return html.escape(printable(text))

@@ -1,7 +1,7 @@
 """The Repair step: the least change that holds on held-out samples, applied and undone.
 
-Runs `core.repair_search.search_repair` (pruning, pruning + recovery, recovery alone, each judged
-on samples that did not choose it) on the session's worker lane "repair", with progress and
+Runs `core.evidence.repair_search.search_repair` (pruning, pruning + recovery, recovery alone, each
+judged on samples that did not choose it) on the session's worker lane "repair", with progress and
 cancel; shows the verdict, the held-out accuracy and estimated ASR before and after with their
 intervals and the steps. *Apply* writes the repaired weights into the session's model (on the
 engine's lane, never while another job uses it) and sets the thresholds to the pruning it chose;
@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from core.methods import METHODS
+from core.model.methods import METHODS
 
 
 class RepairPanel(QWidget):
@@ -36,7 +36,7 @@ class RepairPanel(QWidget):
     def __init__(self, session, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
-        self.outcome = None  # core.repair_search.RepairOutcome
+        self.outcome = None  # core.evidence.repair_search.RepairOutcome
         self.analysis = None  # the suspect analysis the outcome was found from
         self.original = None  # (inspection, state_dict, thresholds, enabled, combine) for undo
         self.repair_button = QPushButton("Repair")
@@ -90,7 +90,7 @@ class RepairPanel(QWidget):
         budget, recovery = state.acc_budget, self.recovery.isChecked()
 
         def run(job):
-            from core.repair_search import search_repair
+            from core.evidence.repair_search import search_repair
 
             return search_repair(
                 inspection, analysis, train, clean, probe=probe, acc_budget=budget,

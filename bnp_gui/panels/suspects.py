@@ -304,7 +304,7 @@ class SuspectsPanel(QWidget):
         if state.analysis is None:
             return
         from core.errors import BnpError
-        from core.repair import write_suspects
+        from core.evidence.repair import write_suspects
 
         train = state.train
         try:

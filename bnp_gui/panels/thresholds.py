@@ -24,7 +24,7 @@ from PySide6.QtWidgets import (
 )
 
 from bnp_gui.session import K_MAX, K_MIN, Session
-from core.methods import METHOD_NAMES, METHODS
+from core.model.methods import METHOD_NAMES, METHODS
 
 K_STEPS_PER_UNIT = 20  # slider: 0.05 steps over the session's [K_MIN, K_MAX]
 

@@ -101,9 +101,9 @@ def tiny_model(tmp_path_factory):
     """A CIFAR ResNet-20 on 1×16×16 inputs with a BadNets patch, untrained, in the seed format,
     plus small clean / poisoned-train / test folders of random images (no backdoor: the window
     without evidence). 16×16, not the demo's 28×28: a third of the forward passes' cost."""
-    from core.architectures import build_model
-    from core.checkpoint import ModelMetadata
-    from core.train import make_trigger, save_checkpoint
+    from core.attack.train import make_trigger, save_checkpoint
+    from core.io.metadata import ModelMetadata
+    from core.model.architectures import build_model
 
     root = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)

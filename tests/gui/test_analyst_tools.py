@@ -328,7 +328,7 @@ def test_mnemonics_are_unique_in_the_main_window(window):
 def test_wording(qtbot, window, tiny_model):
     from bnp_gui.report import plural
     from bnp_gui.trigger_source import TriggerSource, resolve_trigger
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     assert plural(1, "neuron") == "1 neuron" and plural(2, "neuron") == "2 neurons"
     ckpt = load_checkpoint(tiny_model[0])

@@ -112,7 +112,7 @@ def test_unsafe_checkpoint_asks_then_loads(qtbot, window, tiny_model, tmp_path, 
 
 
 def unsafe_checkpoint(tiny_model, folder) -> str:
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     path = folder / "unsafe.pth"
     # an argparse.Namespace is not on torch's weights_only allow-list: loading needs trust

@@ -24,14 +24,14 @@ def _suggestion(
     reason="Repairs: because the bounds say so.",
     judged=None,
 ):
-    """A held-out suggestion (`core.held_out_suggest`) of `methods`, its verdict "repairs", its
-    mask `judged` (default: what the session's scores flag at those thresholds)."""
+    """A held-out suggestion (`core.evidence.held_out_suggest`) of `methods`, its verdict
+    "repairs", its mask `judged` (default: what the session's scores flag at those thresholds)."""
 
-    from core.held_out_suggest import HeldOutSuggestion
-    from core.repair_search import RepairOutcome
-    from core.suggest import Suggestion
-    from core.suspects import AsrEstimate
-    from core.verdict import REPAIRS, Verdict
+    from core.evidence.held_out_suggest import HeldOutSuggestion
+    from core.evidence.repair_search import RepairOutcome
+    from core.evidence.suggest import Suggestion
+    from core.evidence.suspects import AsrEstimate
+    from core.evidence.verdict import REPAIRS, Verdict
 
     estimate = AsrEstimate(2.0, 120, 0.5, 6.0, target=0)
     chosen = Suggestion(methods, combine, 7, 90.0, 89.0, estimate, True, "in-sample")
@@ -82,7 +82,7 @@ def _no_evidence(reason="No backdoor evidence: the suspect scores form no separa
 
 
 def _measured(session, asr: float) -> None:
-    from core.evaluation import Metrics
+    from core.defense.evaluation import Metrics
 
     before = Metrics(acc=90.0, asr=asr, n_clean=100, n_poison=90)
     session.baseline[None] = before

@@ -13,7 +13,7 @@ from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 from bnp_gui.data_roles import DataRoles
 from bnp_gui.report import CURVE_PNG, HEATMAP_PNG, REPORT_JSON, sha256_file
 from bnp_gui.session import CURVE_KS
-from core.data import load_images
+from core.data.load import load_images
 
 DEFEND_KEYS = ("method", "threshold", "flagged", "pruned", "scores")
 METRIC_KEYS = ("acc_before", "asr_before", "acc_after", "asr_after")
@@ -21,8 +21,8 @@ METRIC_KEYS = ("acc_before", "asr_before", "acc_after", "asr_after")
 
 def fresh_metrics(model_file: str, test_dir: str):
     """ACC/ASR of a checkpoint file on the full test set, measured from scratch."""
-    from core.checkpoint import load_checkpoint
-    from core.inspection import Inspection
+    from core.defense.inspection import Inspection
+    from core.io.checkpoint import load_checkpoint
 
     inspection = Inspection(load_checkpoint(model_file), device="cpu")
     return inspection.evaluate(load_images(test_dir))

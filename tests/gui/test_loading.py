@@ -37,10 +37,10 @@ class EndlessLoader:
 @pytest.fixture
 def endless(monkeypatch):
     loader = EndlessLoader()
-    from core import checkpoint
+    from core.io import checkpoint
 
     loader.real = checkpoint.load_checkpoint
-    monkeypatch.setattr("core.checkpoint.load_checkpoint", loader)
+    monkeypatch.setattr("core.io.checkpoint.load_checkpoint", loader)
     return loader
 
 
@@ -78,7 +78,7 @@ def test_cancel_stops_a_load_and_the_window_keeps_working(
     assert "cancelled" in window.statusBar().currentMessage().lower()
     assert window.banner.text() == ""  # cancelling is not an error
     # ... and forgotten with it; the window opens the next checkpoint as usual
-    monkeypatch.setattr("core.checkpoint.load_checkpoint", endless.real)
+    monkeypatch.setattr("core.io.checkpoint.load_checkpoint", endless.real)
     open_model(qtbot, window, tiny_model[0])
     qtbot.wait(200)
     assert s.inspection is not None and not s.is_busy("collect")

@@ -10,11 +10,13 @@ from gui_helpers import LONG, analysed
 
 
 def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
-    import core.repair_search
-    from core.recovery import recover
+    import core.evidence.repair_search
+    from core.evidence.recovery import recover
 
     # one epoch per recovery: what is checked here is the window's flow, not the recovery
-    monkeypatch.setattr(core.repair_search, "recover", functools.partial(recover, epochs=1))
+    monkeypatch.setattr(
+        core.evidence.repair_search, "recover", functools.partial(recover, epochs=1)
+    )
     s = analysed(qtbot, window, demo, suspects=True)
     panel = window.repair
     assert panel.repair_button.isEnabled() and not panel.apply_button.isEnabled()

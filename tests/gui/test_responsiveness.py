@@ -15,13 +15,13 @@ from PySide6.QtCore import QTimer
 
 # Engine work: none of it may run on the GUI thread. Names as the session's jobs reach them.
 ENGINE_FUNCTIONS = (
-    ("core.checkpoint", "load_checkpoint"),
-    ("core.inspection", "discover_layers"),
-    ("core.inspection", "clp_scores"),
-    ("core.inspection", "collect_statistics"),
-    ("core.inspection", "bnp_scores"),
-    ("core.inspection", "ep_scores"),
-    ("core.inspection", "evaluate"),
+    ("core.io.checkpoint", "load_checkpoint"),
+    ("core.defense.inspection", "discover_layers"),
+    ("core.defense.inspection", "clp_scores"),
+    ("core.defense.inspection", "collect_statistics"),
+    ("core.defense.inspection", "bnp_scores"),
+    ("core.defense.inspection", "ep_scores"),
+    ("core.defense.inspection", "evaluate"),
 )
 
 

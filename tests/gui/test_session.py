@@ -6,7 +6,7 @@ import torch
 from gui_helpers import LONG, analyze, open_data, open_model, wait_full_preview
 from PySide6.QtCore import Qt
 
-from core.inspection import build_mask
+from core.defense.inspection import build_mask
 
 
 def test_cached_mask_equals_engine_mask(qtbot, window, tiny_model):

@@ -15,9 +15,9 @@ from gui_helpers import LONG, open_data, open_model, wait_full_preview
 @pytest.fixture(scope="module")
 def second_model(tiny_model, tmp_path_factory):
     """The tiny model with other BatchNorm statistics: other BNP scores, other flags."""
-    from core.checkpoint import load_checkpoint
-    from core.inspection import checkpoint_trigger
-    from core.train import save_checkpoint
+    from core.attack.train import save_checkpoint
+    from core.defense.inspection import checkpoint_trigger
+    from core.io.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_model[0])
     generator = torch.Generator().manual_seed(1)
@@ -91,7 +91,7 @@ def test_loading_never_breaks_forward_passes_of_other_workers(
     monkeypatch.setattr(torch.fx.Tracer, "call_module", slow_call_module)
     # a second model of the same build reuses the first one's trace; a new architecture is
     # traced while it loads, the race this test is about: trace every model here
-    monkeypatch.setattr("core.graph._build_key", lambda model: None)
+    monkeypatch.setattr("core.model.graph._build_key", lambda model: None)
     monkeypatch.setattr(type(s.inspection), "evaluate", noted_evaluate)
     errors = []
     s.message.connect(lambda level, text: errors.append(text) if level == "error" else None)

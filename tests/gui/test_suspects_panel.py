@@ -9,7 +9,7 @@ from gui_helpers import LONG, analysed
 from PySide6.QtCore import Qt
 
 from bnp_gui.panels.suspects import THUMB
-from core.inspection import METHODS
+from core.defense.inspection import METHODS
 
 
 def _analysed(qtbot, window, demo):
@@ -136,8 +136,8 @@ def test_suggest_never_claims_a_repair_the_held_out_samples_do_not_show(qtbot, w
     """Issue 17's false "repaired": the planted stand-in's suggestion repairs by its own samples'
     estimate, but its 48 held-out clean samples cannot bound the ASR below 5 %: the window says
     so and claims nothing more (a user-supplied model: the same rule, whatever its verdict)."""
-    from core.suggest import suggest
-    from core.verdict import REPAIRS, lowest_bound
+    from core.evidence.suggest import suggest
+    from core.evidence.verdict import REPAIRS, lowest_bound
 
     s = _analysed(qtbot, window, demo)
     state = s.suspects

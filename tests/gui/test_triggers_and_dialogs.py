@@ -39,7 +39,7 @@ def test_trigger_image_and_poisoned_folder(qtbot, window, tiny_model, tmp_path):
     assert patched.before.asr is not None and patched.before.n_poison > 0
 
     # a folder of already-poisoned samples: the test images with the checkpoint's trigger
-    from core.data import load_images
+    from core.data.load import load_images
 
     test = load_images(roles.test)
     x = s.inspection.trigger.apply(test.images.float() / 255)
@@ -57,7 +57,7 @@ def test_trigger_image_and_poisoned_folder(qtbot, window, tiny_model, tmp_path):
 
 
 def test_architecture_chooser_on_mismatch(qtbot, window, tiny_model, tmp_path, monkeypatch):
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     state = dict(load_checkpoint(tiny_model[0]).state_dict)
     state.pop("linear.bias")
@@ -91,7 +91,7 @@ def test_open_data_dialog_fills_roles(qtbot, tiny_model):
 def test_four_corner_placement_builds_the_clean_label_trigger(qtbot, tmp_path):
     from bnp_gui.dialogs.trigger import TriggerWidget
     from bnp_gui.trigger_source import resolve_trigger
-    from core.triggers import FourCornerTrigger
+    from core.data.triggers import FourCornerTrigger
 
     image = QImage(3, 3, QImage.Format_RGB32)
     image.fill(QColor("white"))

@@ -12,7 +12,7 @@ from PySide6.QtCore import QSettings
 
 from bnp_gui.neuron_grid import threshold_value
 from bnp_gui.session import K_MAX, K_MIN
-from core.inspection import method_flags
+from core.defense.inspection import method_flags
 
 
 def test_dragging_the_line_past_the_range_applies_the_k_shown(qtbot, window, tiny_model):
@@ -88,9 +88,9 @@ def test_junk_in_the_settings_file_never_stops_the_window(qtbot, saved, applied)
 def zero_variance_model(tmp_path_factory):
     """A ResNet-20 whose first block's BatchNorm has running variance 0 in every channel but
     one (CLP divides by it) and a negative one in that channel."""
-    from core.architectures import build_model
-    from core.checkpoint import ModelMetadata
-    from core.train import save_checkpoint
+    from core.attack.train import save_checkpoint
+    from core.io.metadata import ModelMetadata
+    from core.model.architectures import build_model
 
     torch.manual_seed(0)
     model = build_model("cifar_resnet20", 10, 1).eval()

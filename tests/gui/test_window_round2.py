@@ -87,9 +87,9 @@ def test_a_new_model_stops_the_old_analysis_and_says_so(qtbot, window, tiny_mode
 
 
 def test_a_model_with_nan_weights_warns_when_it_opens(qtbot, window, tiny_model, tmp_path):
-    from core.checkpoint import load_checkpoint
-    from core.inspection import checkpoint_trigger
-    from core.train import save_checkpoint
+    from core.attack.train import save_checkpoint
+    from core.defense.inspection import checkpoint_trigger
+    from core.io.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(tiny_model[0])
     with torch.no_grad():
@@ -134,7 +134,7 @@ def test_closing_a_path_becomes_a_line_to_its_start():
 def test_a_file_read_but_not_opened_restarts_what_it_stopped(
     qtbot, window, tiny_model, monkeypatch
 ):
-    import core.inspection
+    import core.defense.inspection
     from core.errors import BnpError
 
     checkpoint, roles = tiny_model
@@ -148,7 +148,7 @@ def test_a_file_read_but_not_opened_restarts_what_it_stopped(
         def __init__(self, ckpt):
             raise BnpError("no BatchNorm layer to inspect")
 
-    monkeypatch.setattr(core.inspection, "Inspection", Unusable)
+    monkeypatch.setattr(core.defense.inspection, "Inspection", Unusable)
     s.runner.engine_lock.acquire()  # the preview waits; the file is read meanwhile
     try:
         s.set_enabled("clp", True)

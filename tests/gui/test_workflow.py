@@ -105,7 +105,7 @@ def test_demo_mode_opens_and_analyses(qtbot, window, real_demo_test_quarter):
 
 @pytest.mark.parametrize("fmt", ["safetensors", "state_dict"])
 def test_export_formats_reload(qtbot, window, tiny_model, tmp_path, fmt):
-    from core.checkpoint import load_checkpoint
+    from core.io.checkpoint import load_checkpoint
 
     checkpoint, roles = tiny_model
     s = window.session
