@@ -105,7 +105,7 @@ def test_works_where_no_compiled_code_can_be_cached(tmp_path):
     import sys
 
     code = (
-        "import torch; from core import eigen; "
+        "import torch; from core.defense import eigen; "
         "print(eigen.largest_eigenvalues(torch.eye(3)[None] * 2).item(), "
         "type(eigen._largest_eigenvalues._cache).__name__)"
     )
