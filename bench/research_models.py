@@ -226,7 +226,7 @@ def toolbox_wideresnet() -> nn.Module:
     return _WideResNet(16, 1)
 
 
-# ---- BackdoorBox: core/model/nets/resnet.py (CIFAR ResNet-50, kuangliu's layout) ----------------
+# ---- BackdoorBox: core/models/resnet.py (CIFAR ResNet-50, kuangliu's layout) ----------------
 
 
 class _Bottleneck4(nn.Module):
