@@ -25,3 +25,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """A healthy 1-channel ResNet-20 for 8×8 inputs, target 0 (the untrusted-input tests)."""
+    from tests import corpus_data
+
+    folder = tmp_path_factory.mktemp("models")
+    return corpus_data.metadata_checkpoint(folder / "good.pth", target_label=0)
+
+
+def one_line_error(capsys) -> str:
+    """The one `bnp: error:` line a failed command printed (no traceback, no second line)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("bnp: error:")]
+    assert len(lines) == 1, err
+    return lines[0]

@@ -34,24 +34,10 @@ from core.errors import BnpError, CheckpointError, DataError, MeaninglessResult
 from core.io.checkpoint import load_checkpoint
 from core.io.export import export_model, remove_stale_temporaries, write_json
 from tests import corpus_data as corpus
+from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "resources" / "demo"
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("bnp: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A healthy 1-channel ResNet-20 for 8×8 inputs, target 0."""
-    folder = tmp_path_factory.mktemp("models")
-    return corpus.metadata_checkpoint(folder / "good.pth", target_label=0)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +69,7 @@ def test_bad_data_on_the_command_line(name, tmp_path, model_path, capsys):
     path = make(tmp_path / "case")
     code = main(["defend", str(model_path), "--method", "bnp", "--clean", str(path)])
     assert code == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert line.startswith("bnp: error: clean data")
     assert re.search(expected, line), line
 
@@ -155,13 +141,13 @@ def test_png_bomb_as_trigger(tmp_path, model_path, data, capsys):
         trigger_from_image(bomb)
     args = ["defend", str(model_path), "--method", "clp", "--test", str(data)]
     assert main([*args, "--trigger", str(bomb)]) == 2
-    assert "6000×6000 pixels" in _one_line_error(capsys)
+    assert "6000×6000 pixels" in one_line_error(capsys)
 
 
 def test_several_data_sets_say_which_folder(capsys, model_path):
     code = main(["defend", str(model_path), "--method", "bnp", "--clean", str(DEMO)])
     assert code == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert "split=" not in line
     assert "clean/" in line and str(DEMO / "clean") in line
 
@@ -208,7 +194,7 @@ IN_RANGE = r"; it must lie in 1\.\.1024\."
 def test_bad_input_spec_on_the_command_line(tmp_path, capsys, meta, args, expected):
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", **meta)
     assert main(["defend", str(path), "--method", "clp", *args]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert re.search(expected, line), line
 
 
@@ -256,7 +242,7 @@ def test_broken_model_on_the_command_line(tmp_path, data, capsys):
     assert "bnp: warning: the weights hold NaN" in err
     assert "NaN" in json.loads(report.read_text())["warnings"][0]
     assert main(["defend", str(path), "--method", "clp", "--test", str(data)]) == 2
-    assert "NaN or infinite on all" in _one_line_error(capsys)
+    assert "NaN or infinite on all" in one_line_error(capsys)
 
 
 class _NanOnBright(nn.Module):
@@ -289,7 +275,7 @@ def test_target_outside_the_classes(target, inspection, data, capsys, model_path
         evaluate(inspection.model, test, inspection.spec, trigger=inspection.trigger, target=target)
     args = ["defend", str(model_path), "--method", "clp", "--test", str(data)]
     assert main([*args, "--target", str(target)]) == 2
-    assert "not one of the model's 10 classes" in _one_line_error(capsys)
+    assert "not one of the model's 10 classes" in one_line_error(capsys)
 
 
 def test_metadata_target_outside_the_classes(tmp_path, capsys):
@@ -299,7 +285,7 @@ def test_metadata_target_outside_the_classes(tmp_path, capsys):
     with pytest.raises(CheckpointError, match=expected):
         load_checkpoint(path)
     assert main(["defend", str(path), "--method", "clp"]) == 2
-    assert expected in _one_line_error(capsys)
+    assert expected in one_line_error(capsys)
 
 
 def test_labels_beyond_the_classes(inspection, tmp_path, model_path, capsys):
@@ -307,7 +293,7 @@ def test_labels_beyond_the_classes(inspection, tmp_path, model_path, capsys):
     with pytest.raises(DataError, match="4 of 24 test labels are ≥ 10 \\(up to 12\\)"):
         inspection.evaluate(load_images(folder))
     assert main(["defend", str(model_path), "--method", "clp", "--test", str(folder)]) == 2
-    assert "labels are ≥ 10" in _one_line_error(capsys)
+    assert "labels are ≥ 10" in one_line_error(capsys)
 
 
 @pytest.mark.parametrize("k", ["-inf", "nan", "inf"])
@@ -315,7 +301,7 @@ def test_thresholds_must_be_finite(k, inspection, model_path, capsys):
     with pytest.raises(BnpError, match="finite number"):
         inspection.mask({"clp": float(k)})
     assert main(["defend", str(model_path), "--method", "clp", f"-k={k}"]) == 2
-    assert "finite number" in _one_line_error(capsys)
+    assert "finite number" in one_line_error(capsys)
 
 
 def test_empty_set_is_not_collect_first(inspection):
@@ -331,7 +317,7 @@ def test_out_and_report_may_not_be_one_file(model_path, tmp_path, capsys):
     same = tmp_path / "x.pth"
     args = ["defend", str(model_path), "--method", "clp"]
     assert main([*args, "--out", str(same), "--report", str(same)]) == 2
-    assert "both name" in _one_line_error(capsys)
+    assert "both name" in one_line_error(capsys)
     assert not same.exists()
 
 
@@ -394,7 +380,7 @@ def test_full_disk_on_the_command_line(model_path, tmp_path, monkeypatch, capsys
     _fill_disk_after(monkeypatch, 50_000)
     out = tmp_path / "pruned.pth"
     assert main(["defend", str(model_path), "--method", "clp", "--out", str(out)]) == 2
-    assert _one_line_error(capsys).startswith("bnp: error: disk full")
+    assert one_line_error(capsys).startswith("bnp: error: disk full")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -413,7 +399,7 @@ def test_read_only_folder(inspection, tmp_path, monkeypatch, model_path, capsys)
     monkeypatch.setattr(core.io.export.tempfile, "mkstemp", refuse)
     args = ["defend", str(model_path), "--method", "clp", "--out", str(folder / "m.pth")]
     assert main(args) == 2
-    assert "read-only disk" in _one_line_error(capsys)
+    assert "read-only disk" in one_line_error(capsys)
 
 
 def test_stale_temporary_files_are_removed(inspection, tmp_path):

@@ -22,24 +22,10 @@ from core.errors import BnpError, DataError
 from core.safety.paths import check_output, confined, printable
 from core.safety.pickle_guard import NestedSharing, check_sharing
 from tests import corpus_data as corpus
+from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 _text = dict(capture_output=True, text=True)
-
-
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.startswith("bnp: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """A healthy 1-channel ResNet-20 for 8×8 inputs, target 0."""
-    folder = tmp_path_factory.mktemp("models")
-    return corpus.metadata_checkpoint(folder / "good.pth", target_label=0)
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +128,7 @@ def test_report_never_replaces_a_fifo_or_a_symlink(tmp_path, model_path, data, c
     link.symlink_to(target)
     for out, kind in ((fifo, "a FIFO"), (link, "a symbolic link")):
         assert main(_defend(model_path, data, "--report", str(out))) == 2
-        line = _one_line_error(capsys)
+        line = one_line_error(capsys)
         assert f"it is {kind}" in line and "refusing to write" in line, line
     assert fifo.is_fifo() and link.is_symlink() and target.read_text() == "{}"
 
@@ -161,7 +147,7 @@ def test_a_state_dict_sidecar_never_replaces_the_input(tmp_path, model_path, dat
     out = tmp_path / "model.pth"
     args = ["--out", str(out), "--format", "state_dict"]
     assert main(_defend(source, data, *args)) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert "metadata sidecar" in line and "this run reads that file" in line, line
     assert source.read_bytes() == before and not out.exists()  # nothing written at all
 
@@ -171,7 +157,7 @@ def test_outputs_never_replace_the_data_the_run_reads(option, tmp_path, model_pa
     data = corpus.npy_folder(tmp_path / "clean", n=24)
     labels = (data / "labels.npy").read_bytes()
     assert main(_defend(model_path, data, option, str(data / "labels.npy"))) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert "inside the folder" in line and "which this run reads" in line, line
     assert (data / "labels.npy").read_bytes() == labels
 
@@ -184,7 +170,7 @@ def test_the_trigger_is_not_an_output(tmp_path, model_path, data, capsys):
     before = trigger.read_bytes()
     extra = ["--test", str(data), "--trigger", str(trigger), "--report", str(trigger)]
     assert main(_defend(model_path, data, *extra)) == 2
-    assert "this run reads that file" in _one_line_error(capsys)
+    assert "this run reads that file" in one_line_error(capsys)
     assert trigger.read_bytes() == before
 
 
@@ -372,14 +358,14 @@ def test_a_fifo_as_trigger_is_refused_at_once(tmp_path, model_path, data, capsys
     os.mkfifo(fifo)  # opening it would block until someone writes to it
     extra = ["--test", str(data), "--trigger", str(fifo)]
     assert main(["defend", str(model_path), "--method", "clp", *extra]) == 2
-    assert "is a FIFO (named pipe), not a file: refused" in _one_line_error(capsys)
+    assert "is a FIFO (named pipe), not a file: refused" in one_line_error(capsys)
 
 
 def test_a_fifo_as_data_is_refused_at_once(tmp_path, model_path, capsys):
     fifo = tmp_path / "data.npy"
     os.mkfifo(fifo)
     assert main(["defend", str(model_path), "--method", "bnp", "--clean", str(fifo)]) == 2
-    line = _one_line_error(capsys)
+    line = one_line_error(capsys)
     assert line.startswith("bnp: error: clean data") and "is a FIFO" in line, line
 
 
@@ -427,7 +413,7 @@ def test_isolated_data_read_equals_the_direct_read(tmp_path):
 )
 def test_overrides_are_checked_like_metadata(args, expected, tmp_path, model_path, capsys):
     assert main(["info", str(model_path), *args]) == 2
-    assert re.search(expected, _one_line_error(capsys))
+    assert re.search(expected, one_line_error(capsys))
 
 
 @pytest.mark.parametrize(
@@ -436,7 +422,7 @@ def test_overrides_are_checked_like_metadata(args, expected, tmp_path, model_pat
 def test_the_same_values_in_metadata_are_refused(meta, expected, tmp_path, capsys):
     path = corpus.metadata_checkpoint(tmp_path / "m.pth", **meta)
     assert main(["info", str(path)]) == 2
-    assert re.search(expected, _one_line_error(capsys))
+    assert re.search(expected, one_line_error(capsys))
 
 
 # ---- 8. the smaller ones -------------------------------------------------------------------
@@ -459,7 +445,7 @@ def test_a_trigger_cut_inside_its_header_names_the_file(tmp_path):
 @pytest.mark.parametrize("device", ["meta", "xla"])
 def test_devices_that_cannot_run_the_model(device, model_path, capsys):
     assert main(["defend", str(model_path), "--method", "clp", "--device", device]) == 2
-    assert f"Device '{device}' cannot run the model here" in _one_line_error(capsys)
+    assert f"Device '{device}' cannot run the model here" in one_line_error(capsys)
 
 
 def test_a_nan_weight_torchscript_export_reopens(tmp_path):
