@@ -185,6 +185,18 @@ def _data_start(entry: zipfile.ZipInfo, mapped: mmap.mmap, size: int) -> int:
     return at + 30 + name_len + extra_len
 
 
+def _sized(data, pos: int, n: int, width: int) -> tuple[Any, int]:
+    """A length-prefixed run of a pickle (the length little-endian in `width` bytes: 1, 4 or
+    8) → (the run, the position after it); a run past the end is a truncated pickle."""
+    if width == 1:
+        size, pos = data[pos], pos + 1
+    else:
+        (size,), pos = struct.unpack_from("<I" if width == 4 else "<Q", data, pos), pos + width
+    if pos + size > n:
+        raise NotPlain("its pickle is truncated")
+    return data[pos : pos + size], pos + size
+
+
 class _Machine:
     """The pickle instructions torch.save writes, and the plain data ones; nothing else."""
 
@@ -252,16 +264,8 @@ class _Machine:
                         raise NotPlain("it refers to one container twice")
                     stack.append(value)
                 elif op == 0x58 or op == 0x8C or op == 0x8D:  # X / \x8c / \x8d: str
-                    if op == 0x58:
-                        (size,), pos = unpack("<I", data, pos), pos + 4
-                    elif op == 0x8C:
-                        size, pos = data[pos], pos + 1
-                    else:
-                        (size,), pos = unpack("<Q", data, pos), pos + 8
-                    if pos + size > n:
-                        raise NotPlain("its pickle is truncated")
-                    stack.append(str(data[pos : pos + size], "utf-8", "surrogatepass"))
-                    pos += size
+                    raw, pos = _sized(data, pos, n, 4 if op == 0x58 else 1 if op == 0x8C else 8)
+                    stack.append(str(raw, "utf-8", "surrogatepass"))
                 elif op == 0x28:  # ( MARK
                     marks.append(len(stack))
                     if len(marks) > MAX_CONTAINERS:
@@ -382,16 +386,8 @@ class _Machine:
                     state = stack.pop()
                     self._build(stack[-1], state)
                 elif op == 0x42 or op == 0x43 or op == 0x8E:  # BINBYTES, SHORT_, 8
-                    if op == 0x42:
-                        (size,), pos = unpack("<I", data, pos), pos + 4
-                    elif op == 0x43:
-                        size, pos = data[pos], pos + 1
-                    else:
-                        (size,), pos = unpack("<Q", data, pos), pos + 8
-                    if pos + size > n:
-                        raise NotPlain("its pickle is truncated")
-                    stack.append(data[pos : pos + size])
-                    pos += size
+                    raw, pos = _sized(data, pos, n, 4 if op == 0x42 else 1 if op == 0x43 else 8)
+                    stack.append(raw)
                 elif op == 0x30:  # 0 POP
                     stack.pop()
                 elif op == 0x31:  # 1 POP_MARK
