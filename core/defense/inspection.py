@@ -7,6 +7,7 @@ overrides, and ACC/ASR of the model with any mask.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Literal
@@ -273,9 +274,19 @@ class Inspection:
             input_spec(self.ckpt, {"channels": spec.channels})  # raises, saying why
         self.spec = spec
         self.warnings = model_warnings(self.model, self.spec)
+        self._drop_statistics()
+        return self.spec
+
+    def without_statistics(self) -> Inspection:
+        """A view sharing this inspection's model, layers, spec and CLP scores but none of its
+        statistics: what is collected into it leaves this one as it is."""
+        view = copy.copy(self)
+        view._drop_statistics()
+        return view
+
+    def _drop_statistics(self) -> None:
         self.clean_stats = self.train_stats = None
         self._scores = {"clp": self.clp}
-        return self.spec
 
     def evaluate(
         self,

@@ -19,7 +19,6 @@ samples still classified as the target (corrected for those of the target class)
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -430,9 +429,7 @@ def selection_inspection(inspection, train, clean_sel, holdout, cancel=None, pro
     without the held-out suspected ones. The scores a suggestion prunes by are then made
     without the samples that judge it (BNP's scores depend on the clean samples, EP's on the
     training samples)."""
-    view = copy.copy(inspection)
-    view.clean_stats = view.train_stats = None
-    view._scores = {"clp": inspection.clp}
+    view = inspection.without_statistics()
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[holdout.suspected_judge] = False
     view.collect(
