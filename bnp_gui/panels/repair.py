@@ -11,7 +11,6 @@ repaired model. The neuron scores stay those of the model as analysed.
 
 from __future__ import annotations
 
-import copy
 import functools
 import time
 
@@ -123,13 +122,16 @@ class RepairPanel(QWidget):
         inspection = s.inspection
         keep = self.original is None or self.original[0] is not inspection
         decisions = (dict(s.thresholds), dict(s.enabled), s.combine)
-        weights = copy.deepcopy(outcome.model.state_dict())
 
         def run(job):
-            # on the engine's lane: a preview swaps masked parameters in while it runs, so the
-            # weights are read and written only here, never from the window's thread
+            # on the engine's lane: a preview's functional_call swaps masked parameters into the
+            # model while it runs, so both models' weights are read and written only here, never
+            # from the window's thread (a pruning-only repair's model *is* the session's model:
+            # read there, the copy could carry the preview's zeros into the weights for good)
             before = {k: v.detach().clone() for k, v in inspection.model.state_dict().items()}
-            inspection.model.load_state_dict(weights)
+            if outcome.model is not inspection.model:
+                weights = {k: v.detach().clone() for k, v in outcome.model.state_dict().items()}
+                inspection.model.load_state_dict(weights)
             return before
 
         def done(before) -> None:

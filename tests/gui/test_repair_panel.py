@@ -36,9 +36,11 @@ def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
         assert not panel.apply_button.isEnabled()
         return
 
-    def weights():  # under the engine's lock: a running preview swaps masked parameters in
+    def weights(model=None):  # under the engine's lock: a running preview swaps masked
+        # parameters in (torch.func.functional_call), and outcome.model may be the session's
         with s.runner.engine_lock:
-            return {k: v.clone() for k, v in s.inspection.model.state_dict().items()}
+            model = s.inspection.model if model is None else model
+            return {k: v.clone() for k, v in model.state_dict().items()}
 
     original = weights()
     errors = []
@@ -47,8 +49,8 @@ def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
     qtbot.waitUntil(lambda: not s.runner.is_running("repair"), timeout=LONG)
     qtbot.waitUntil(lambda: panel.undo_button.isEnabled(), timeout=LONG)
     assert not errors
-    applied = weights()
-    assert all(torch.equal(applied[k], v) for k, v in outcome.model.state_dict().items())
+    applied, repaired = weights(), weights(outcome.model)
+    assert all(torch.equal(applied[k], v) for k, v in repaired.items())
     assert s.total_pruned() == outcome.mask.count()
     panel.undo()
     qtbot.waitUntil(lambda: not panel.undo_button.isEnabled(), timeout=LONG)
@@ -64,3 +66,44 @@ def test_repair_can_be_cancelled(qtbot, window, demo):
     panel.cancel()
     assert not s.runner.is_running("repair") and panel.outcome is None
     assert panel.repair_button.isEnabled()
+
+
+def test_apply_never_copies_a_running_preview_s_masked_weights(qtbot, window, tiny_model):
+    """A pruning-only repair's model is the session's own: Apply must read it on the engine's
+    lane, not while a forward pass (functional_call) has masked parameters swapped in."""
+    import threading
+    from types import SimpleNamespace
+
+    from gui_helpers import open_model
+
+    from core.model.masks import PruneMask
+
+    open_model(qtbot, window, tiny_model[0])
+    s, panel = window.session, window.repair
+    model = s.inspection.model
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    kept = bn.weight.detach().clone()
+    panel.outcome = SimpleNamespace(
+        model=model, mask=PruneMask(), suggestion=None, steps=["prune (test)"]
+    )
+    swapped, release = threading.Event(), threading.Event()
+
+    def preview_like():  # what functional_call does for a masked forward pass, under the lock
+        with s.runner.engine_lock:
+            with torch.no_grad():
+                bn.weight.zero_()
+            swapped.set()
+            release.wait(timeout=LONG / 1000)
+            with torch.no_grad():
+                bn.weight.copy_(kept)
+
+    worker = threading.Thread(target=preview_like)
+    worker.start()
+    assert swapped.wait(timeout=LONG / 1000)
+    panel.apply()  # the window's thread, while the zeros are in
+    release.set()
+    worker.join()
+    qtbot.waitUntil(lambda: not s.runner.is_running("repair"), timeout=LONG)
+    qtbot.waitUntil(lambda: panel.undo_button.isEnabled(), timeout=LONG)
+    with s.runner.engine_lock:
+        assert torch.equal(bn.weight, kept)
