@@ -308,3 +308,39 @@ def test_the_judging_samples_choose_no_neuron(backdoored, monkeypatch):
     # the inspection the caller holds keeps its statistics of all samples
     assert inspection.clean_stats.n_samples == len(clean)
     assert inspection.train_stats.n_samples == len(train)
+
+
+def test_recovery_trains_on_unsuspected_training_samples_and_never_on_judging_ones(backdoored):
+    """Beside the selection clean samples, the recovery distils training samples nobody
+    suspected (they judge nothing): never a suspected one of either part, at most
+    UNSUSPECTED_PER_CLEAN per clean sample, the same rows for the same seed."""
+    import core.evidence.repair_search as rs
+    from core.evidence.verdict import Holdout
+
+    p, probe, analysis = backdoored
+    holdout = Holdout.split(analysis.suspected_index(), p.clean.labels, 0)
+    rows = rs.unsuspected_rows(len(p.train), holdout, 0, limit=10_000)
+    suspected = set(analysis.suspected_index().tolist())
+    assert len(rows) == len(p.train) - len(suspected) > 0
+    assert suspected.isdisjoint(rows.tolist())
+    few = rs.unsuspected_rows(len(p.train), holdout, 0, limit=5)
+    assert len(few) == 5 and set(few.tolist()) <= set(rows.tolist())
+    assert torch.equal(few, rs.unsuspected_rows(len(p.train), holdout, 0, limit=5))
+    assert not torch.equal(few, rs.unsuspected_rows(len(p.train), holdout, 1, limit=5))
+
+    data, _check, _ref = rs._recovery_parts(
+        probe, p.clean, holdout, TARGET, None, p.inspection.model, 0, None, p.train
+    )
+    n_clean = len(data.clean_x) - data.n_unsuspected
+    assert 0 < data.n_unsuspected <= rs.UNSUSPECTED_PER_CLEAN * n_clean
+    train_x = probe.inputs["train"]
+    tail = data.clean_x[n_clean:]  # the unsuspected rows follow the clean ones
+    for row in tail:
+        matches = (train_x == row).flatten(1).all(1).nonzero().flatten().tolist()
+        assert matches and suspected.isdisjoint(matches)
+    judged = probe.inputs["clean"][holdout.clean_judge]
+    assert not any((judged == row).flatten(1).all(1).any() for row in data.clean_x)
+    assert (
+        "unsuspected training samples"
+        in recover(p.inspection.model, None, data, epochs=1).describe()
+    )

@@ -63,6 +63,9 @@ class RecoveryData:
     # where given, the recovery distils them instead of fitting the labels
     clean_soft: torch.Tensor | None = None
     stamped_soft: torch.Tensor | None = None
+    # how many of clean_x's rows are training samples nobody suspected (the last ones), not
+    # clean samples: more samples to keep the clean behaviour on
+    n_unsuspected: int = 0
 
     @property
     def n_stamped(self) -> int:
@@ -86,6 +89,7 @@ class Recovery:
     n_stamped: int
     n_unlearn: int
     history: list[dict] = field(default_factory=list)  # per epoch: asr, acc (check part)
+    n_unsuspected: int = 0  # of n_clean: training samples nobody suspected
 
     def describe(self) -> str:
         """E.g. 'recovery: 3 epochs, unlearning 25 suspected samples, 213 stamped clean
@@ -95,7 +99,13 @@ class Recovery:
             parts.append(f"unlearning {self.n_unlearn} suspected samples")
         if self.n_stamped:
             parts.append(f"{self.n_stamped} stamped clean samples")
-        parts.append(f"{self.n_clean} clean samples")
+        if self.n_unsuspected:
+            parts.append(
+                f"{self.n_clean - self.n_unsuspected} clean samples and "
+                f"{self.n_unsuspected} unsuspected training samples"
+            )
+        else:
+            parts.append(f"{self.n_clean} clean samples")
         return ", ".join(parts)
 
 
@@ -178,6 +188,7 @@ def recover(
     steps = max(1, math.ceil(len(x) / batch_size))
     total = max(1, epochs * steps)
     result = Recovery(net, 0, 0, len(data.clean_x), data.n_stamped, data.n_unlearn)
+    result.n_unsuspected = data.n_unsuspected
     best_key, best_state = None, None
     if check is not None:  # recorded, not kept: a recovery trains at least one epoch
         asr, acc = check(net)

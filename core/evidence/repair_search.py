@@ -51,6 +51,7 @@ STEPS = 1000  # progress resolution
 # the recovery stops at this share of the goal on its check: the held-out bound, not the
 # estimate, must reach the goal
 STOP_SHARE = 0.5
+UNSUSPECTED_PER_CLEAN = 3  # the recovery also trains on training samples nobody suspected
 
 
 @dataclass
@@ -347,7 +348,7 @@ def search_repair(
     data = check = acc_ref = None
     if recovery:
         data, check, acc_ref = _recovery_parts(
-            probe, clean, holdout, target, trigger, model, seed, cancel
+            probe, clean, holdout, target, trigger, model, seed, cancel, train
         )
     unchanged = verdict_of(model, None)
     candidates: list[Candidate] = []
@@ -472,9 +473,23 @@ def _fallback(
     )
 
 
-def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel):
-    """The recovery's training data (two thirds of the selection part) and its early-stopping
-    check (the other third): (RecoveryData, check, the unrepaired accuracy on the check)."""
+def unsuspected_rows(n_train: int, holdout, seed: int, limit: int) -> torch.Tensor:
+    """Up to `limit` training rows (at random, fixed by the seed) that neither part of the
+    suspected samples holds: they judge nothing (the ASR is judged on suspected or stamped
+    samples, the accuracy on clean ones), so the recovery may train on them."""
+    free = torch.ones(n_train, dtype=torch.bool)
+    free[holdout.suspected_select] = False
+    free[holdout.suspected_judge] = False
+    rows = free.nonzero().flatten()
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + 17)
+    return rows[torch.randperm(len(rows), generator=g)[: max(0, limit)]].sort().values
+
+
+def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel, train=None):
+    """The recovery's training data (two thirds of the selection part, and up to
+    UNSUSPECTED_PER_CLEAN times as many training samples nobody suspected) and its
+    early-stopping check (the other third of the selection part): (RecoveryData, check, the
+    unrepaired accuracy on the check)."""
     clean_x, train_x = probe.inputs["clean"], probe.inputs["train"]
     fit_c, check_c = stratified_split(
         clean.labels, seed, CHECK_SHARE, "check", rows=holdout.clean_select
@@ -482,6 +497,12 @@ def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel)
     fit_s, check_s = split_rows(holdout.suspected_select, seed, "suspected-check", CHECK_SHARE)
     dev = clean_x.device
     fx, fy = clean_x[fit_c.to(dev)], clean.labels[fit_c].to(dev)
+    extra = torch.zeros(0, dtype=torch.long)
+    if train is not None and len(train) == len(train_x):
+        extra = unsuspected_rows(len(train), holdout, seed, UNSUSPECTED_PER_CLEAN * len(fit_c))
+    if len(extra):  # distilled like the clean samples: the unrepaired model's outputs kept
+        fx = torch.cat([fx, train_x[extra.to(train_x.device)].to(dev)])
+        fy = torch.cat([fy, train.labels[extra].to(dev)])
     cx, cy = clean_x[check_c.to(dev)], clean.labels[check_c]
     stamped_x = stamped_y = None
     if trigger is not None:
@@ -494,6 +515,7 @@ def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel)
     clean_soft = logits(model, fx)
     stamped_soft = clean_soft[(fy != target).to(dev)] if trigger is not None else None
     data = RecoveryData(fx, fy, target, stamped_x, stamped_y, unlearn, clean_soft, stamped_soft)
+    data.n_unsuspected = len(extra)
     ref = float((predict(model, None, cx, cancel) == cy).double().mean()) * 100
 
     def check(net: nn.Module) -> tuple[float, float]:
