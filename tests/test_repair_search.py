@@ -344,3 +344,17 @@ def test_recovery_trains_on_unsuspected_training_samples_and_never_on_judging_on
         "unsuspected training samples"
         in recover(p.inspection.model, None, data, epochs=1).describe()
     )
+    # with a reconstructed trigger, only the clean samples are stamped (not the unsuspected)
+    from core.evidence.reconstruct import TriggerPixels
+
+    shape = probe.inputs["clean"].shape[1:]
+    pixels = torch.zeros(shape, dtype=torch.bool)
+    pixels[:, -3:, -3:] = True
+    trigger = TriggerPixels(pixels, torch.ones(shape))
+    stamped, _check, _ref = rs._recovery_parts(
+        probe, p.clean, holdout, TARGET, trigger, p.inspection.model, 0, None, p.train
+    )
+    clean_y = stamped.clean_y[:n_clean]
+    assert stamped.n_unsuspected == data.n_unsuspected
+    assert stamped.n_stamped == int((clean_y != TARGET).sum()) > 0
+    assert len(stamped.stamped_soft) == stamped.n_stamped

@@ -27,7 +27,7 @@ from tests import corpus_checkpoints as corpus
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning")
 
-HANG_LIMIT_S = 5.0
+HANG_LIMIT_S = 2.0  # a hang waits out the whole limit: short, the suite pays it per hang test
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -132,7 +132,7 @@ def test_trusted_torchscript_with_code_runs_it_in_the_child(tmp_path):
 @pytest.mark.parametrize("name, write, trust", corpus.HANGS, ids=[h[0] for h in corpus.HANGS])
 def test_hangs_stop_at_the_wall_clock_limit(tmp_path, name, write, trust):
     path = write(tmp_path)
-    with pytest.raises(CheckpointError, match="took longer than 5 s and was stopped") as info:
+    with pytest.raises(CheckpointError, match="took longer than 2 s and was stopped") as info:
         load_checkpoint(path, trust_pickle=trust, timeout=HANG_LIMIT_S)
     assert "\n" not in str(info.value)
     _assert_no_reader_left()
@@ -143,14 +143,14 @@ def test_hang_from_the_command_line_stops_at_the_limit(tmp_path):
     env = {isolation.TIMEOUT_ENV: str(HANG_LIMIT_S)}
     result = _run_cli("info", str(path), "--trust-pickle", env=env)
     assert result.returncode == 2
-    assert "took longer than 5 s" in _one_line(result.stderr)
+    assert "took longer than 2 s" in _one_line(result.stderr)
 
 
 def test_cli_main_hang_uses_the_environment_limit(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(isolation.TIMEOUT_ENV, str(HANG_LIMIT_S))
     hang = str(corpus.torchscript_endless(tmp_path))
     assert cli_main(["info", hang, "--trust-pickle"]) == 2
-    assert "took longer than 5 s" in _one_line(capsys.readouterr().err)
+    assert "took longer than 2 s" in _one_line(capsys.readouterr().err)
 
 
 def test_cancel_stops_a_hang(tmp_path):
