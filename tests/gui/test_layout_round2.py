@@ -14,16 +14,43 @@ from PySide6.QtWidgets import QApplication, QScrollArea
 from bnp_gui.session import PreviewResult
 
 
+@pytest.fixture(scope="module")
+def _shared_window():
+    """One analysed window for this module's tests: they look at it (and put back what they
+    toggle), and analysing it again per test was most of their time."""
+    held = {}
+    yield held
+    if "window" in held:
+        held["window"].close()  # stops every worker and waits
+        held["window"].deleteLater()
+
+
 @pytest.fixture
-def analysed(qtbot, window, tiny_model):
-    checkpoint, roles = tiny_model
-    window.resize(1280, 720)
-    open_model(qtbot, window, checkpoint)
-    open_data(qtbot, window, roles)
-    analyze(qtbot, window)
+def analysed(qtbot, tiny_model, _shared_window):
+    """The shared window, analysed, at 1280×720, not presenting, nothing highlighted."""
+    from bnp_gui.mainwindow import MainWindow
+
+    window = _shared_window.get("window")
+    if window is None:
+        window = _shared_window["window"] = MainWindow()
+        window.show()
+        checkpoint, roles = tiny_model
+        window.resize(1280, 720)
+        open_model(qtbot, window, checkpoint)
+        open_data(qtbot, window, roles)
+        analyze(qtbot, window)
     s = window.session
     qtbot.waitUntil(lambda: s.suspects.analysis is not None, timeout=LONG)
+    if s.preview is not None and s.preview.stage != "full" and not s.is_busy("preview"):
+        s.request_preview(immediate=True)  # a test showed a subset result: measure again
     wait_full_preview(qtbot, s)
+    if window.tools.presentation_action.isChecked():
+        window.tools.presentation_action.trigger()
+    if s.suspects.highlight is not None:
+        s.suspects.highlight = None
+        window.suspects.refresh()
+    window.resize(1280, 720)
+    _settle(qtbot)
     return window
 
 
