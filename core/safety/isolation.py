@@ -176,16 +176,19 @@ def read_isolated(
 
 
 def _receive(conn: Connection, deadline: float, cancel, what, error, timeout) -> bytes:
-    while not conn.poll(POLL_S):
-        if cancel is not None and cancel():
-            raise Cancelled(f"{what}: cancelled")
+    """The child's next message. The limit is checked at every message too, not only while
+    none comes: a reader that keeps reporting progress would otherwise never be stopped."""
+    while True:
         if time.monotonic() > deadline:
             raise error(
                 f"{what} took longer than {timeout:g} s and was stopped: the file makes the "
                 f"reader work without end (a malformed or malicious file?). If it is a genuine "
                 f"huge model on a slow disk, set ${TIMEOUT_ENV} to more seconds."
             )
-    return conn.recv_bytes()
+        if conn.poll(POLL_S):
+            return conn.recv_bytes()
+        if cancel is not None and cancel():
+            raise Cancelled(f"{what}: cancelled")
 
 
 def _receive_tensors(specs, memory_limit: int, what: str, error, waiting: dict) -> list:
