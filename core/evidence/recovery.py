@@ -187,8 +187,10 @@ def recover(
     g = torch.Generator().manual_seed(int(seed))
     steps = max(1, math.ceil(len(x) / batch_size))
     total = max(1, epochs * steps)
-    result = Recovery(net, 0, 0, len(data.clean_x), data.n_stamped, data.n_unlearn)
-    result.n_unsuspected = data.n_unsuspected
+    result = Recovery(
+        net, 0, 0, len(data.clean_x), data.n_stamped, data.n_unlearn,
+        n_unsuspected=data.n_unsuspected,
+    )  # fmt: skip
     best_key, best_state = None, None
     if check is not None:  # recorded, not kept: a recovery trains at least one epoch
         asr, acc = check(net)

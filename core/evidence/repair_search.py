@@ -485,7 +485,7 @@ def unsuspected_rows(n_train: int, holdout, seed: int, limit: int) -> torch.Tens
     return rows[torch.randperm(len(rows), generator=g)[: max(0, limit)]].sort().values
 
 
-def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel, train=None):
+def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel, train):
     """The recovery's training data (two thirds of the selection part, and up to
     UNSUSPECTED_PER_CLEAN times as many training samples nobody suspected) and its
     early-stopping check (the other third of the selection part): (RecoveryData, check, the
@@ -498,7 +498,7 @@ def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel,
     dev = clean_x.device
     fx, fy = clean_x[fit_c.to(dev)], clean.labels[fit_c].to(dev)
     extra = torch.zeros(0, dtype=torch.long)
-    if train is not None and len(train) == len(train_x):
+    if len(train) == len(train_x):
         extra = unsuspected_rows(len(train), holdout, seed, UNSUSPECTED_PER_CLEAN * len(fit_c))
     if len(extra):  # distilled like the clean samples: the unrepaired model's outputs kept
         fx = torch.cat([fx, train_x[extra.to(train_x.device)].to(dev)])
@@ -516,8 +516,9 @@ def _recovery_parts(probe, clean, holdout, target, trigger, model, seed, cancel,
     unlearn = train_x[fit_s.to(train_x.device)] if len(fit_s) else None
     clean_soft = logits(model, fx)
     stamped_soft = clean_soft[other.to(dev)] if trigger is not None else None
-    data = RecoveryData(fx, fy, target, stamped_x, stamped_y, unlearn, clean_soft, stamped_soft)
-    data.n_unsuspected = len(extra)
+    data = RecoveryData(
+        fx, fy, target, stamped_x, stamped_y, unlearn, clean_soft, stamped_soft, len(extra)
+    )
     ref = float((predict(model, None, cx, cancel) == cy).double().mean()) * 100
 
     def check(net: nn.Module) -> tuple[float, float]:
