@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 import torch
-from gui_helpers import LONG, analysed
+from gui_helpers import LONG, analysed, open_model
 
 
 def test_repair_apply_and_undo(qtbot, window, demo, monkeypatch):
@@ -73,8 +73,6 @@ def test_apply_never_copies_a_running_preview_s_masked_weights(qtbot, window, ti
     lane, not while a forward pass (functional_call) has masked parameters swapped in."""
     import threading
     from types import SimpleNamespace
-
-    from gui_helpers import open_model
 
     from core.model.masks import PruneMask
 
