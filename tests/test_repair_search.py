@@ -310,6 +310,43 @@ def test_the_judging_samples_choose_no_neuron(backdoored, monkeypatch):
     assert inspection.train_stats.n_samples == len(train)
 
 
+def test_selection_statistics_come_from_the_rows_not_a_second_pass(backdoored, monkeypatch):
+    """The selection part's statistics are taken from the per-sample rows of the pass already
+    made (no forward pass), and score the neurons as a pass over the selection part does."""
+    import core.evidence.repair_search as rs
+    from core.defense import inspection as inspection_module
+
+    p, _probe, analysis = backdoored
+    inspection, train, clean = p.inspection, p.train, p.clean
+    holdout = rs.Holdout.split(analysis.suspected_index(), clean.labels, 0)
+    clean_sel = rs.subset(clean, holdout.clean_select)
+    passes = []
+    real_collect = inspection_module.collect_statistics
+
+    def counting(*args, **kwargs):
+        passes.append(len(args[1]))
+        return real_collect(*args, **kwargs)
+
+    monkeypatch.setattr(inspection_module, "collect_statistics", counting)
+    taken = rs.selection_inspection(inspection, train, clean_sel, holdout)
+    assert passes == []
+    view = inspection.without_statistics()  # statistics without per-sample rows: collected
+    for attr in ("clean_stats", "train_stats"):
+        stats = getattr(inspection, attr)
+        rowless = {name: replace(s, m2s=None) for name, s in stats.layers.items()}
+        setattr(view, attr, type(stats)(rowless, stats.n_samples, stats.predictions))
+    collected = rs.selection_inspection(view, train, clean_sel, holdout)
+    kept = len(train) - len(holdout.suspected_judge)
+    assert passes == [len(clean_sel), kept]
+    for method in ("bnp", "ep"):
+        a, b = taken.scores(method), collected.scores(method)
+        for name in a:
+            assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6, equal_nan=True)
+        chosen = taken.method_mask(method, 1.5).neurons()
+        assert chosen == collected.method_mask(method, 1.5).neurons()
+    assert inspection.clean_stats.n_samples == len(clean)  # the caller's statistics stay
+
+
 def test_recovery_trains_on_unsuspected_training_samples_and_never_on_judging_ones(backdoored):
     """Beside the selection clean samples, the recovery distils training samples nobody
     suspected (they judge nothing): never a suspected one of either part, at most

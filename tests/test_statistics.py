@@ -6,7 +6,7 @@ from torch import nn
 
 from core.data.images import ImageSet, InputSpec
 from core.defense.statistics import collect_statistics
-from core.errors import Cancelled
+from core.errors import BnpError, Cancelled
 from core.model.graph import neuron_graph
 
 
@@ -71,6 +71,35 @@ def test_shard_merge_equals_one_pass(setup):
             assert torch.allclose(m.mean, s.mean, rtol=tol, atol=tol)
             assert torch.allclose(m.m2, s.m2, rtol=tol)
             assert torch.equal(m.maxima, s.maxima)
+
+
+def test_subset_equals_a_pass_over_those_samples(setup):
+    model, images, spec, layers = setup
+    whole = collect_statistics(model, images, spec, layers, batch_size=8)
+    rows = torch.tensor([0, 3, 4, 9, 17, 18, 30, 36])
+    alone = collect_statistics(model, images.subset(rows), spec, layers, batch_size=3)
+    part = whole.subset(rows)
+    assert part.n_samples == len(rows) and torch.equal(part.predictions, alone.predictions)
+    for name, s in alone.layers.items():
+        p = part.layers[name]
+        assert p.count == s.count
+        assert torch.allclose(p.mean, s.mean, rtol=1e-6, atol=1e-7)
+        assert torch.allclose(p.m2, s.m2, rtol=1e-5)
+        assert torch.allclose(p.maxima, s.maxima, atol=1e-6)
+        assert torch.allclose(p.m2s, s.m2s, rtol=1e-5, atol=1e-6)
+    # a subset of a merge is a subset of the one pass
+    halves = whole.subset(torch.arange(20)).merge(whole.subset(torch.arange(20, 37)))
+    again = halves.subset(rows)
+    for name, s in part.layers.items():
+        assert torch.allclose(again.layers[name].m2, s.m2, rtol=1e-12)
+    with pytest.raises(BnpError, match="outside"):
+        whole.subset(torch.tensor([37]))
+    with pytest.raises(BnpError, match="no samples"):
+        whole.subset(torch.tensor([], dtype=torch.long))
+    whole.layers["bn1"].m2s = None  # statistics made elsewhere, without per-sample rows
+    assert not whole.can_subset
+    with pytest.raises(BnpError, match="per-sample"):
+        whole.subset(rows)
 
 
 def test_variance_is_stable_for_large_offsets(setup):

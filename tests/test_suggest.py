@@ -88,9 +88,12 @@ class _FakeSearch:
     def key(mask):
         return mask.key
 
-    def asr(self, mask, screen=False, goal=None):
+    def asr(self, mask, screen=False, goal=None, first=None):
         self.asked += 1
-        return self.table[mask.key][1]
+        estimate = self.table[mask.key][1]
+        if first is not None and estimate.percent <= (self.goal if goal is None else goal):
+            return None  # a few samples do not reject it: undecided, as a screen leaves it
+        return estimate
 
     def accuracy(self, mask, stop=True):
         if mask.key not in self.acc_cache:
@@ -219,6 +222,29 @@ def test_statistics_pass_records_the_unpruned_predictions(backdoored):
     for name, stats in (("train", p.inspection.train_stats), ("clean", p.inspection.clean_stats)):
         assert stats.predictions is not None and len(stats.predictions) == stats.n_samples
         assert torch.equal(stats.predictions, probe.predict(name, None))
+
+
+def test_a_screen_stopped_after_a_few_samples_goes_on_where_it_stopped(backdoored):
+    p, probe, analysis = backdoored
+    assert len(analysis.suspected_index()) > 16
+    mask = p.inspection.method_mask("clp", 3.0)
+    assert mask.count() > 0
+
+    def search():
+        return _Search(probe, analysis, p.clean.labels, 5.0, 2.0, None, None, 10, {})
+
+    fresh = search()
+    whole = fresh.asr(mask)
+    resumed = search()
+    before = probe.forwards
+    # a goal no hit can miss: only the first 16 samples are looked at, then left undecided
+    assert resumed.asr(mask, screen=True, goal=100.0, first=16) is None
+    assert probe.forwards - before == 16
+    again = resumed.asr(mask)
+    # no sample predicted twice: the estimated set, and the clean samples of the target
+    # where the estimate is corrected by them
+    assert probe.forwards - before == len(resumed.index) + len(resumed.target_rows)
+    assert again.percent == whole.percent and again.n == whole.n
 
 
 def test_reused_predictions_give_the_same_suggestion(backdoored):

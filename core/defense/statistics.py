@@ -2,8 +2,10 @@
 
 For every neuron (BatchNorm channel) the pass keeps the count, mean and sum of squared
 deviations of its pre-activation (the BatchNorm's input), merged across samples with Chan et
-al.'s pairwise update so shards combine exactly, plus each sample's spatial maximum (EP) and
-spatial mean (distribution plots).
+al.'s pairwise update so shards combine exactly, plus each sample's spatial maximum (EP),
+spatial mean (distribution plots) and spatial sum of squared deviations: with those three per
+sample, the statistics of any subset of the samples follow without another pass
+(`Statistics.subset`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class LayerStatistics:
     m2: torch.Tensor  # C, float64: sum of squared deviations from the mean
     maxima: torch.Tensor  # N×C, float32: per-sample max over H×W
     means: torch.Tensor  # N×C, float32: per-sample mean over H×W
+    # N×C, float32: per-sample sum of squared deviations from its own mean over H×W (None
+    # where not kept: statistics made elsewhere, which then cannot be subset)
+    m2s: torch.Tensor | None = None
 
     @property
     def var(self) -> torch.Tensor:
@@ -48,7 +53,23 @@ class LayerStatistics:
             m2,
             torch.cat([self.maxima, other.maxima]),
             torch.cat([self.means, other.means]),
+            None if self.m2s is None or other.m2s is None else torch.cat([self.m2s, other.m2s]),
         )
+
+    def subset(self, rows: torch.Tensor) -> LayerStatistics:
+        """The statistics of the samples `rows` alone, as a pass over them would give them
+        (up to the order of float64 summation): from the per-sample rows, no forward pass."""
+        if self.m2s is None:
+            raise BnpError("These statistics keep no per-sample variances: collect them again.")
+        n = len(self.means)
+        hw = self.count // n if n else 0
+        if n == 0 or hw * n != self.count:
+            raise BnpError("These statistics do not hold whole samples: collect them again.")
+        if len(rows) == 0:
+            raise BnpError("A subset of no samples has no statistics.")
+        means, m2s = self.means[rows], self.m2s[rows]
+        mean, m2, count = _summarise_batch(means, m2s, hw)
+        return LayerStatistics(count, mean, m2, self.maxima[rows], means, m2s)
 
 
 @dataclass
@@ -70,6 +91,21 @@ class Statistics:
         if self.predictions is not None and other.predictions is not None:
             predictions = torch.cat([self.predictions, other.predictions])
         return Statistics(layers, self.n_samples + other.n_samples, predictions)
+
+    def subset(self, rows: torch.Tensor) -> Statistics:
+        """Statistics of the samples `rows` (indices into the samples, in their order) alone,
+        without another pass over them (`LayerStatistics.subset`)."""
+        rows = torch.as_tensor(rows, dtype=torch.long).flatten()
+        if len(rows) and (int(rows.min()) < 0 or int(rows.max()) >= self.n_samples):
+            raise BnpError(f"Rows outside the {self.n_samples} samples these statistics hold.")
+        layers = {name: stats.subset(rows) for name, stats in self.layers.items()}
+        predictions = None if self.predictions is None else self.predictions[rows]
+        return Statistics(layers, len(rows), predictions)
+
+    @property
+    def can_subset(self) -> bool:
+        """Whether every layer keeps the per-sample rows a subset is made from."""
+        return all(stats.m2s is not None for stats in self.layers.values())
 
 
 def _chan_merge(mean_a, m2_a, n_a, mean_b, m2_b, n_b):
@@ -142,6 +178,7 @@ class _Running:
         self.count = 0
         self.maxima: list[torch.Tensor] = []
         self.means: list[torch.Tensor] = []
+        self.m2s: list[torch.Tensor] = []
 
     def add(self, means: torch.Tensor, m2: torch.Tensor, maxima: torch.Tensor, hw: int) -> None:
         b_mean, b_m2, b_n = _summarise_batch(means, m2, hw)
@@ -150,10 +187,16 @@ class _Running:
         )
         self.maxima.append(maxima.float())
         self.means.append(means.float())
+        self.m2s.append(m2.float())
 
     def result(self) -> LayerStatistics:
         return LayerStatistics(
-            self.count, self.mean, self.m2, torch.cat(self.maxima), torch.cat(self.means)
+            self.count,
+            self.mean,
+            self.m2,
+            torch.cat(self.maxima),
+            torch.cat(self.means),
+            torch.cat(self.m2s),
         )
 
 

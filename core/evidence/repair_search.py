@@ -26,6 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.data.images import ImageSet
+from core.defense.inspection import CPU_BATCH
 from core.defense.statistics import CancelCheck, Progress
 from core.errors import BnpError, Cancelled
 from core.evidence.reconstruct import stamp
@@ -150,6 +151,7 @@ def predict(
     model: nn.Module, mask: PruneMask | None, x: torch.Tensor, cancel=None, batch_size: int = 256
 ) -> torch.Tensor:
     """Predicted labels of prepared inputs `x` with `mask` applied (weights untouched)."""
+    batch_size = _batch(x, batch_size)
     params = mask.parameters(model) if mask is not None and mask.count() else {}
     out = []
     model.eval()
@@ -165,10 +167,16 @@ def predict(
 
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The model's outputs for prepared inputs `x` (no mask)."""
+    batch_size = _batch(x, batch_size)
     model.eval()
     with torch.inference_mode():
         out = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(out).clone() if out else torch.zeros(0)
+
+
+def _batch(x: torch.Tensor, requested: int) -> int:
+    """Images per batch: at most CPU_BATCH on the CPU (`core.defense.inspection`)."""
+    return min(requested, CPU_BATCH) if x.device.type == "cpu" else requested
 
 
 def _stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
@@ -429,13 +437,26 @@ def selection_inspection(inspection, train, clean_sel, holdout, cancel=None, pro
     the selection part only: the clean samples chosen to select, and the training samples
     without the held-out suspected ones. The scores a suggestion prunes by are then made
     without the samples that judge it (BNP's scores depend on the clean samples, EP's on the
-    training samples)."""
+    training samples). Where the inspection's statistics are those of these very sets (their
+    sizes match) and keep their per-sample rows, the selection part's are taken from those
+    rows (`Statistics.subset`); otherwise they are collected again."""
     view = inspection.without_statistics()
     keep = torch.ones(len(train), dtype=torch.bool)
     keep[holdout.suspected_judge] = False
+    train_rows = keep.nonzero().flatten()
+    clean_stats, train_stats = inspection.clean_stats, inspection.train_stats
+    n_clean = len(holdout.clean_select) + len(holdout.clean_judge)
+    if (clean_stats is None or clean_stats.n_samples == n_clean and clean_stats.can_subset) and (
+        train_stats is None or train_stats.n_samples == len(train) and train_stats.can_subset
+    ):
+        view.clean_stats = None if clean_stats is None else clean_stats.subset(holdout.clean_select)
+        view.train_stats = None if train_stats is None else train_stats.subset(train_rows)
+        if progress is not None:
+            progress(1, 1)
+        return view
     view.collect(
-        clean_sel if inspection.clean_stats is not None else None,
-        subset(train, keep.nonzero().flatten()) if inspection.train_stats is not None else None,
+        clean_sel if clean_stats is not None else None,
+        subset(train, train_rows) if train_stats is not None else None,
         progress=progress,
         cancel=cancel,
     )

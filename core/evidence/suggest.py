@@ -50,6 +50,8 @@ ACC_BUDGET = 2.0  # points of clean accuracy the repair may cost
 ASR_GOAL = 5.0  # estimated ASR (%) that counts as repaired
 K_GRID = tuple(x / 4 for x in range(4, 25))  # 1.0, 1.25, ..., 6.0
 SCREEN_CHUNK = 16  # suspected samples looked at before a hopeless mask is rejected
+# suspected samples screened before the budget is looked at where the estimate is undecided
+PRESCREEN = 48
 ACC_CHUNK = 64  # clean samples counted between checks whether the budget is surely exceeded
 
 
@@ -163,6 +165,7 @@ class _Search:
                 self.unpruned[found.name] = found.before
         self.asr_cache: dict[tuple, AsrEstimate] = {}
         self.rejected: dict[tuple, tuple[float, AsrEstimate]] = {}  # screened out: goal, bound
+        self.partial: dict[tuple, list[torch.Tensor]] = {}  # predictions of a first few rows
         self.acc_cache: dict[tuple, float] = {}
         self.verdicts: list[tuple[frozenset, bool]] = []  # pruned set, within the budget
         self.steps = 0
@@ -200,32 +203,50 @@ class _Search:
             return known[rows]
         return self.probe.predict(name, mask, index=rows, cancel=self.cancel)
 
-    def asr(self, mask: PruneMask, screen: bool = False, goal: float | None = None) -> AsrEstimate:
+    def asr(
+        self,
+        mask: PruneMask,
+        screen: bool = False,
+        goal: float | None = None,
+        first: int | None = None,
+    ) -> AsrEstimate | None:
         """Estimated ASR of `mask`. With `screen`, a mask that surely misses `goal` (default:
-        the search's) is rejected after a first chunk of samples: its estimate is then only a
-        lower bound, above that goal."""
+        the search's) is rejected after a first chunk of samples (the chunks then double): its
+        estimate is then only a lower bound, above that goal. With `first`, no more than about
+        that many samples are looked at: None where they neither reject the mask nor are all
+        of them (the predictions made are kept for the next call)."""
         goal = self.goal if goal is None else goal
         key = self.key(mask)
         if key in self.asr_cache:
             return self.asr_cache[key]
         if screen and key in self.rejected and goal <= self.rejected[key][0]:
             return self.rejected[key][1]
-        self.tick()
+        if key not in self.partial:
+            self.tick()
         n = len(self.index)
         # with the correction the raw share may exceed the goal by at most the prior
         allowed = n * (goal / 100 * (1 - self.prior) + self.prior) if screen else None
-        preds, hits = [], 0
-        for start in range(0, n, SCREEN_CHUNK if screen else max(n, 1)):
-            rows = self.index[start : start + (SCREEN_CHUNK if screen else n)]
-            pred = self.predict(self.set_name, mask, rows)
-            preds.append(pred)
-            hits += int((pred == self.target).sum())
+        preds = self.partial.pop(key, [])
+        done = sum(len(p) for p in preds)
+        hits = sum(int((p == self.target).sum()) for p in preds)
+        while True:
             if allowed is not None and hits > allowed + 1e-9:
+                self.partial[key] = preds  # a later call with a higher goal goes on from here
                 estimate = AsrEstimate(100.0 * hits / n, n, target=self.target)
                 if self.stamped is not None:
                     estimate.basis, estimate.n_suspected = "stamped", self.stamped.n_suspected
                 self.rejected[key] = (goal, estimate)
                 return estimate
+            if done >= n:
+                break
+            if first is not None and done >= first:
+                self.partial[key] = preds
+                return None
+            size = max(SCREEN_CHUNK, done) if screen else n - done
+            pred = self.predict(self.set_name, mask, self.index[done : done + size])
+            preds.append(pred)
+            done += len(pred)
+            hits += int((pred == self.target).sum())
         pred = torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
         if self.stamped is not None:
             self.asr_cache[key] = asr_from_stamped(pred, self.target, self.stamped.n_suspected)
@@ -517,47 +538,58 @@ def _best_fallback(search: _Search, configs, ks, mask_of):
 
 def _may_beat(search: _Search, config, ks, mask_of, percent: float, pruned: int) -> bool:
     """Whether the configuration's smallest k within budget can have a lower estimate than
-    `percent`, or the same with fewer neurons than `pruned`. It can only if the largest k with
-    an estimate below `percent` stays within the budget (more pruning costs more accuracy), or
-    for a tie, if the largest k with an estimate ≤ `percent` prunes fewer and stays within."""
-    # no estimate is below 0 %: a best at 0 % can only be tied
-    below = (
-        _largest_k(search, config, ks, mask_of, percent, strict=True) if percent > 1e-9 else None
-    )
-    if below is not None and search.fits(mask_of(config, ks[below])[1]):
+    `percent`, or the same with fewer neurons than `pruned`: whether some k has an estimate
+    below `percent` and stays within the budget, or an estimate ≤ `percent`, fewer neurons
+    than `pruned` and stays within (no estimate is below 0 %: a best at 0 % can only be tied).
+    """
+    if percent > 1e-9 and _some_k(search, config, ks, mask_of, percent, strict=True):
         return True
-    at_most = _largest_k(search, config, ks, mask_of, percent)
-    if at_most is None:
-        return False
-    mask = mask_of(config, ks[at_most])[1]
-    return mask.count() < pruned and search.fits(mask)
+    return _some_k(search, config, ks, mask_of, percent, fewer_than=pruned)
 
 
-def _largest_k(
-    search: _Search, config, ks, mask_of, bar: float, strict: bool = False
-) -> int | None:
-    """Index of the largest k whose (non-empty) mask has an estimate ≤ `bar` (with `strict`:
-    < `bar`); None if none has (bisection, screening against `bar`)."""
+def _some_k(
+    search: _Search, config, ks, mask_of, bar: float, strict: bool = False, fewer_than=None
+) -> bool:
+    """Whether some k's (non-empty) mask has an estimate ≤ `bar` (with `strict`: < `bar`),
+    prunes fewer than `fewer_than` neurons (where given) and stays within the budget.
+
+    The estimates rise with k (less is pruned) and the accuracy with it, so the k with a low
+    enough estimate are the lowest ones and those within the budget the highest ones: one
+    bisection closes in on where the two could meet. At each k the budget is looked at first
+    where an earlier count implies it (no forward pass); else the estimate, screened against
+    `bar` (a hopeless mask is rejected after a few samples), and where PRESCREEN samples leave
+    it undecided the accuracy (a mask over the budget stops being counted early) before the
+    rest of the estimate."""
 
     def low(index: int) -> bool:
         mask = mask_of(config, ks[index])[1]
-        if mask.count() == 0:
-            return False
         estimate = search.asr(mask, screen=True, goal=bar)
         if estimate.percent is None:
             return False
         return estimate.percent < bar - 1e-9 if strict else estimate.percent <= bar + 1e-9
 
-    if not low(0):
-        return None
-    good, bad = 0, len(ks)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if low(mid):
-            good = mid
-        else:
-            bad = mid
-    return good
+    lo, hi = 0, len(ks) - 1  # a k that does both lies in ks[lo..hi], if any does
+    while hi >= 0 and mask_of(config, ks[hi])[1].count() == 0:
+        hi -= 1
+    if fewer_than is not None:
+        while lo <= hi and mask_of(config, ks[lo])[1].count() >= fewer_than:
+            lo += 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        mask = mask_of(config, ks[mid])[1]
+        fits = search.known_fit(mask)
+        if fits is None and search.asr(mask, screen=True, goal=bar, first=PRESCREEN) is None:
+            fits = search.fits(mask)  # undecided after a few samples: the budget first
+        if fits is False:
+            lo = mid + 1  # it and every lower k cost too much
+            continue
+        if not low(mid):
+            hi = mid - 1  # its estimate and every higher k's are too high
+            continue
+        if fits or search.fits(mask):
+            return True
+        lo = mid + 1
+    return False
 
 
 def _lowest_within_budget(search: _Search, config, ks, mask_of):
@@ -578,9 +610,16 @@ def _lowest_within_budget(search: _Search, config, ks, mask_of):
             hi = index
             break
         lo = index
-    # bisect first: a mid within the budget implies ks[hi] is (it prunes a subset), so ks[hi]
-    # is counted only where every mid costs too much
+    # the most pruning k still open first: where it stays within the budget, so does every
+    # higher k (intersections, searched first, mostly do), and no bisection is needed
     top = hi
+    if hi - lo > 1:
+        if search.fits(mask_of(config, ks[lo + 1])[1]):
+            hi = lo + 1
+        else:
+            lo += 1
+    # then bisect: a mid within the budget implies ks[hi] is (it prunes a subset), so ks[hi]
+    # is counted only where every mid costs too much
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if search.fits(mask_of(config, ks[mid])[1]):

@@ -40,6 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.data.images import ImageSet, InputSpec
+from core.defense.inspection import batch_size_for
 from core.defense.scores import ep_scores, outlier_flags
 from core.defense.statistics import CancelCheck, Progress, Statistics
 from core.errors import BnpError, Cancelled
@@ -675,7 +676,8 @@ def analysis_mask(evidence: Mapping[str, torch.Tensor]) -> PruneMask:
 
 def make_probe(inspection, train: ImageSet | None, clean: ImageSet | None) -> MaskProbe:
     """A MaskProbe over the inspection's model with the sets "train" and "clean" prepared."""
-    probe = MaskProbe(inspection.model, inspection.spec, inspection.device)
+    batch = batch_size_for(inspection.spec, 256, inspection.device)
+    probe = MaskProbe(inspection.model, inspection.spec, inspection.device, batch)
     if train is not None:
         probe.add("train", train.images)
     if clean is not None:
