@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 
 import pytest
 import torch
@@ -80,8 +81,10 @@ def test_loading_never_breaks_forward_passes_of_other_workers(
     def slow_call_module(self, *args, **kwargs):
         if not tracing.is_set():  # pause the trace once, with the patch in force
             tracing.set()
-            if preview_started.wait(5):
-                preview_started.wait(1.0)  # its forward pass runs now, if nothing stops it
+            # a preview that is not held back starts within milliseconds (well under a second
+            # on a loaded machine); once started, its forward pass runs during this pause
+            if preview_started.wait(2):
+                time.sleep(1.0)
         return real_call_module(self, *args, **kwargs)
 
     def noted_evaluate(self, *args, **kwargs):
