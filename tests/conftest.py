@@ -15,6 +15,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
+# Files whose one test or shared fixture runs longest (README's `--durations`: 7-20 s each)
+# are handed to the pytest-xdist workers first: run last, one of them kept a worker busy
+# while the other had finished (6 s of a 172 s run).
+FIRST = (
+    "tests/test_suspects_demo.py",
+    "tests/gui/test_screenshot.py",
+    "tests/test_demo.py",
+    "tests/test_zoo.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    first = {name: rank for rank, name in enumerate(FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(FIRST)))
+
+
 @pytest.fixture
 def one_torch_thread():
     """One torch thread for a test that trains or runs many forward passes: on a shared 2-core
