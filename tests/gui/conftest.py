@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the app does (bnp_gui/__init__.py)
@@ -68,6 +69,7 @@ def _app_identity(qapp, tmp_path_factory):
     # (a full collection over the ~230 000 imported objects cost 0.1-0.25 s per test)
     gc.collect()
     gc.freeze()
+    _modules_frozen[0] = len(sys.modules)
     yield
 
 
@@ -79,13 +81,22 @@ def _fresh_settings():
     yield
 
 
+_modules_frozen = [0]  # len(sys.modules) at the last gc.freeze()
+
+
 @pytest.fixture(autouse=True)
 def _garbage_collected_like_the_app():
     """Each GUI test collects cycles only on the GUI thread, as make_application arranges; the
-    engine tests that run after them get Python's automatic collection back."""
+    engine tests that run after them get Python's automatic collection back. Modules a test
+    imported first (the planted model's training imports torch._dynamo, sympy and triton with
+    torch.optim: ~1 400 modules) live on: frozen with them, each later collection scans only
+    what its test made (measured: 140-170 ms per collection before, 25-65 ms after)."""
     gc.disable()
     yield
     gc.collect()
+    if len(sys.modules) > _modules_frozen[0]:
+        gc.freeze()
+        _modules_frozen[0] = len(sys.modules)
     gc.enable()
 
 
