@@ -99,11 +99,17 @@ MAX_BATCH_PIXELS = 256 * 224 * 224
 CPU_BATCH = 64
 
 
+def device_batch(requested: int, device=None) -> int:
+    """``requested`` images per batch, at most CPU_BATCH on the CPU (`device`)."""
+    if device is not None and torch.device(device).type == "cpu":
+        return min(requested, CPU_BATCH)
+    return requested
+
+
 def batch_size_for(spec: InputSpec, requested: int, device=None) -> int:
     """``requested``, or fewer images per batch when the input is large (at least 1); on the
     CPU (`device`) at most CPU_BATCH."""
-    if device is not None and torch.device(device).type == "cpu":
-        requested = min(requested, CPU_BATCH)
+    requested = device_batch(requested, device)
     per_image = spec.size[0] * spec.size[1]
     return max(1, min(requested, MAX_BATCH_PIXELS // per_image))
 

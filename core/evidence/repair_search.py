@@ -26,7 +26,7 @@ from torch import nn
 from torch.func import functional_call
 
 from core.data.images import ImageSet
-from core.defense.inspection import CPU_BATCH
+from core.defense.inspection import device_batch
 from core.defense.statistics import CancelCheck, Progress
 from core.errors import BnpError, Cancelled
 from core.evidence.reconstruct import stamp
@@ -151,7 +151,7 @@ def predict(
     model: nn.Module, mask: PruneMask | None, x: torch.Tensor, cancel=None, batch_size: int = 256
 ) -> torch.Tensor:
     """Predicted labels of prepared inputs `x` with `mask` applied (weights untouched)."""
-    batch_size = _batch(x, batch_size)
+    batch_size = device_batch(batch_size, x.device)
     params = mask.parameters(model) if mask is not None and mask.count() else {}
     out = []
     model.eval()
@@ -167,16 +167,11 @@ def predict(
 
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """The model's outputs for prepared inputs `x` (no mask)."""
-    batch_size = _batch(x, batch_size)
+    batch_size = device_batch(batch_size, x.device)
     model.eval()
     with torch.inference_mode():
         out = [model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return torch.cat(out).clone() if out else torch.zeros(0)
-
-
-def _batch(x: torch.Tensor, requested: int) -> int:
-    """Images per batch: at most CPU_BATCH on the CPU (`core.defense.inspection`)."""
-    return min(requested, CPU_BATCH) if x.device.type == "cpu" else requested
 
 
 def _stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
